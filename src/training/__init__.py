@@ -1,0 +1,1 @@
+"""Training: the loop (`train_loop.py`) and its helpers (`utils.py`: seeds, devices, checkpoints)."""
