@@ -1,5 +1,19 @@
-"""The model: embeddings -> n_layer x TransformerBlock -> LayerNorm -> LM head."""
+"""The model: embeddings -> n_layer x TransformerBlock -> LayerNorm -> LM head.
 
+Files, read in this order: embeddings.py, attention.py, transformer_block.py, transformer.py.
+"""
+
+from src.model.attention import KVCache, MultiHeadAttention, scaled_dot_product_attention
+from src.model.embeddings import Embeddings
 from src.model.transformer import MiniTransformer
+from src.model.transformer_block import FeedForward, TransformerBlock
 
-__all__ = ["MiniTransformer"]
+__all__ = [
+    "Embeddings",
+    "FeedForward",
+    "KVCache",
+    "MiniTransformer",
+    "MultiHeadAttention",
+    "TransformerBlock",
+    "scaled_dot_product_attention",
+]

@@ -1,0 +1,173 @@
+"""Multi-head masked (causal) self-attention - the heart of the Transformer.
+
+Every position asks a question (query q), advertises what it holds (key k) and offers content
+(value v). The output at a position is a weighted mix of the values, weighted by how well its query
+matches each key: softmax(Q K^T / sqrt(hs)) V ("Attention Is All You Need", Vaswani et al. 2017,
+section 3.2). Dividing by sqrt(hs) keeps the scores near unit variance, so the softmax does not
+saturate. In a language model a position must not see the future, so scores of later positions are
+set to -inf before the softmax (the causal mask) and get weight exactly 0. Several heads run in
+parallel on slices of width hs = C / nh, each free to attend to something different.
+
+Shape legend used throughout `src/model/`:
+    B  batch size             T  time: number of positions (tokens) in the sequence
+    C  n_embd, model width    nh n_head, number of heads
+    hs head_size = C // nh    V  vocab_size
+
+Two interchangeable paths, chosen by `ModelConfig.attention`:
+* "manual": `scaled_dot_product_attention` below, written out step by step; it returns the
+  attention weights as well, which is what you plot.
+* "sdpa": `torch.nn.functional.scaled_dot_product_attention`, the fused kernel (flash attention on
+  CUDA). Same mathematics, faster, but the weights are never materialised.
+
+KV cache (incremental decoding): when generating one token at a time, the keys and values of earlier
+tokens do not change, so each layer keeps them in a `KVCache` and only the new token's q, k, v are
+computed. Omitted on purpose: cross-attention, grouped-query attention, rotary embeddings.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from src.config import ModelConfig
+
+
+def build_causal_mask(t_query: int, t_key: int | None = None, device: torch.device | None = None) -> torch.Tensor:
+    """Boolean (t_query, t_key) mask, True where a query may attend to a key.
+
+    The queries are the *last* t_query of the t_key positions (with a KV cache, earlier positions
+    are keys only), so query i sits at position t_key - t_query + i and sees keys 0 .. that position.
+
+    Example: build_causal_mask(3) -> [[1, 0, 0], [1, 1, 0], [1, 1, 1]] (as booleans).
+    """
+    t_key = t_query if t_key is None else t_key
+    ones = torch.ones(t_query, t_key, dtype=torch.bool, device=device)
+    return torch.tril(ones, diagonal=t_key - t_query)
+
+
+def scaled_dot_product_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    causal: bool = True,
+    dropout_p: float = 0.0,
+    *,
+    causal_mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax(Q K^T / sqrt(hs)) V, one step at a time.
+
+    Args:
+        q: (B, nh, Tq, hs) queries; k, v: (B, nh, Tk, hs) keys and values (Tk >= Tq with a cache).
+        causal: hide future positions (a decoder). False gives full (encoder-style) attention.
+        dropout_p: probability of dropping an attention weight (pass 0.0 at inference).
+        causal_mask: optional precomputed (Tq, Tk) boolean mask, True = may attend; default
+            `build_causal_mask(Tq, Tk)`. MultiHeadAttention passes a slice of its buffer.
+    Returns:
+        out: (B, nh, Tq, hs) the weighted sums of the values.
+        weights: (B, nh, Tq, Tk) the attention distribution (before dropout); each row sums to 1.
+    """
+    hs = q.size(-1)
+    # 1. Scores: how well each query matches each key, scaled by 1/sqrt(hs).
+    scores = q @ k.transpose(-2, -1) / math.sqrt(hs)  # (B, nh, Tq, hs) @ (B, nh, hs, Tk) -> (B, nh, Tq, Tk)
+    # 2. Causal mask: future positions get -inf, so the softmax gives them weight exactly 0.
+    if causal:
+        if causal_mask is None:
+            causal_mask = build_causal_mask(q.size(-2), k.size(-2), device=q.device)
+        scores = scores.masked_fill(~causal_mask, float("-inf"))
+    # 3. Softmax over the keys turns each row of scores into probabilities.
+    weights = torch.softmax(scores, dim=-1)  # (B, nh, Tq, Tk)
+    # 4. Dropout on the weights (training only): randomly ignore some of the attended positions.
+    dropped = F.dropout(weights, p=dropout_p) if dropout_p > 0.0 else weights
+    # 5. Weighted sum of the values.
+    out = dropped @ v  # (B, nh, Tq, Tk) @ (B, nh, Tk, hs) -> (B, nh, Tq, hs)
+    return out, weights
+
+
+@dataclass
+class KVCache:
+    """The keys and values one attention layer has seen so far, for incremental decoding.
+
+    Start empty, then each forward call appends the new positions' k and v. A model keeps one
+    KVCache per layer (`MiniTransformer.new_kv_cache()`); the position of the next token is `length`.
+    """
+
+    k: torch.Tensor | None = None  # (B, nh, length, hs)
+    v: torch.Tensor | None = None  # (B, nh, length, hs)
+
+    @property
+    def length(self) -> int:
+        return 0 if self.k is None else self.k.size(2)
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store the new (B, nh, T, hs) keys/values; return all of them, (B, nh, length + T, hs)."""
+        if self.k is not None and self.v is not None:
+            k = torch.cat([self.k, k], dim=2)
+            v = torch.cat([self.v, v], dim=2)
+        self.k, self.v = k, v
+        return k, v
+
+
+class MultiHeadAttention(nn.Module):
+    """Causal multi-head self-attention: (B, T, C) -> (B, T, C).
+
+    Submodule names follow GPT-2 (`c_attn`, `c_proj`) so that Hugging Face GPT2LMHeadModel weights
+    map 1:1 (their Conv1D stores the same matrices transposed).
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.n_head = config.n_head
+        self.attention = config.attention  # "manual" or "sdpa"
+        self.dropout_p = config.dropout
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # fused q, k, v
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)  # output projection
+        self.resid_dropout = nn.Dropout(config.dropout)
+        # Built once instead of on every call; not persistent: it follows from block_size alone.
+        self.register_buffer("causal_mask", build_causal_mask(config.block_size), persistent=False)
+
+    def project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys and values split into heads: (B, T, C) -> 3 x (B, nh, T, hs)."""
+        B, T, C = x.shape
+        hs = C // self.n_head
+        q, k, v = self.c_attn(x).split(C, dim=2)  # (B, T, 3C) -> 3 x (B, T, C)
+        q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, T, C) -> (B, T, nh, hs) -> (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, T, C) -> (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, T, C) -> (B, nh, T, hs)
+        return q, k, v
+
+    def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+        """Args: x (B, T, C); kv_cache: this layer's cache, updated in place. Returns (B, T, C)."""
+        B, T, C = x.shape
+        # 1. Project to queries, keys, values and 2. split into heads.
+        q, k, v = self.project_qkv(x)  # 3 x (B, nh, T, hs)
+        past = 0
+        if kv_cache is not None:
+            past = kv_cache.length
+            k, v = kv_cache.append(k, v)  # (B, nh, past + T, hs)
+        # Query i sits at position past + i and may see keys 0 .. past + i.
+        mask = self.causal_mask[past : past + T, : past + T]  # (T, past + T)
+        dropout_p = self.dropout_p if self.training else 0.0
+        # 3.-6. Scores, mask, softmax, weighted sum of values.
+        if self.attention == "manual":
+            context, _ = scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, causal_mask=mask)
+        elif past == 0:
+            context = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+        else:
+            # is_causal=True would align the triangle top-left (query 0 sees key 0 only), wrong with
+            # a cache; pass our offset mask instead. A single new token may see everything.
+            attn_mask = None if T == 1 else mask
+            context = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
+        # 7. Merge the heads again and mix them with the output projection.
+        y = context.transpose(1, 2).contiguous().view(B, T, C)  # (B, nh, T, hs) -> (B, T, nh, hs) -> (B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+    def attention_weights(self, x: torch.Tensor) -> torch.Tensor:
+        """The attention distribution of each head, (B, T, C) -> (B, nh, T, T), via the manual path."""
+        T = x.size(1)
+        q, k, v = self.project_qkv(x)
+        _, weights = scaled_dot_product_attention(q, k, v, causal_mask=self.causal_mask[:T, :T])
+        return weights

@@ -1,0 +1,91 @@
+"""Embeddings: turn token ids into vectors the Transformer can work with.
+
+A token id is just an index, so each id looks up a learned row of width C = n_embd (the token
+embedding). Attention itself has no notion of order - it treats its input as a set - so a second
+vector that depends only on the *position* is added. Two kinds are offered:
+
+* "learned" (GPT-2, Radford et al. 2019): a trainable table with one row per position.
+* "sinusoidal" (Vaswani et al. 2017, "Attention Is All You Need", section 3.5): a fixed table of
+  sines and cosines with wavelengths from 2*pi to 10000*2*pi, so nearby positions get similar
+  vectors and no parameters are needed.
+
+Both tables have exactly `block_size` rows, so a longer sequence cannot be embedded: that raises a
+ValueError naming both numbers. Omitted on purpose: relative / rotary position encodings (RoPE).
+
+Shapes: B batch, T time (sequence length), C = n_embd, V = vocab_size.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from src.config import ModelConfig
+
+
+def sinusoidal_table(num_positions: int, dim: int) -> torch.Tensor:
+    """The fixed position table of Vaswani et al. (2017), shape (num_positions, dim).
+
+    PE[pos, 2i] = sin(pos / 10000^(2i/dim)),  PE[pos, 2i+1] = cos(pos / 10000^(2i/dim)).
+
+    Example: sinusoidal_table(2, 2) -> [[sin 0, cos 0], [sin 1, cos 1]] = [[0, 1], [0.8415, 0.5403]].
+    """
+    positions = torch.arange(num_positions, dtype=torch.float64).unsqueeze(1)  # (P, 1)
+    even_dims = torch.arange(0, dim, 2, dtype=torch.float64)  # the "2i" of the formula
+    frequencies = torch.exp(-math.log(10000.0) * even_dims / dim)  # 1 / 10000^(2i/dim)
+    angles = positions * frequencies  # (P, 1) * (ceil(dim/2),) -> (P, ceil(dim/2))
+    table = torch.zeros(num_positions, dim, dtype=torch.float64)
+    table[:, 0::2] = torch.sin(angles)
+    table[:, 1::2] = torch.cos(angles[:, : dim // 2])  # an odd dim has one sine more than cosines
+    return table.to(torch.get_default_dtype())
+
+
+class SinusoidalPositionEmbedding(nn.Module):
+    """A drop-in for nn.Embedding(block_size, C) whose rows are the fixed sinusoidal table."""
+
+    def __init__(self, num_positions: int, dim: int) -> None:
+        super().__init__()
+        # Not persistent: the table is a pure function of the config, so checkpoints need not store it.
+        self.register_buffer("table", sinusoidal_table(num_positions, dim), persistent=False)
+
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:
+        return self.table[positions]  # (T,) -> (T, C)
+
+
+class Embeddings(nn.Module):
+    """Token embedding + position embedding, then dropout: (B, T) ids -> (B, T, C) vectors."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.block_size = config.block_size
+        self.token_embedding = nn.Embedding(config.vocab_size, config.n_embd)
+        if config.pos_encoding == "learned":
+            self.position_embedding: nn.Module = nn.Embedding(config.block_size, config.n_embd)
+        else:
+            self.position_embedding = SinusoidalPositionEmbedding(config.block_size, config.n_embd)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, idx: torch.Tensor, start_pos: int = 0) -> torch.Tensor:
+        """Embed token ids.
+
+        Args:
+            idx: (B, T) token ids.
+            start_pos: position of idx[:, 0] in the sequence; > 0 when earlier tokens are already
+                held in a KV cache and only the new ones are fed in.
+        Returns:
+            (B, T, C) token vector + position vector (after dropout).
+        """
+        B, T = idx.shape
+        end = start_pos + T
+        if end > self.block_size:
+            seen = f"{start_pos} cached + {T} new tokens = {end}" if start_pos else f"{T}"
+            raise ValueError(
+                f"sequence length {seen} exceeds block_size {self.block_size}; "
+                f"feed at most the last {self.block_size} tokens or train with a larger --block-size"
+            )
+        positions = torch.arange(start_pos, end, device=idx.device)  # (T,)
+        tokens = self.token_embedding(idx)  # (B, T) -> (B, T, C)
+        where = self.position_embedding(positions)  # (T,) -> (T, C), broadcast over B
+        return self.dropout(tokens + where)

@@ -1,0 +1,76 @@
+"""Sampling: choosing the next token from the model's scores (logits).
+
+The model outputs one score per vocabulary entry; softmax turns them into probabilities.
+* Greedy (temperature 0): always take the most likely token - deterministic, often repetitive.
+* Temperature: divide the logits by it before the softmax; < 1 sharpens, > 1 flattens the distribution.
+* Top-k (Fan et al. 2018, "Hierarchical Neural Story Generation"): sample only among the k most
+  likely tokens.
+* Top-p / nucleus (Holtzman et al. 2020, "The Curious Case of Neural Text Degeneration"): sample
+  only among the smallest set of most likely tokens whose total probability reaches p, so the
+  number of candidates adapts to how confident the model is.
+
+Shapes: B batch, V = vocab_size (legend in attention.py).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def filter_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep the k largest logits of each row, set the rest to -inf. (B, V) -> (B, V).
+
+    Example: filter_top_k([[1., 3., 2.]], 2) -> [[-inf, 3., 2.]].
+    """
+    kth_largest = torch.topk(logits, min(k, logits.size(-1)), dim=-1).values[:, -1:]  # (B, 1)
+    return logits.masked_fill(logits < kth_largest, float("-inf"))
+
+
+def filter_top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """Nucleus filtering (Holtzman et al. 2020): keep the smallest set of most likely tokens whose
+    total probability reaches p, set the rest to -inf. (B, V) -> (B, V).
+
+    Example: probabilities [0.5, 0.3, 0.15, 0.05] with p = 0.75 keep the first two (0.5 < 0.75 <= 0.8).
+    """
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)  # (B, V)
+    sorted_probs = torch.softmax(sorted_logits, dim=-1)
+    mass_before = F.pad(sorted_probs.cumsum(dim=-1)[:, :-1], (1, 0))  # probability of all more likely tokens
+    drop_sorted = mass_before >= p  # the set had already reached p without this token
+    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)  # back to vocabulary order
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def sample_next_token(
+    logits: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Pick the next token from the last position's logits: (B, V) -> (B, 1) ids."""
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)  # greedy; dividing by 0 would give nan
+    logits = logits / temperature
+    if top_k is not None:
+        logits = filter_top_k(logits, top_k)
+    if top_p is not None:
+        logits = filter_top_p(logits, top_p)
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator)
+
+
+def check_generate_args(
+    idx: torch.Tensor, max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None
+) -> None:
+    """Raise ValueError with the offending value for arguments `MiniTransformer.generate` cannot use."""
+    if idx.dim() != 2 or idx.size(1) == 0:
+        raise ValueError(f"idx must have shape (B, T) with T >= 1 prompt tokens, got {tuple(idx.shape)}")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
+    if not temperature >= 0:  # also catches nan
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must lie in (0, 1] or be None, got {top_p!r}")

@@ -1,0 +1,207 @@
+"""MiniTransformer: a decoder-only (GPT) language model.
+
+token ids -> Embeddings -> n_layer x TransformerBlock -> final LayerNorm -> LM head -> logits.
+The logits at position t score every vocabulary entry as the token at position t + 1; training
+minimises the cross-entropy against the actual next token (Radford et al. 2018/2019, GPT / GPT-2).
+
+Choices from GPT-2 (and why):
+* The LM head shares its weight with the token embedding ("weight tying", Press & Wolf 2017): the
+  same matrix maps ids to vectors and vectors back to id scores, saving V * C parameters.
+* Initialisation normal(0, 0.02), zero biases, and the output projections that write into the
+  residual stream (`c_proj`) scaled by 1/sqrt(2 n_layer): each block adds two such terms, so this
+  keeps the stream's variance from growing with depth (GPT-2 paper, section 2.3).
+* Architecture and submodule names match Hugging Face's GPT2LMHeadModel, so weights map 1:1.
+
+`generate` samples one token at a time (greedy, temperature, top-k, nucleus/top-p: sampling.py) and uses a
+KV cache (attention.KVCache) while the sequence fits in block_size.
+
+Shapes: B batch, T time, C = n_embd, V = vocab_size (legend in attention.py).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from src.config import ModelConfig
+from src.model.attention import KVCache
+from src.model.embeddings import Embeddings
+from src.model.sampling import check_generate_args, sample_next_token
+from src.model.transformer_block import TransformerBlock
+
+
+class MiniTransformer(nn.Module):
+    """GPT-2 style decoder-only Transformer built from a ModelConfig."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embeddings = Embeddings(config)
+        self.blocks = nn.ModuleList(TransformerBlock(config) for _ in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head.weight = self.embeddings.token_embedding.weight  # weight tying: one shared tensor
+        self.apply(self._init_weights)
+        residual_std = 0.02 / math.sqrt(2 * config.n_layer)
+        for block in self.blocks:
+            nn.init.normal_(block.attn.c_proj.weight, mean=0.0, std=residual_std)
+            nn.init.normal_(block.mlp.c_proj.weight, mean=0.0, std=residual_std)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, kv_cache: list[KVCache] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Args:
+            idx: (B, T) token ids, T <= block_size (counting cached tokens).
+            targets: (B, T) the next token at each position, or None.
+            kv_cache: from `new_kv_cache()`; extended in place by the T new positions.
+        Returns:
+            logits (B, T, V) and the mean cross-entropy over all positions (None without targets).
+        """
+        if kv_cache is not None and len(kv_cache) != len(self.blocks):
+            raise ValueError(f"kv_cache has {len(kv_cache)} layers, the model {len(self.blocks)}; use new_kv_cache()")
+        start_pos = kv_cache[0].length if kv_cache is not None else 0
+        x = self.embeddings(idx, start_pos=start_pos)  # (B, T) -> (B, T, C)
+        for i, block in enumerate(self.blocks):
+            x = block(x, kv_cache=kv_cache[i] if kv_cache is not None else None)  # (B, T, C)
+        logits = self.lm_head(self.ln_f(x))  # (B, T, C) -> (B, T, V)
+        if targets is None:
+            return logits, None
+        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())  # (B*T, V) vs (B*T,)
+        return logits, loss
+
+    def new_kv_cache(self) -> list[KVCache]:
+        """An empty KV cache, one KVCache per layer, for `forward(..., kv_cache=...)`."""
+        return [KVCache() for _ in self.blocks]
+
+    @torch.no_grad()
+    def generate(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        use_cache: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Continue each sequence in idx (B, T) by max_new_tokens tokens -> (B, T + max_new_tokens).
+
+        See `generate_stream` for the arguments.
+        """
+        new_tokens = list(self.generate_stream(idx, max_new_tokens, temperature, top_k, top_p, use_cache, generator))
+        return torch.cat([idx, *new_tokens], dim=1)
+
+    def generate_stream(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        use_cache: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> Iterator[torch.Tensor]:
+        """Yield max_new_tokens new tokens, one (B, 1) tensor at a time.
+
+        Args:
+            idx: (B, T) prompt token ids (T >= 1; only the last block_size tokens are used).
+            temperature: divides the logits; < 1 sharper, > 1 flatter, 0 = greedy (argmax).
+            top_k: sample only among the k most likely tokens.
+            top_p: nucleus sampling - only among the smallest set of tokens whose probability >= top_p.
+            use_cache: reuse keys/values of earlier tokens while the sequence fits in block_size.
+                Beyond it the window slides and every position shifts, so each step then recomputes
+                the last block_size tokens; the tokens are the same as with use_cache=False.
+            generator: a torch.Generator for reproducible sampling.
+        Runs with dropout off (eval semantics) whatever the module's mode.
+        """
+        check_generate_args(idx, max_new_tokens, temperature, top_k, top_p)  # now, not at the first next()
+        return self._stream(idx, max_new_tokens, temperature, top_k, top_p, use_cache, generator)
+
+    @torch.no_grad()
+    def _stream(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float,
+        top_k: int | None,
+        top_p: float | None,
+        use_cache: bool,
+        generator: torch.Generator | None,
+    ) -> Iterator[torch.Tensor]:
+        block_size = self.config.block_size
+        cache: list[KVCache] | None = None
+        for _ in range(max_new_tokens):
+            if use_cache and idx.size(1) <= block_size:
+                if cache is None:  # first step: run the whole prompt, filling the cache
+                    cache = self.new_kv_cache()
+                    logits = self._eval_logits(idx, cache)
+                else:  # later steps: only the newest token is new
+                    logits = self._eval_logits(idx[:, -1:], cache)
+            else:
+                logits = self._eval_logits(idx[:, -block_size:], None)  # crop the context to block_size
+            next_token = sample_next_token(logits[:, -1, :], temperature, top_k, top_p, generator)  # (B, 1)
+            idx = torch.cat([idx, next_token], dim=1)
+            yield next_token
+
+    def _eval_logits(self, idx: torch.Tensor, cache: list[KVCache] | None) -> torch.Tensor:
+        was_training = self.training
+        self.eval()
+        try:
+            return self(idx, kv_cache=cache)[0]
+        finally:
+            self.train(was_training)
+
+    @torch.no_grad()
+    def attention_maps(self, idx: torch.Tensor) -> torch.Tensor:
+        """Attention weights of every layer and head: (B, T) -> (n_layer, B, nh, T, T).
+
+        Uses the manual path (whatever config.attention says) and eval semantics (no dropout).
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            x = self.embeddings(idx)  # (B, T) -> (B, T, C)
+            maps = []
+            for block in self.blocks:
+                maps.append(block.attn.attention_weights(block.ln_1(x)))  # (B, nh, T, T)
+                x = block(x)
+            return torch.stack(maps)  # n_layer x (B, nh, T, T) -> (n_layer, B, nh, T, T)
+        finally:
+            self.train(was_training)
+
+    def num_parameters(self, exclude_embeddings: bool = False) -> int:
+        """Number of trainable parameters (the tied LM head counted once).
+
+        exclude_embeddings=True leaves out the token and (learned) position tables, the
+        "non-embedding" count N of Kaplan et al. (2020) used in scaling laws.
+        """
+        total = sum(p.numel() for p in self.parameters())
+        if exclude_embeddings:
+            total -= sum(p.numel() for p in self.embeddings.parameters())
+        return total
+
+    def flops_per_token(self) -> int:
+        """Estimated training FLOPs (forward + backward) per token: 6 N + 12 L C T.
+
+        6 N: every weight used in a matrix multiply costs 2 FLOPs (multiply + add) in the forward
+        pass and 4 in the backward pass. N = num_parameters(exclude_embeddings=True) + V * C: all
+        Linear layers plus the LM head (the tied token table); table lookups themselves are free.
+        12 L C T: attention itself has no weights but per token and layer computes Q K^T and the
+        weighted sum of V over T = block_size positions, 2 * 2 T C FLOPs forward, times 3 with the
+        backward pass (causal masking would halve it; the estimate ignores that, as Kaplan et al.
+        2020 and PaLM, Chowdhery et al. 2022, appendix B, do). Biases and LayerNorms are ignored.
+        """
+        cfg = self.config
+        n_matmul = self.num_parameters(exclude_embeddings=True) + cfg.vocab_size * cfg.n_embd
+        return 6 * n_matmul + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
