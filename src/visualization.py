@@ -1,0 +1,498 @@
+"""Seeing inside: turn attention weights, losses and embeddings into matplotlib figures.
+
+Every public function returns a `matplotlib.figure.Figure` and never calls `plt.show()`, so the
+module works with any backend (the CLI and CI use the non-interactive "Agg" backend). Functions
+take tensors, a model or paths; they contain no training logic.
+
+* `plot_attention` - heat-maps of softmax(q·kᵀ/√hs): row = the token that asks (query),
+  column = the token it looks at (key). A causal model has zeros above the diagonal.
+  Idea from the Annotated Transformer's `visualize_layer` (Rush 2018).
+* `plot_training_curves` - train/validation loss of one or more runs, read from the TensorBoard
+  event files, against optimiser step, tokens seen and wall-clock time.
+* `plot_token_surprisal` - each token coloured by -log2 p(token | context) in bits: what the model
+  found surprising, and what it would have written instead.
+* `plot_embeddings` - a 2-D PCA of the token embeddings and the cosine similarity of the position
+  embeddings (neighbouring positions should look alike).
+* `plot_lr_schedule` - the learning rate the training loop will use at each step.
+
+Shape notation as in `src/model/`: B batch, T time, nh heads, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+# Figures are created through `Figure(...)`, not pyplot, so no GUI window or global state is involved.
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+import numpy as np
+import torch
+
+from src.analysis import token_surprisal
+
+# Tokens with more labels than this are drawn without tick labels (they would overlap).
+MAX_TICK_LABELS = 48
+ATTENTION_CMAP = "viridis"
+SURPRISAL_CMAP = "YlOrRd"
+
+
+# ---------------------------------------------------------------------------------------------
+# Small helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def display_token(token: str) -> str:
+    """A token made visible for axis labels: ``display_token(" a\\n")`` -> ``"␣a↵"``."""
+    return token.replace(" ", "␣").replace("\n", "↵").replace("\t", "⇥").replace("\r", "")
+
+
+def save_figure(fig: Figure, path: str | Path, dpi: int = 120) -> Path:
+    """Write `fig` as an image (format from the suffix, e.g. .png) and return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    return path
+
+
+def _device_of(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def prompt_ids(model: torch.nn.Module, tokenizer: Any, prompt: str) -> torch.Tensor:
+    """The prompt as a (1, T) LongTensor on the model's device, cropped to the last block_size tokens."""
+    ids = tokenizer.encode(prompt)
+    if not ids:
+        raise ValueError("the prompt is empty after tokenization; pass a non-empty --prompt")
+    ids = ids[-model.config.block_size :]
+    return torch.tensor([ids], dtype=torch.long, device=_device_of(model))
+
+
+@torch.no_grad()
+def attention_for_prompt(model: torch.nn.Module, tokenizer: Any, prompt: str) -> tuple[torch.Tensor, list[str]]:
+    """Attention weights of every layer for `prompt` and the readable tokens.
+
+    Returns weights of shape (n_layer, nh, T, T) on the CPU (batch index 0 of the model's
+    `attention_maps`) and the T token strings.
+    """
+    idx = prompt_ids(model, tokenizer, prompt)
+    was_training = model.training
+    model.eval()
+    try:
+        maps = model.attention_maps(idx)  # (n_layer, B, nh, T, T)
+    finally:
+        model.train(was_training)
+    tokens = [tokenizer.id_to_token(int(i)) for i in idx[0].tolist()]
+    return maps[:, 0].float().cpu(), tokens
+
+
+# ---------------------------------------------------------------------------------------------
+# Attention
+# ---------------------------------------------------------------------------------------------
+
+
+def _select_layer(weights: torch.Tensor, layer: int, batch_index: int) -> tuple[torch.Tensor, int]:
+    """Reduce the accepted weight layouts to one layer: -> ((nh, T, T), layer index for the title)."""
+    weights = torch.as_tensor(weights).detach().float().cpu()
+    if weights.dim() == 5:  # (n_layer, B, nh, T, T), as returned by model.attention_maps
+        weights = weights[:, batch_index]
+    if weights.dim() == 4:  # (n_layer, nh, T, T)
+        n_layer = weights.shape[0]
+        if not -n_layer <= layer < n_layer:
+            raise ValueError(f"layer {layer} does not exist: the weights have {n_layer} layers (0..{n_layer - 1})")
+        return weights[layer], layer % n_layer
+    if weights.dim() == 3:  # (nh, T, T): already one layer; `layer` only labels the plot
+        return weights, layer
+    raise ValueError(
+        "attention weights must have shape (n_layer, B, nh, T, T), (n_layer, nh, T, T) or (nh, T, T); "
+        f"got {tuple(weights.shape)}"
+    )
+
+
+def _draw_heatmap(ax, matrix: np.ndarray, labels: Sequence[str], title: str, show_labels: bool) -> Any:
+    image = ax.imshow(matrix, cmap=ATTENTION_CMAP, vmin=0.0, vmax=1.0, interpolation="nearest")
+    ax.set_title(title, fontsize=10)
+    if show_labels:
+        positions = range(len(labels))
+        ax.set_xticks(positions, labels, rotation=90, fontsize=8, family="monospace")
+        ax.set_yticks(positions, labels, fontsize=8, family="monospace")
+    else:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    return image
+
+
+def plot_attention(
+    weights: torch.Tensor,
+    tokens: Sequence[str],
+    layer: int = 0,
+    head: int | None = None,
+    *,
+    batch_index: int = 0,
+) -> Figure:
+    """Heat-map of attention weights: one head with token labels, or a grid of all heads.
+
+    Args:
+        weights: (n_layer, B, nh, T, T) from `model.attention_maps(idx)`, (n_layer, nh, T, T), or
+            one layer's (nh, T, T). Row t holds how much query position t attends to each key.
+        tokens: the T token strings (shown on both axes).
+        layer: which layer to plot (negative counts from the end); for (nh, T, T) input it is
+            only used in the title.
+        head: plot only this head (large, labelled); None draws every head of the layer.
+        batch_index: which sequence of a 5-D batch to plot.
+    Returns:
+        A Figure whose heat-map axes hold the weights as image data (`ax.images[0].get_array()`).
+    """
+    heads, layer_name = _select_layer(weights, layer, batch_index)  # (nh, T, T)
+    n_head, T, T2 = heads.shape
+    if T != T2:
+        raise ValueError(f"attention weights must be square in the last two dimensions, got {T}x{T2}")
+    if len(tokens) != T:
+        raise ValueError(f"got {len(tokens)} tokens for attention over {T} positions; pass one token per position")
+    labels = [display_token(t) for t in tokens]
+    show_labels = T <= MAX_TICK_LABELS
+
+    if head is not None:
+        if not -n_head <= head < n_head:
+            raise ValueError(f"head {head} does not exist: layer has {n_head} heads (0..{n_head - 1})")
+        head = head % n_head
+        size = max(4.0, min(12.0, 0.3 * T + 2))
+        fig = Figure(figsize=(size + 1, size))
+        ax = fig.add_subplot()
+        image = _draw_heatmap(ax, heads[head].numpy(), labels, f"Layer {layer_name}, head {head}", show_labels)
+        ax.set_xlabel("key: token being looked at")
+        ax.set_ylabel("query: token that is looking")
+        fig.colorbar(image, ax=ax, label="attention weight")
+        return fig
+
+    cols = min(n_head, 4)
+    rows = math.ceil(n_head / cols)
+    cell = max(2.5, min(5.0, 0.18 * T + 1.5))
+    fig = Figure(figsize=(cols * cell + 1, rows * cell + 0.6), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False)
+    image = None
+    for h in range(rows * cols):
+        ax = axes[h // cols][h % cols]
+        if h >= n_head:
+            ax.set_axis_off()
+            continue
+        image = _draw_heatmap(ax, heads[h].numpy(), labels, f"head {h}", show_labels and h % cols == 0)
+        if show_labels and h % cols != 0:
+            ax.set_xticks(range(T), labels, rotation=90, fontsize=8, family="monospace")
+            ax.set_yticks([])
+    fig.suptitle(f"Attention weights, layer {layer_name} (row = query, column = key)")
+    fig.colorbar(image, ax=axes.ravel().tolist(), label="attention weight", shrink=0.8)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# Training curves
+# ---------------------------------------------------------------------------------------------
+
+
+def load_scalars(run_dir: str | Path) -> dict[str, list[tuple[int, float, float]]]:
+    """All scalar series of a run's TensorBoard event files: {tag: [(step, wall_time, value), ...]}."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        raise ValueError(f"run directory {run_dir} does not exist")
+    if run_dir.is_dir() and not any(run_dir.glob("events.out.tfevents.*")):
+        raise ValueError(f"{run_dir} holds no TensorBoard event files (events.out.tfevents.*); is it a run directory?")
+    accumulator = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})  # 0 = keep every point
+    accumulator.Reload()
+    series = {}
+    for tag in accumulator.Tags()["scalars"]:
+        points = sorted((e.step, e.wall_time, e.value) for e in accumulator.Scalars(tag))
+        series[tag] = points
+    return series
+
+
+def _tokens_per_step(run_dir: Path) -> float | None:
+    """Tokens per optimiser step from the run's config.json (batch_size x grad_accum x block_size)."""
+    config_path = run_dir / "config.json"
+    if not config_path.is_file():
+        return None
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    model = config.get("model", {})
+    train = config.get("train", {})
+    try:
+        return float(train["batch_size"] * train.get("grad_accum", 1) * model["block_size"])
+    except (KeyError, TypeError):
+        return None
+
+
+def _tokens_at(run_dir: Path, scalars: dict[str, list[tuple[int, float, float]]]) -> dict[int, float]:
+    """A map step -> tokens seen, from a 'tokens' scalar, metrics.jsonl or config.json (first that exists)."""
+    for tag in ("tokens", "train/tokens"):
+        if tag in scalars:
+            return {step: value for step, _, value in scalars[tag]}
+    metrics = run_dir / "metrics.jsonl"
+    if metrics.is_file():
+        seen: dict[int, float] = {}
+        for line in metrics.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                record = json.loads(line)
+                if "step" in record and "tokens" in record:
+                    seen[int(record["step"])] = float(record["tokens"])
+        if seen:
+            return seen
+    per_step = _tokens_per_step(run_dir)
+    if per_step is None:
+        return {}
+    steps = {step for tag in ("train/loss", "val/loss") for step, _, _ in scalars.get(tag, [])}
+    return {step: step * per_step for step in steps}
+
+
+def plot_training_curves(run_dirs: str | Path | Iterable[str | Path]) -> Figure:
+    """Train (solid) and validation (dashed) loss of one or more runs, overlaid.
+
+    Three panels: loss against optimiser step, against tokens seen, and against wall-clock time
+    since the first logged point. Each run keeps one colour; the legend shows the run's folder name.
+    """
+    if isinstance(run_dirs, (str, Path)):
+        run_dirs = [run_dirs]
+    run_dirs = [Path(p) for p in run_dirs]
+    if not run_dirs:
+        raise ValueError("plot_training_curves needs at least one run directory")
+
+    fig = Figure(figsize=(15, 4.5), layout="constrained")
+    ax_step, ax_tokens, ax_time = fig.subplots(1, 3, sharey=True)
+    colours = matplotlib.colormaps["tab10"]
+    for i, run_dir in enumerate(run_dirs):
+        scalars = load_scalars(run_dir)
+        if "train/loss" not in scalars and "val/loss" not in scalars:
+            raise ValueError(f"{run_dir} has no 'train/loss' or 'val/loss' scalars to plot")
+        tokens_at = _tokens_at(run_dir, scalars)
+        start = min(wall for points in scalars.values() for _, wall, _ in points)
+        for tag, style, kind in (("train/loss", "-", "train"), ("val/loss", "--", "val")):
+            points = scalars.get(tag, [])
+            if not points:
+                continue
+            steps = [s for s, _, _ in points]
+            values = [v for _, _, v in points]
+            label = f"{run_dir.name} ({kind})"
+            marker = "o" if kind == "val" else None
+            colour = colours(i % 10)
+            ax_step.plot(steps, values, style, color=colour, marker=marker, markersize=3, label=label)
+            ax_time.plot([w - start for _, w, _ in points], values, style, color=colour, marker=marker, markersize=3)
+            with_tokens = [(tokens_at[s], v) for s, v in zip(steps, values) if s in tokens_at]
+            if with_tokens:
+                xs, ys = zip(*with_tokens)
+                ax_tokens.plot(xs, ys, style, color=colour, marker=marker, markersize=3)
+    ax_step.set_xlabel("optimiser step")
+    ax_tokens.set_xlabel("tokens seen")
+    ax_time.set_xlabel("wall-clock time (s)")
+    ax_step.set_ylabel("cross-entropy loss (nats)")
+    ax_step.set_title("Loss vs. step")
+    ax_tokens.set_title("Loss vs. tokens seen")
+    ax_time.set_title("Loss vs. wall-clock time")
+    for ax in (ax_step, ax_tokens, ax_time):
+        ax.grid(alpha=0.3)
+    ax_step.legend(fontsize=8)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# Surprisal
+# ---------------------------------------------------------------------------------------------
+
+
+def _layout_tokens(tokens: Sequence[str], width: int) -> list[tuple[int, int, str]]:
+    """(line, column, text) for each token, wrapping at `width` characters and after newlines."""
+    placed = []
+    line, column = 0, 0
+    for token in tokens:
+        shown = token.replace("\n", "↵").replace("\t", "⇥").replace("\r", "")
+        if column > 0 and column + len(shown) > width:
+            line, column = line + 1, 0
+        placed.append((line, column, shown))
+        column += max(len(shown), 1)
+        if "\n" in token:
+            line, column = line + 1, 0
+    return placed
+
+
+def plot_token_surprisal(
+    model: torch.nn.Module, tokenizer: Any, text: str, *, n_worst: int = 5, width: int = 80
+) -> Figure:
+    """The text with every token coloured by its surprisal -log2 p(token | context) in bits.
+
+    The first token has no context and stays grey. Below the text: the `n_worst` most surprising
+    tokens with the model's top-3 guesses at that position.
+    """
+    result = token_surprisal(model, tokenizer, text)
+    placed = _layout_tokens(result.tokens, width)
+    n_lines = placed[-1][0] + 1 if placed else 1
+    bits = result.bits
+    norm = Normalize(vmin=0.0, vmax=max(1.0, float(max(bits)) if bits else 1.0))
+    cmap = matplotlib.colormaps[SURPRISAL_CMAP]
+
+    fig_width = 12.0
+    text_height = 0.32 * n_lines + 0.6
+    list_height = 0.3 * min(n_worst, len(bits)) + 0.8
+    fig = Figure(figsize=(fig_width, text_height + list_height), layout="constrained")
+    ax_text, ax_worst = fig.subplots(2, 1, height_ratios=[text_height, list_height])
+    # A character cell is 1 data unit wide; choose the font so that `width` monospace characters fit.
+    fontsize = min(12.0, fig_width * 72 * 0.85 / width / 0.6)
+    for position, (line, column, shown) in enumerate(placed):
+        colour = "lightgrey" if position == 0 else cmap(norm(bits[position - 1]))
+        ax_text.add_patch(Rectangle((column, -line - 1), max(len(shown), 1), 0.9, facecolor=colour, edgecolor="white"))
+        ax_text.text(column, -line - 0.55, shown, family="monospace", fontsize=fontsize, va="center", ha="left")
+    ax_text.set_xlim(0, width)
+    ax_text.set_ylim(-n_lines - 0.1, 0.1)
+    ax_text.set_axis_off()
+    ax_text.set_title(f"Surprisal per token in bits (mean {np.mean(bits) if bits else 0:.2f} bits/token)")
+    fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax_text, label="surprisal (bits)")
+
+    ax_worst.set_axis_off()
+    ax_worst.set_title(f"The {min(n_worst, len(bits))} most surprising tokens and the model's top-3 guesses", fontsize=10)
+    worst = sorted(range(len(bits)), key=lambda i: -bits[i])[:n_worst]
+    for row, i in enumerate(worst):
+        guesses = ", ".join(f"{display_token(tok)!r} {p:.2f}" for tok, p in result.alternatives[i])
+        line = f"{display_token(result.tokens[i + 1])!r}: {bits[i]:.1f} bits  ->  model expected: {guesses}"
+        ax_worst.text(0.0, 1.0 - (row + 0.5) / max(len(worst), 1), line, family="monospace", fontsize=9,
+                      va="center", transform=ax_worst.transAxes)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# Embeddings
+# ---------------------------------------------------------------------------------------------
+
+
+def position_vectors(model: torch.nn.Module) -> torch.Tensor:
+    """The position embedding of every position 0..block_size-1: (block_size, C), learned or sinusoidal."""
+    block_size = model.config.block_size
+    positions = torch.arange(block_size, device=_device_of(model))
+    module = model.embeddings.position_embedding
+    with torch.no_grad():
+        if isinstance(module, torch.nn.Embedding):
+            return module.weight.detach().float().cpu()
+        if isinstance(module, torch.Tensor):
+            return module.detach().float().cpu()[:block_size]
+        out = module(positions)
+    return out.detach().float().reshape(block_size, -1).cpu()
+
+
+def _pca_2d(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Project the rows of `matrix` (N, C) on their two main directions: -> (N, 2), explained variance ratio (2,)."""
+    centred = matrix - matrix.mean(dim=0, keepdim=True)
+    _, singular_values, v_t = torch.linalg.svd(centred, full_matrices=False)
+    variance = singular_values**2
+    ratio = variance[:2] / variance.sum().clamp_min(1e-12)
+    return centred @ v_t[:2].T, ratio  # (N, C) @ (C, 2) -> (N, 2)
+
+
+def plot_embeddings(model: torch.nn.Module, tokenizer: Any, *, max_labels: int = 150) -> Figure:
+    """Left: the token embeddings projected on their first two principal components, labelled.
+    Right: cosine similarity between the position embeddings of every pair of positions.
+
+    With more than `max_labels` tokens only the tokens farthest from the centre are labelled.
+    """
+    token_vectors = model.embeddings.token_embedding.weight.detach().float().cpu()  # (V, C)
+    points, ratio = _pca_2d(token_vectors)
+    positions = position_vectors(model)  # (block_size, C)
+    unit = positions / positions.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    similarity = unit @ unit.T  # (block_size, C) @ (C, block_size) -> (block_size, block_size)
+
+    fig = Figure(figsize=(15, 6.5), layout="constrained")
+    ax_tokens, ax_positions = fig.subplots(1, 2, width_ratios=[1.3, 1])
+    ax_tokens.scatter(points[:, 0], points[:, 1], s=8, alpha=0.5)
+    vocab_size = points.shape[0]
+    if vocab_size <= max_labels:
+        labelled = range(vocab_size)
+    else:
+        labelled = points.norm(dim=1).argsort(descending=True)[:max_labels].tolist()
+    for i in labelled:
+        ax_tokens.annotate(display_token(tokenizer.id_to_token(int(i))), (float(points[i, 0]), float(points[i, 1])),
+                           fontsize=7, family="monospace")
+    ax_tokens.set_xlabel(f"principal component 1 ({100 * float(ratio[0]):.1f} % of variance)")
+    ax_tokens.set_ylabel(f"principal component 2 ({100 * float(ratio[1]):.1f} % of variance)")
+    ax_tokens.set_title(f"Token embeddings (PCA of {vocab_size} x {token_vectors.shape[1]})")
+    image = ax_positions.imshow(similarity.numpy(), cmap="RdBu_r", vmin=-1.0, vmax=1.0, interpolation="nearest")
+    ax_positions.set_xlabel("position")
+    ax_positions.set_ylabel("position")
+    ax_positions.set_title("Cosine similarity of position embeddings")
+    fig.colorbar(image, ax=ax_positions, label="cosine similarity", shrink=0.8)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# Learning rate
+# ---------------------------------------------------------------------------------------------
+
+
+def plot_lr_schedule(train_config: Any, steps: int) -> Figure:
+    """The learning rate at every optimiser step 0..steps-1 (warm-up, then cosine decay)."""
+    from src.training.train_loop import lr_at  # the schedule lives with the loop; never re-implemented here
+
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    xs = list(range(steps))
+    ys = [lr_at(step, train_config, steps) for step in xs]
+    fig = Figure(figsize=(8, 4), layout="constrained")
+    ax = fig.add_subplot()
+    ax.plot(xs, ys)
+    if 0 < train_config.warmup_steps < steps:
+        ax.axvline(train_config.warmup_steps, color="grey", linestyle=":", label="end of warm-up")
+        ax.legend()
+    ax.set_xlabel("optimiser step")
+    ax.set_ylabel("learning rate")
+    ax.set_title(f"Learning-rate schedule ({steps} steps, peak {train_config.lr:g}, min {train_config.min_lr:g})")
+    ax.grid(alpha=0.3)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry points for the CLI and the training loop
+# ---------------------------------------------------------------------------------------------
+
+
+def write_visualizations(
+    model: torch.nn.Module, tokenizer: Any, prompt: str, out_dir: str | Path, run_dir: str | Path | None = None
+) -> list[Path]:
+    """Write every picture for `--visualize` into `out_dir` and return the paths.
+
+    attention_layer<i>.png for every layer (all heads), surprisal.png (of the prompt),
+    embeddings.png, and training_curves.png when `run_dir` holds TensorBoard event files.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    weights, tokens = attention_for_prompt(model, tokenizer, prompt)  # (n_layer, nh, T, T)
+    written = []
+    for layer in range(weights.shape[0]):
+        written.append(save_figure(plot_attention(weights, tokens, layer), out_dir / f"attention_layer{layer}.png"))
+    if len(tokens) >= 2:
+        written.append(save_figure(plot_token_surprisal(model, tokenizer, prompt), out_dir / "surprisal.png"))
+    written.append(save_figure(plot_embeddings(model, tokenizer), out_dir / "embeddings.png"))
+    if run_dir is not None and any(Path(run_dir).glob("events.out.tfevents.*")):
+        written.append(save_figure(plot_training_curves([run_dir]), out_dir / "training_curves.png"))
+    return written
+
+
+def attention_figures(
+    model: torch.nn.Module, tokenizer: Any, prompt: str, layers: Sequence[int] = (0, -1)
+) -> dict[str, Figure]:
+    """{"attention/layer_<i>": Figure} for the given layers (negative = from the end), for TensorBoard."""
+    weights, tokens = attention_for_prompt(model, tokenizer, prompt)
+    n_layer = weights.shape[0]
+    figures = {}
+    for layer in layers:
+        index = layer % n_layer
+        figures.setdefault(f"attention/layer_{index}", plot_attention(weights, tokens, index))
+    return figures
+
+
+def log_attention_images(
+    writer: Any, model: torch.nn.Module, tokenizer: Any, prompt: str, step: int, layers: Sequence[int] = (0, -1)
+) -> None:
+    """Add the attention heat-maps of `layers` for `prompt` to a TensorBoard SummaryWriter at `step`."""
+    for tag, fig in attention_figures(model, tokenizer, prompt, layers).items():
+        writer.add_figure(tag, fig, global_step=step, close=False)
