@@ -213,7 +213,7 @@ def explain_forward(model: torch.nn.Module, tokenizer: Any | None, prompt: str, 
         prompt: the text; only its last block_size tokens are used.
         top_k: how many likely next tokens to report.
     """
-    from src.model.attention import scaled_dot_product_attention
+    from src.model.attention import build_causal_mask, scaled_dot_product_attention
 
     tokenizer = tokenizer if tokenizer is not None else ByteTokenizer()
     config = model.config
@@ -272,7 +272,7 @@ def explain_forward(model: torch.nn.Module, tokenizer: Any | None, prompt: str, 
                   f"{prefix}.attn", i),
             Stage(f"block{i}.mask", "causal mask", (T, T), "(T, T)",
                   "scores above the diagonal (keys in the future) are set to -inf: no peeking ahead",
-                  f"{prefix}.attn", i, torch.tril(torch.ones(T, T, dtype=torch.bool))),
+                  f"{prefix}.attn", i, build_causal_mask(T)),
             Stage(f"block{i}.softmax", "softmax", tuple(weights.shape), "(B, nh, T, T)",
                   "each row turns into attention weights >= 0 that sum to 1 (future weights are exactly 0)",
                   f"{prefix}.attn", i, weights),
