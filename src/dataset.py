@@ -1,0 +1,602 @@
+"""The data set: books -> cleaned text -> token ids on disk -> (x, y) training windows.
+
+A language model learns to predict the next token. The training data is therefore one long
+array of token ids, and each example is a window of it: x = ids[s : s+T], y = ids[s+1 : s+T+1]
+(y is x shifted by one, so position t of y is the token that follows x[0..t]).
+Example: ids = [5, 6, 7, 8, 9], T = 2 -> windows (x=[5, 6], y=[6, 7]) and (x=[7, 8], y=[8, 9]).
+
+`prepare_dataset` builds the array once (the nanoGPT `prepare.py` recipe,
+https://github.com/karpathy/nanoGPT/blob/master/data/shakespeare_char/prepare.py):
+
+1. fetch each book (`src/gutenberg.py`: download + cache, or a local mirror, or your own files)
+   and clean it (no licence header/footer, no hard line breaks inside paragraphs);
+2. split every book: its last `val_fraction` (cut at a paragraph break) goes to validation,
+   so every book is in both splits; `holdout_books` go wholly into validation instead;
+3. train the tokenizer on the training split only (validation must stay unseen);
+4. encode book by book and append the ids to `train.bin` / `val.bin` (raw uint16 or uint32),
+   separating books with the `<|endoftext|>` token id, so memory holds one book's ids at a time.
+
+The result lives in `<data_dir>/processed/<name>/`; it is written into a temporary folder and
+renamed at the end, so a failed build leaves nothing half-written behind.
+`TokenDataset` reads the .bin file through `np.memmap` (the OS pages it in on demand) and
+`make_dataloader` adds the seeded shuffling that makes training resumable mid-epoch.
+
+Left out on purpose: sharding for corpora larger than memory-mapped files handle, document
+packing/masking across `<|endoftext|>` (the model simply learns that a new book starts there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+import secrets
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from src.config import (
+    DEFAULT_BOOKS, DEFAULT_MIRROR, MIRROR_ENV_VAR, TOKENIZER_CHOICES, DataConfig, ModelConfig, config_to_dict,
+)
+from src.gutenberg import DataError, clean_book, fetch_book, parse_header, read_raw
+from src.tokenizer import train_tokenizer
+
+__all__ = [
+    "DataError", "PreparedDataset", "TokenDataset", "add_data_arguments", "data_config_from_args",
+    "dataset_name", "load_meta", "load_tokens", "main", "make_dataloader", "prepare_dataset",
+]
+
+FORMAT_VERSION = 1
+# DataConfig fields that change the content of the processed data set (reuse compares them).
+PIECE_CHARS = 1 << 17  # characters per tokenizer call (bounds the tokenizer's intermediate lists)
+_PIECE_BREAK = re.compile(r"\n(?=[^\W\d_])")  # a line break followed by a letter
+CONTENT_FIELDS = ("books", "input", "unwrap", "val_fraction", "holdout_books", "tokenizer", "max_vocab_size")
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. Sources: a list of cleaned documents
+
+
+@dataclass
+class Document:
+    """One cleaned source text with the facts meta.json records about it."""
+
+    id: int | str  # Gutenberg id, or the file name for --input
+    title: str
+    author: str | None
+    language: str | None
+    sha256: str
+    location: str  # path or URL it was read from
+    text: str
+
+
+def resolve_mirror(mirror: str | None) -> str:
+    """--mirror, else $MINI_TRANSFORMER_MIRROR, else https://www.gutenberg.org."""
+    return mirror or os.environ.get(MIRROR_ENV_VAR) or DEFAULT_MIRROR
+
+
+def load_documents(config: DataConfig, show_progress: bool = True) -> list[Document]:
+    """The cleaned texts of --input files if given, else of the Gutenberg --books."""
+    if config.input:
+        if config.holdout_books:
+            raise DataError("--holdout-book selects Gutenberg books; it cannot be combined with --input")
+        return [load_input_file(path, config.unwrap) for path in expand_inputs(config.input)]
+    mirror = resolve_mirror(config.mirror)
+    raw_dir = config.data_dir / "raw"
+    documents = []
+    for book_id in config.books:
+        raw = fetch_book(book_id, mirror, raw_dir, show_progress)
+        text = clean_book(raw.data, raw.location, unwrap=config.unwrap, require_markers=True)
+        header = parse_header(raw.data[:20000].decode("utf-8-sig", errors="replace").replace("\r\n", "\n"))
+        documents.append(
+            Document(
+                id=book_id, title=header["title"] or f"Gutenberg book {book_id}", author=header["author"],
+                language=header["language"], sha256=raw.sha256, location=raw.location, text=text,
+            )
+        )
+    return documents
+
+
+def expand_inputs(patterns: Sequence[str]) -> list[Path]:
+    """Files, folders (every .txt inside, recursively, sorted) and globs -> a list of files."""
+    files: list[Path] = []
+    for pattern in patterns:
+        path = Path(pattern).expanduser()
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*.txt") if p.is_file())
+            if not found:
+                raise DataError(f"--input folder {path} contains no .txt files")
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        elif glob.has_magic(pattern):
+            found = sorted(Path(p) for p in glob.glob(os.path.expanduser(pattern), recursive=True) if Path(p).is_file())
+            if not found:
+                raise DataError(f"--input pattern {pattern!r} matches no files")
+            files.extend(found)
+        else:
+            raise DataError(f"--input {pattern} does not exist (give .txt files, folders or glob patterns)")
+    unique = list(dict.fromkeys(p.resolve() for p in files))
+    return unique
+
+
+def load_input_file(path: Path, unwrap: bool) -> Document:
+    """One of the user's own files: title = file name; a Gutenberg header is stripped if present."""
+    raw = read_raw(path)
+    text = clean_book(raw.data, str(path), unwrap=unwrap, require_markers=False)
+    return Document(
+        id=path.name, title=path.stem, author=None, language=None, sha256=raw.sha256,
+        location=str(path), text=text,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Splitting
+
+
+def split_point(text: str, val_fraction: float) -> int:
+    """Where validation starts: at a paragraph break near len * (1 - val_fraction).
+
+    The search looks at most half the validation length either way for a blank line, else for
+    any whitespace, else cuts exactly. text[:cut] + text[cut:] == text always holds.
+    Example: split_point("aaaa\\n\\nbb", 0.3) -> 6 (validation is "bb").
+    """
+    target = round(len(text) * (1.0 - val_fraction))
+    target = min(max(target, 1), len(text) - 1) if len(text) >= 2 else len(text)
+    reach = max(1, (len(text) - target) // 2)
+    low, high = max(1, target - reach), min(len(text) - 1, target + reach)
+    for separator in ("\n\n", "\n", " "):
+        before = text.rfind(separator, low, target + len(separator))
+        after = text.find(separator, target, high)
+        candidates = [i + len(separator) for i in (before, after) if i >= 0]
+        candidates = [c for c in candidates if 0 < c < len(text)]
+        if candidates:
+            return min(candidates, key=lambda c: abs(c - target))
+    return target
+
+
+def split_documents(documents: list[Document], config: DataConfig) -> list[tuple[list[str], list[str]]]:
+    """(train pieces, val pieces) for every document, in order; "".join(pieces) is the split's text.
+
+    Each document's text is released (set to "") once it is split, so that memory holds the
+    corpus once, not twice; the pieces (see `text_pieces`) bound the tokenizer's working memory.
+    """
+    parts = []
+    for doc in documents:
+        cut = 0 if doc.id in config.holdout_books else split_point(doc.text, config.val_fraction)
+        parts.append((list(text_pieces(doc.text[:cut])), list(text_pieces(doc.text[cut:]))))
+        doc.text = ""
+    return parts
+
+
+# ---------------------------------------------------------------------------------------------
+# 3./4. Building the processed data set
+
+
+@dataclass
+class PreparedDataset:
+    """A built (or reused) data set: its folder, its meta.json contents, and whether it was reused."""
+
+    path: Path
+    meta: dict
+    reused: bool
+
+
+def dataset_name(config: DataConfig) -> str:
+    """A name derived from the settings: `gutenberg12-char256` for the defaults.
+
+    Anything else that changes the content (another book list, --input files, --no-unwrap, a
+    different --val-fraction or --holdout-book) adds a short hash of those settings, so that
+    different data sets never share a folder: e.g. `gutenberg4-bpe1024-3fa2c1`.
+    """
+    kind = f"{config.tokenizer}{config.max_vocab_size}"
+    settings = {"books": list(config.books), "unwrap": config.unwrap, "val_fraction": config.val_fraction,
+                "holdout_books": list(config.holdout_books)}
+    if config.input:
+        settings = {"input": [str(p) for p in expand_inputs(config.input)], "unwrap": config.unwrap,
+                    "val_fraction": config.val_fraction}
+        base = f"input{len(settings['input'])}"
+    else:
+        base = f"gutenberg{len(config.books)}"
+        if settings == {"books": list(DEFAULT_BOOKS), "unwrap": True, "val_fraction": 0.1, "holdout_books": []}:
+            return f"{base}-{kind}"
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:6]
+    return f"{base}-{kind}-{digest}"
+
+
+def prepare_dataset(config: DataConfig, *, block_size: int | None = None, show_progress: bool = True) -> PreparedDataset:
+    """Build `<data_dir>/processed/<name>/` (or reuse it when it exists with the same settings).
+
+    With `block_size`, each split must hold at least block_size + 1 tokens (one (x, y) window).
+    Raises DataError for every problem with the input; nothing is left behind on failure.
+    """
+    name = config.name or dataset_name(config)
+    out_dir = config.data_dir / "processed" / name
+    if (out_dir / "meta.json").is_file() and not config.force:
+        meta = load_meta(out_dir)
+        check_reusable(meta, config, out_dir)
+        check_split_sizes(meta, block_size)
+        return PreparedDataset(path=out_dir, meta=meta, reused=True)
+
+    documents = load_documents(config, show_progress)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = out_dir.parent / f".{name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    tmp_dir.mkdir()
+    try:
+        meta = build(documents, config, name, tmp_dir, show_progress)
+        check_split_sizes(meta, block_size)
+        replace_dir(tmp_dir, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+    return PreparedDataset(path=out_dir, meta=meta, reused=False)
+
+
+def build(documents: list[Document], config: DataConfig, name: str, out: Path, show_progress: bool) -> dict:
+    """Train the tokenizer, stream the ids into out/{train,val}.bin, write tokenizer.json + meta.json."""
+    parts = split_documents(documents, config)
+    train_texts = [piece for train, _ in parts for piece in train]
+    if not train_texts:
+        raise DataError("the training split is empty; hold out fewer books (--holdout-book)")
+    try:
+        tokenizer = train_tokenizer(config.tokenizer, train_texts, config.max_vocab_size)
+    except ValueError as error:
+        raise DataError(f"--tokenizer {config.tokenizer} --max-vocab-size {config.max_vocab_size}: {error}") from None
+    del train_texts
+    dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 2**16 else np.uint32)
+
+    sources = [source_meta(doc) for doc in documents]
+    splits: dict[str, dict[str, Any]] = {}
+    unknown_chars = 0.0
+    for index, split in enumerate(("train", "val")):
+        tokens = characters = 0
+        with open(out / f"{split}.bin", "wb") as f:
+            for doc, source, pair in tqdm(
+                list(zip(documents, sources, parts)), desc=f"encode {split}", unit="book",
+                disable=not show_progress, leave=False,
+            ):
+                pieces = pair[index]
+                if tokens and pieces:  # books are separated by <|endoftext|>, as a token id
+                    np.array([tokenizer.eot_id], dtype=dtype).tofile(f)
+                    tokens += 1
+                count = 0
+                for piece in pieces:
+                    ids = tokenizer.encode_to_array(piece)
+                    ids.astype(dtype, copy=False).tofile(f)
+                    count += len(ids)
+                    if split == "val":
+                        unknown_chars += tokenizer.unknown_rate(piece) * len(piece)
+                n_chars = sum(len(piece) for piece in pieces)
+                source[split] = {"characters": n_chars, "tokens": count, "offset": tokens}
+                tokens += count
+                characters += n_chars
+        splits[split] = {"tokens": tokens, "characters": characters}
+
+    tokenizer.save(out / "tokenizer.json")
+    meta = {
+        "version": FORMAT_VERSION,
+        "name": name,
+        "dtype": dtype.name,
+        "tokenizer": {"type": tokenizer.kind, "vocab_size": tokenizer.vocab_size, "fingerprint": tokenizer.fingerprint()},
+        "oov_rate": unknown_chars / max(1, splits["val"]["characters"]),
+        "splits": splits,
+        "sources": sources,
+        "config": config_to_dict(config),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    (out / "meta.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return meta
+
+
+def text_pieces(text: str, piece_chars: int = PIECE_CHARS) -> Iterator[str]:
+    """`text` cut into pieces of about `piece_chars` characters, at a line break before a letter.
+
+    Why this cut is exact - encode(a + b) == encode(a) + encode(b) - for both tokenizers:
+    the char tokenizer maps every character on its own, and the BPE pre-tokenizer
+    (src/tokenizer.py SPLIT_PATTERN) never puts a line break and a following letter into the
+    same chunk, nor looks past such a line break to decide a chunk; BPE merges never cross
+    chunks. So encoding (and training on) the pieces gives the same ids as the whole text,
+    while memory holds only one piece's intermediate lists. tests/test_dataset.py checks it.
+    Example: list(text_pieces("ab\ncd\nef", 3)) -> ['ab\ncd\n', 'ef'].
+    """
+    start = 0
+    while start < len(text):
+        match = _PIECE_BREAK.search(text, start + piece_chars)
+        end = match.end() if match else len(text)
+        yield text[start:end]
+        start = end
+
+
+def source_meta(doc: Document) -> dict[str, Any]:
+    where = "url" if doc.location.startswith(("http://", "https://")) else "path"
+    return {"id": doc.id, "title": doc.title, "author": doc.author, "language": doc.language,
+            "sha256": doc.sha256, where: doc.location}
+
+
+def replace_dir(new: Path, target: Path) -> None:
+    """Move the finished folder into place; an old version (--force) is removed only afterwards."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+    os.replace(new, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def check_reusable(meta: dict, config: DataConfig, path: Path) -> None:
+    stored = meta.get("config", {})
+    current = config_to_dict(config)
+    changed = [k for k in CONTENT_FIELDS if stored.get(k) != current[k]]
+    if not changed and config.input:
+        now = {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in expand_inputs(config.input)}
+        before = {s.get("path"): s["sha256"] for s in meta.get("sources", [])}
+        if now != before:
+            changed = ["input file contents"]
+    if changed:
+        raise DataError(
+            f"{path} was built with other settings ({', '.join(changed)} differ); "
+            f"pass --force to rebuild it, or choose another --name"
+        )
+
+
+def check_split_sizes(meta: dict, block_size: int | None) -> None:
+    if block_size is None:
+        return
+    for split, info in meta["splits"].items():
+        if info["tokens"] < block_size + 1:
+            raise DataError(
+                f"the {split} split has {info['tokens']} tokens, fewer than block_size + 1 = {block_size + 1}; "
+                f"use a smaller --block-size (at most {max(1, info['tokens'] - 1)}) or more text"
+            )
+
+
+def load_meta(path: Path) -> dict:
+    """The meta.json of a processed data set folder."""
+    meta_file = Path(path) / "meta.json"
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"{meta_file} not found; build the data set with python -m src.dataset") from None
+    except json.JSONDecodeError as error:
+        raise DataError(f"{meta_file} is not valid JSON ({error}); rebuild it with --force") from None
+    if meta.get("version") != FORMAT_VERSION:
+        raise DataError(f"{meta_file} has format version {meta.get('version')!r}, expected {FORMAT_VERSION}; rebuild with --force")
+    return meta
+
+
+def load_tokens(path: Path, split: str) -> np.memmap:
+    """The token ids of one split as a read-only memory map (dtype from meta.json)."""
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    meta = load_meta(path)
+    return np.memmap(Path(path) / f"{split}.bin", dtype=np.dtype(meta["dtype"]), mode="r")
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. Loading for training
+
+
+class TokenDataset(Dataset):
+    """(x, y) windows of T = block_size tokens over a split's memory-mapped ids.
+
+    Window i starts at s_i = offset + i * T and covers T + 1 tokens: x = ids[s_i : s_i+T] and
+    y = ids[s_i+1 : s_i+T+1]. Consecutive windows share one token (the last y of window i is the
+    first x of window i+1), so their targets tile the array without gaps or overlap: in one epoch
+    every token at positions offset+1 ... offset+n*T is a target exactly once.
+
+    Training: the offset is drawn anew per epoch (`set_epoch`) from [0, T) - bounded by how much
+    slack the array leaves -, seeded by (seed, epoch), so the window borders move between epochs.
+    The number of windows n stays the same for every offset (n = (N - T) // T, at least 1).
+    Validation: offset 0 and n = (N - 1) // T, the same windows every time.
+    """
+
+    def __init__(self, path: Path | str, split: str, block_size: int, seed: int = 0):
+        if block_size <= 0:
+            raise ValueError(f"block_size must be a positive integer, got {block_size}")
+        self.path, self.split, self.block_size, self.seed = Path(path), split, block_size, seed
+        meta = load_meta(self.path)
+        self.dtype = np.dtype(meta["dtype"])
+        self.num_tokens = meta["splits"][split]["tokens"] if split in meta["splits"] else -1
+        if split not in ("train", "val"):
+            raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+        if self.num_tokens < block_size + 1:
+            raise DataError(
+                f"the {split} split of {self.path} has {self.num_tokens} tokens, fewer than block_size + 1 = "
+                f"{block_size + 1}; use a smaller --block-size or more text"
+            )
+        T, N = block_size, self.num_tokens
+        if split == "train":
+            self.num_windows = max(1, (N - T) // T)
+            self.max_offset = min(T - 1, N - 1 - self.num_windows * T)
+        else:
+            self.num_windows, self.max_offset = (N - 1) // T, 0
+        self._ids: np.memmap | None = None  # opened lazily, once per process (DataLoader workers)
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose this epoch's start offset (training split only; a pure function of seed and epoch)."""
+        self.epoch = epoch
+        if self.split == "train" and self.max_offset > 0:
+            self.offset = int(np.random.default_rng([self.seed, epoch]).integers(0, self.max_offset + 1))
+        else:
+            self.offset = 0
+
+    def __len__(self) -> int:
+        return self.num_windows
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if not 0 <= index < self.num_windows:
+            raise IndexError(f"window {index} out of range [0, {self.num_windows})")
+        if self._ids is None:
+            self._ids = np.memmap(self.path / f"{self.split}.bin", dtype=self.dtype, mode="r")
+        start = self.offset + index * self.block_size
+        chunk = torch.from_numpy(self._ids[start : start + self.block_size + 1].astype(np.int64))  # (T+1,)
+        return chunk[:-1], chunk[1:]  # x (T,), y (T,)
+
+    def __getstate__(self) -> dict:
+        # A memmap must not travel to worker processes; each one opens its own.
+        state = self.__dict__.copy()
+        state["_ids"] = None
+        return state
+
+
+def make_dataloader(
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    seed: int = 0,
+    epoch: int = 0,
+    start_batch: int = 0,
+    sampler: Any = None,
+    num_workers: int = 0,
+    pin_memory: bool | None = None,
+    drop_last: bool = False,
+) -> DataLoader:
+    """A DataLoader whose batch order is a pure function of (seed, epoch).
+
+    It calls `dataset.set_epoch(epoch)` (and `sampler.set_epoch(epoch)` for a DistributedSampler),
+    so the windows and their order are fully determined by the arguments. `start_batch=k` skips
+    the first k batches of that order: resuming a run mid-epoch sees exactly the remaining batches.
+    """
+    if hasattr(dataset, "set_epoch"):
+        dataset.set_epoch(epoch)
+    if sampler is not None:
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+        order = list(iter(sampler))
+    elif shuffle:
+        generator = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0]))
+        order = torch.randperm(len(dataset), generator=generator).tolist()
+    else:
+        order = list(range(len(dataset)))
+    order = order[start_batch * batch_size :]
+    return DataLoader(
+        dataset, batch_size=batch_size, sampler=order, num_workers=num_workers,
+        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory, drop_last=drop_last,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+def _field_help(name: str) -> str:
+    return next(f.metadata["help"] for f in fields(DataConfig) if f.name == name)
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """The DataConfig flags, shared by `python -m src.dataset` and `python -m src.main`."""
+    d = DataConfig()
+    g = parser.add_argument_group("data")
+    g.add_argument("--books", type=int, nargs="+", metavar="ID", default=None,
+                   help=f"{_field_help('books')} (default: the 12 English books {' '.join(map(str, d.books))})")
+    g.add_argument("--mirror", metavar="URL_OR_DIR", default=None, help=_field_help("mirror"))
+    g.add_argument("--input", nargs="+", metavar="PATH", default=None, help=_field_help("input"))
+    g.add_argument("--data-dir", type=Path, metavar="DIR", default=None, help=f"{_field_help('data_dir')} (default: {d.data_dir})")
+    g.add_argument("--unwrap", action=argparse.BooleanOptionalAction, default=None,
+                   help=f"{_field_help('unwrap')} (default: on)")
+    g.add_argument("--val-fraction", type=float, metavar="F", default=None,
+                   help=f"{_field_help('val_fraction')} (default: {d.val_fraction})")
+    g.add_argument("--holdout-book", dest="holdout_books", type=int, nargs="+", action="extend", metavar="ID",
+                   default=None, help=_field_help("holdout_books"))
+    g.add_argument("--tokenizer", choices=TOKENIZER_CHOICES, default=None, help=f"{_field_help('tokenizer')} (default: {d.tokenizer})")
+    g.add_argument("--max-vocab-size", type=int, metavar="N", default=None,
+                   help=f"{_field_help('max_vocab_size')} (default: {d.max_vocab_size})")
+    g.add_argument("--name", default=None, help=_field_help("name"))
+    g.add_argument("--force", action="store_true", default=None, help=_field_help("force"))
+
+
+def data_config_from_args(args: argparse.Namespace) -> DataConfig:
+    """DataConfig from parsed flags; unset flags keep the dataclass defaults. --input replaces --books."""
+    values = {
+        name: getattr(args, name)
+        for name in ("books", "mirror", "input", "data_dir", "unwrap", "val_fraction", "holdout_books",
+                     "tokenizer", "max_vocab_size", "name", "force")
+        if getattr(args, name, None) is not None
+    }
+    if values.get("input") and "books" not in values:
+        values["books"] = ()
+    try:
+        return DataConfig(**values)
+    except ValueError as error:
+        raise DataError(str(error)) from None
+
+
+def summary_table(prepared: PreparedDataset) -> str:
+    """A plain-text table of the sources and totals of a prepared data set."""
+    meta = prepared.meta
+    rows = [("id", "title", "lang", "train chars", "train tokens", "val chars", "val tokens")]
+    for s in meta["sources"]:
+        rows.append((str(s["id"]), (s["title"] or "")[:34], (s.get("language") or "?")[:7],
+                     f"{s['train']['characters']:,}", f"{s['train']['tokens']:,}",
+                     f"{s['val']['characters']:,}", f"{s['val']['tokens']:,}"))
+    sp = meta["splits"]
+    rows.append((f"{len(meta['sources'])} books", "total", "", f"{sp['train']['characters']:,}",
+                 f"{sp['train']['tokens']:,}", f"{sp['val']['characters']:,}", f"{sp['val']['tokens']:,}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = []
+    for n, row in enumerate(rows):
+        cells = [c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))]
+        lines.append("  ".join(cells))
+        if n in (0, len(rows) - 2):
+            lines.append("  ".join("-" * w for w in widths))
+    tok = meta["tokenizer"]
+    lines.append(
+        f"tokenizer: {tok['type']}, vocabulary {tok['vocab_size']}, dtype {meta['dtype']}, "
+        f"OOV rate (validation) {meta['oov_rate']:.4%}"
+    )
+    lines.append(f"written to {prepared.path}")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m src.dataset",
+        description="Download, clean and tokenize books into <data-dir>/processed/<name>/ "
+        "(train.bin, val.bin, tokenizer.json, meta.json).",
+    )
+    add_data_arguments(parser)
+    block_default = next(f.default for f in fields(ModelConfig) if f.name == "block_size")
+    parser.add_argument("--block-size", type=int, default=block_default, metavar="T",
+                        help=f"check that each split holds at least T + 1 tokens (default: {block_default}; 0 = no check)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m src.dataset`: build (or reuse) the data set and print its summary; exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        config = data_config_from_args(args)
+        prepared = prepare_dataset(config, block_size=args.block_size or None, show_progress=not args.quiet)
+    except (ValueError, OSError) as error:
+        if args.debug:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; nothing was written", file=sys.stderr)
+        return 130
+    if prepared.reused:
+        print(f"reused {prepared.path} (use --force to rebuild)")
+    print(summary_table(prepared))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,284 @@
+"""Project Gutenberg texts: download (with a local cache) and cleaning.
+
+A Gutenberg plain-text file is a book wrapped in a licence header and footer, hard-wrapped at
+~70 columns for 1990s terminals. A language model should learn the book, not the licence and not
+the typesetting, so before tokenization each file goes through:
+
+1. decode as UTF-8 (`utf-8-sig` drops a byte-order mark), CRLF -> LF, Unicode NFC
+   (so "ü" is always one code point, never "u" + combining diaeresis);
+2. keep only what lies between the `*** START OF THE PROJECT GUTENBERG EBOOK ... ***` and
+   `*** END OF ... ***` markers (also the older "THIS PROJECT GUTENBERG EBOOK" wording);
+3. optionally unwrap: join the hard line breaks inside prose paragraphs (see `unwrap_paragraphs`).
+
+Files are fetched from `<mirror>/cache/epub/<ID>/pg<ID>.txt`, Gutenberg's own layout
+(https://www.gutenberg.org/policy/robot_access.html asks robots to use such mirrors and to
+identify themselves). A mirror may also be a local directory with the same layout; it is read in
+place, nothing is copied. Downloads are cached in `<data_dir>/raw/pg<ID>.txt`, written atomically
+(temporary file + `os.replace`) and only after the text was checked, so a broken or interrupted
+download never poisons the cache.
+
+Left out on purpose: HTML/EPUB formats, zip archives, Gutenberg's robot "harvest" endpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+import time
+import unicodedata
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+USER_AGENT = "mini_transformer/0.1 (educational GPT; python-urllib; one request per book, cached)"
+TIMEOUT_S = 30.0
+RETRIES = 3  # attempts after the first one fails with a network error or a 5xx status
+BACKOFF_BASE_S = 1.0  # waits 1 s, 2 s, 4 s between attempts; tests set this to ~0
+CHUNK_BYTES = 1 << 16
+
+# "*** START OF THE PROJECT GUTENBERG EBOOK ALICE ***", "*** START OF THIS PROJECT GUTENBERG
+# EBOOK ...", "***START OF THE PROJECT GUTENBERG E-BOOK ...": case, spacing, the "E-BOOK"
+# spelling and the number of asterisks vary between releases, so the pattern is forgiving.
+_MARKER = r"^[ \t]*\*{{3}}[ \t]*{kind}[ \t]+OF[ \t]+(?:THE|THIS)[ \t]+PROJECT[ \t]+GUTENBERG[ \t]+E-?BOOK\b.*$"
+START_RE = re.compile(_MARKER.format(kind="START"), re.IGNORECASE | re.MULTILINE)
+END_RE = re.compile(_MARKER.format(kind="END"), re.IGNORECASE | re.MULTILINE)
+HEADER_FIELD_RE = r"^{field}:[ \t]*(.+(?:\n[ \t]+\S.*)*)"  # a value may continue on indented lines
+
+# Unwrapping: prose was wrapped at some width W (70-75 in Gutenberg files). A line break is a
+# hard wrap when the next word would (nearly) not have fitted on the line; W is estimated per book
+# as a high percentile of its line lengths, never below MIN_WRAP_WIDTH (verse-only books have
+# short lines). Real files are wrapped by hand or by various tools, not exactly greedily, hence
+# WRAP_SLACK columns of tolerance (measured on the 16 mirror books: 10 joins nearly all prose
+# paragraphs and none of the verse in Faust, whose prose stage directions it does join).
+MIN_WRAP_WIDTH = 60
+WRAP_WIDTH_QUANTILE = 0.9
+WRAP_SLACK = 10
+
+
+class DataError(ValueError):
+    """A problem with the user's input data (bad file, unknown book, no network, ...).
+
+    The command-line tools print its message as one line and exit with status 2.
+    """
+
+
+@dataclass
+class RawBook:
+    """The bytes of one source file and where they came from."""
+
+    data: bytes
+    location: str  # the file path or URL, for messages and meta.json
+    sha256: str
+
+
+# ---------------------------------------------------------------------------------------------
+# Fetching
+
+
+def is_url(mirror: str) -> bool:
+    return mirror.startswith(("http://", "https://"))
+
+
+def book_path(book_id: int) -> str:
+    """The relative location of a book in Gutenberg's cache layout: `book_path(11)` ->
+    'cache/epub/11/pg11.txt'."""
+    return f"cache/epub/{book_id}/pg{book_id}.txt"
+
+
+def fetch_book(book_id: int, mirror: str, raw_dir: Path, show_progress: bool = True) -> RawBook:
+    """The raw bytes of book `book_id`: from a mirror directory, the download cache, or the web."""
+    if is_url(mirror):
+        url = f"{mirror.rstrip('/')}/{book_path(book_id)}"
+        cached = raw_dir / f"pg{book_id}.txt"
+        if not cached.is_file():
+            data = download(url, book_id, show_progress)
+            decode_text(data, url)  # raises before a broken download reaches the cache
+            check_markers(data.decode("utf-8-sig", errors="replace"), url)
+            write_atomic(cached, data)
+        return read_raw(cached)
+    root = Path(mirror)
+    if not root.is_dir():
+        raise DataError(f"--mirror {mirror!r} is neither an http(s) URL nor an existing directory")
+    path = root / book_path(book_id)
+    if not path.is_file():
+        raise DataError(f"book {book_id} not found in mirror {root} (expected {path})")
+    return read_raw(path)
+
+
+def read_raw(path: Path) -> RawBook:
+    data = path.read_bytes()
+    return RawBook(data=data, location=str(path), sha256=hashlib.sha256(data).hexdigest())
+
+
+def download(url: str, book_id: int, show_progress: bool = True) -> bytes:
+    """GET `url` with retries and exponential backoff; 404 and other 4xx fail at once."""
+    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
+    for attempt in range(RETRIES + 1):
+        try:
+            with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
+                return _read_with_progress(response, f"pg{book_id}.txt", show_progress)
+        except urllib.error.HTTPError as error:
+            if error.code == 404:
+                raise DataError(f"book {book_id} not found at {url}") from None
+            if error.code < 500 or attempt == RETRIES:
+                raise DataError(f"downloading book {book_id} failed: HTTP {error.code} {error.reason} at {url}") from None
+        except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
+            if attempt == RETRIES:
+                reason = getattr(error, "reason", error)
+                raise DataError(
+                    f"cannot reach {url} ({reason}); check the internet connection, or use "
+                    f"--mirror DIR_OR_URL (a local Gutenberg mirror) or --input FILES (your own .txt files)"
+                ) from None
+        time.sleep(BACKOFF_BASE_S * 2**attempt)
+    raise AssertionError("unreachable: the loop returns or raises")
+
+
+def _read_with_progress(response, label: str, show_progress: bool) -> bytes:
+    total = response.headers.get("Content-Length")
+    chunks = []
+    with tqdm(
+        total=int(total) if total else None, unit="B", unit_scale=True, desc=f"download {label}",
+        disable=not show_progress, leave=False,
+    ) as bar:
+        while chunk := response.read(CHUNK_BYTES):
+            chunks.append(chunk)
+            bar.update(len(chunk))
+    return b"".join(chunks)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write to a temporary file next to `path`, then rename: readers see all or nothing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ---------------------------------------------------------------------------------------------
+# Cleaning
+
+
+def decode_text(data: bytes, source: str) -> str:
+    """Bytes -> normalised text: `decode_text(b'\\xef\\xbb\\xbfa\\r\\nb', 'x')` -> 'a\\nb'."""
+    if not data.strip():
+        raise DataError(f"{source} is empty")
+    nul = data.find(b"\x00")
+    if nul >= 0:
+        raise DataError(f"{source} looks like a binary file (NUL byte at offset {nul}); expected UTF-8 text")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise DataError(
+            f"{source} is not valid UTF-8 (byte offset {error.start}: {data[error.start:error.start + 1]!r}); "
+            f"convert it, e.g. iconv -f latin1 -t utf-8"
+        ) from None
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return unicodedata.normalize("NFC", text)
+
+
+def parse_header(text: str) -> dict[str, str | None]:
+    """Title, author and language from the header before the START marker (None if absent)."""
+    start = START_RE.search(text)
+    header = text[: start.start()] if start else text[:5000]
+    fields: dict[str, str | None] = {}
+    for key in ("Title", "Author", "Language"):
+        match = re.search(HEADER_FIELD_RE.format(field=key), header, re.MULTILINE)
+        fields[key.lower()] = " ".join(match.group(1).split()) if match else None
+    return fields
+
+
+def check_markers(text: str, source: str) -> tuple[re.Match, re.Match]:
+    start = START_RE.search(text)
+    if start is None:
+        raise DataError(
+            f"{source} has no '*** START OF THE PROJECT GUTENBERG EBOOK ... ***' marker; "
+            f"is it a Project Gutenberg plain-text file? (use --input for other texts)"
+        )
+    end = END_RE.search(text, start.end())
+    if end is None:
+        raise DataError(f"{source} has a START but no '*** END OF THE PROJECT GUTENBERG EBOOK ... ***' marker")
+    return start, end
+
+
+def strip_gutenberg(text: str, source: str) -> str:
+    """The book between the START and END markers, without surrounding blank lines."""
+    start, end = check_markers(text, source)
+    body = text[start.end() : end.start()].strip("\n")
+    if not body.strip():
+        raise DataError(f"{source} has no text between its START and END markers")
+    return body + "\n"
+
+
+def has_markers(text: str) -> bool:
+    start = START_RE.search(text)
+    return start is not None and END_RE.search(text, start.end()) is not None
+
+
+def unwrap_paragraphs(text: str, width: int | None = None) -> str:
+    """Join hard-wrapped prose lines; keep verse, indented blocks and paragraph breaks.
+
+    The text is cut into blocks at blank lines. A block is joined into one line only if
+      * its first line is not indented (tables of contents, block quotes, indented poems and
+        addresses stay as they are), and
+      * every line but the last is "full": the next line's first word would not have fitted,
+        up to WRAP_SLACK columns (len(line) + 1 + len(next word) > width - WRAP_SLACK); this is
+        where a word-wrapper breaks a line.
+    Verse has lines of varying, mostly short length that fail the second rule, so the line breaks
+    of a poem survive. Blank lines (paragraph breaks) are never touched.
+    Example: unwrap_paragraphs("a bb\\ncc", width=15) -> 'a bb cc'; with width=19 nothing changes.
+    """
+    lines = text.split("\n")
+    if width is None:
+        width = estimate_wrap_width(lines)
+    result: list[str] = []
+    block: list[str] = []
+    for line in lines:
+        if line.strip():
+            block.append(line)
+            continue
+        if block:
+            result.append(_unwrap_block(block, width))
+            block = []
+        result.append(line)
+    if block:
+        result.append(_unwrap_block(block, width))
+    return "\n".join(result)
+
+
+def estimate_wrap_width(lines: list[str]) -> int:
+    lengths = sorted(len(line.rstrip()) for line in lines if line.strip())
+    if not lengths:
+        return MIN_WRAP_WIDTH
+    return max(MIN_WRAP_WIDTH, lengths[int(WRAP_WIDTH_QUANTILE * (len(lengths) - 1))])
+
+
+def _unwrap_block(lines: list[str], width: int) -> str:
+    """One block of non-blank lines -> the same lines, or one joined line if it is wrapped prose."""
+    if len(lines) < 2 or lines[0][:1] in (" ", "\t"):
+        return "\n".join(lines)
+    for line, following in zip(lines, lines[1:]):
+        if len(line.rstrip()) + 1 + len(following.split(maxsplit=1)[0]) <= width - WRAP_SLACK:
+            return "\n".join(lines)
+    return " ".join(line.strip() for line in lines)
+
+
+def clean_book(data: bytes, source: str, unwrap: bool, require_markers: bool = True) -> str:
+    """Decode, strip the Gutenberg header/footer (if present or required) and optionally unwrap."""
+    text = decode_text(data, source)
+    if require_markers or has_markers(text):
+        text = strip_gutenberg(text, source)
+    if unwrap:
+        text = unwrap_paragraphs(text)
+    if not text.strip():
+        raise DataError(f"{source} contains only whitespace")
+    return text
