@@ -36,7 +36,9 @@ from torch import nn
 from src.config import ModelConfig
 
 
-def build_causal_mask(t_query: int, t_key: int | None = None, device: torch.device | None = None) -> torch.Tensor:
+def build_causal_mask(
+    t_query: int, t_key: int | None = None, device: torch.device | None = None
+) -> torch.Tensor:
     """Boolean (t_query, t_key) mask, True where a query may attend to a key.
 
     The queries are the *last* t_query of the t_key positions (with a KV cache, earlier positions
@@ -162,7 +164,8 @@ class MultiHeadAttention(nn.Module):
             attn_mask = None if T == 1 else mask
             context = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
         # 7. Merge the heads again and mix them with the output projection.
-        y = context.transpose(1, 2).contiguous().view(B, T, C)  # (B, nh, T, hs) -> (B, T, nh, hs) -> (B, T, C)
+        y = context.transpose(1, 2).contiguous()  # (B, nh, T, hs) -> (B, T, nh, hs)
+        y = y.view(B, T, C)  # (B, T, nh, hs) -> (B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
     def attention_weights(self, x: torch.Tensor) -> torch.Tensor:

@@ -12,8 +12,8 @@ Choices from GPT-2 (and why):
   keeps the stream's variance from growing with depth (GPT-2 paper, section 2.3).
 * Architecture and submodule names match Hugging Face's GPT2LMHeadModel, so weights map 1:1.
 
-`generate` samples one token at a time (greedy, temperature, top-k, nucleus/top-p: sampling.py) and uses a
-KV cache (attention.KVCache) while the sequence fits in block_size.
+`generate` samples one token at a time (greedy, temperature, top-k, nucleus/top-p; see sampling.py)
+and uses a KV cache (attention.KVCache) while the sequence fits in block_size.
 
 Shapes: B batch, T time, C = n_embd, V = vocab_size (legend in attention.py).
 """
@@ -69,7 +69,9 @@ class MiniTransformer(nn.Module):
             logits (B, T, V) and the mean cross-entropy over all positions (None without targets).
         """
         if kv_cache is not None and len(kv_cache) != len(self.blocks):
-            raise ValueError(f"kv_cache has {len(kv_cache)} layers, the model {len(self.blocks)}; use new_kv_cache()")
+            raise ValueError(
+                f"kv_cache has {len(kv_cache)} layers, the model {len(self.blocks)}; use model.new_kv_cache()"
+            )
         start_pos = kv_cache[0].length if kv_cache is not None else 0
         x = self.embeddings(idx, start_pos=start_pos)  # (B, T) -> (B, T, C)
         for i, block in enumerate(self.blocks):
@@ -81,7 +83,12 @@ class MiniTransformer(nn.Module):
         return logits, loss
 
     def new_kv_cache(self) -> list[KVCache]:
-        """An empty KV cache, one KVCache per layer, for `forward(..., kv_cache=...)`."""
+        """An empty KV cache, one KVCache per layer, for `forward(..., kv_cache=...)`. Usage:
+
+            cache = model.new_kv_cache()
+            logits, _ = model(prompt, kv_cache=cache)  # positions 0 .. T-1, cache.length becomes T
+            logits, _ = model(next_token, kv_cache=cache)  # position T, attends to the cached k/v
+        """
         return [KVCache() for _ in self.blocks]
 
     @torch.no_grad()
@@ -99,8 +106,8 @@ class MiniTransformer(nn.Module):
 
         See `generate_stream` for the arguments.
         """
-        new_tokens = list(self.generate_stream(idx, max_new_tokens, temperature, top_k, top_p, use_cache, generator))
-        return torch.cat([idx, *new_tokens], dim=1)
+        stream = self.generate_stream(idx, max_new_tokens, temperature, top_k, top_p, use_cache, generator)
+        return torch.cat([idx, *stream], dim=1)  # (B, T) + max_new_tokens x (B, 1) -> (B, T + max_new_tokens)
 
     def generate_stream(
         self,
