@@ -1,0 +1,157 @@
+"""Downloading books from a real HTTP server on 127.0.0.1 (http.server in a thread).
+
+The server serves a temporary Gutenberg-style mirror written with conftest's helpers and counts
+the requests, which proves the cache: a second build must not download anything.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from src import gutenberg
+from src.dataset import main
+from src.tokenizer import load_tokenizer
+from tests.conftest import make_story, wrap_paragraphs, write_gutenberg_mirror
+
+
+class MirrorServer:
+    """A static file server over `root` that records each request path and User-Agent."""
+
+    def __init__(self, root: Path):
+        self.requests: list[tuple[str, str]] = []
+        self.fail_next = 0  # answer this many requests with 503 first (to exercise the retries)
+        server = self
+
+        class Handler(SimpleHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 (http.server's naming)
+                server.requests.append((self.path, self.headers.get("User-Agent", "")))
+                if server.fail_next > 0:
+                    server.fail_next -= 1
+                    self.send_error(503, "try again")
+                    return
+                super().do_GET()
+
+            def log_message(self, *args):  # keep pytest output clean
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=str(root)))
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def book_requests(self) -> list[str]:
+        return [path for path, _ in self.requests]
+
+
+@pytest.fixture(autouse=True)
+def _no_backoff(monkeypatch):
+    monkeypatch.setattr(gutenberg, "BACKOFF_BASE_S", 0.001)
+
+
+@pytest.fixture
+def mirror(tmp_path):
+    root = write_gutenberg_mirror(
+        tmp_path / "mirror",
+        {1: wrap_paragraphs(make_story(30, seed=1)), 2: wrap_paragraphs(make_story(30, seed=2))},
+        crlf=True, bom=True,
+    )
+    server = MirrorServer(root)
+    server.thread.start()
+    yield server
+    server.httpd.shutdown()
+    server.httpd.server_close()
+
+
+def build(url: str, data_dir: Path, *extra: str) -> int:
+    return main(["--books", "1", "2", "--mirror", url, "--data-dir", str(data_dir), "--block-size", "8", "--quiet", *extra])
+
+
+def test_download_writes_the_cache_and_a_second_build_makes_no_request(mirror, tmp_path, capsys):
+    data = tmp_path / "data"
+    assert build(mirror.url, data) == 0
+    assert sorted(mirror.book_requests()) == ["/cache/epub/1/pg1.txt", "/cache/epub/2/pg2.txt"]
+    served = (tmp_path / "mirror" / "cache" / "epub" / "1" / "pg1.txt").read_bytes()
+    assert (data / "raw" / "pg1.txt").read_bytes() == served  # the cache holds the file as served
+    assert not list((data / "raw").glob(".*"))  # no temporary .part files left
+    assert all(agent == gutenberg.USER_AGENT for _, agent in mirror.requests)
+
+    assert build(mirror.url, data, "--force") == 0  # rebuilds the data set from the cache
+    assert len(mirror.requests) == 2
+    capsys.readouterr()
+    assert build(mirror.url, data) == 0
+    out = capsys.readouterr().out
+    assert "reused" in out and "--force" in out
+    assert len(mirror.requests) == 2
+
+
+def test_downloaded_books_are_cleaned_and_tokenized(mirror, tmp_path):
+    data = tmp_path / "data"
+    assert build(mirror.url, data, "--name", "web") == 0
+    out = data / "processed" / "web"
+    tokenizer = load_tokenizer(out / "tokenizer.json")
+    train = tokenizer.decode(np.fromfile(out / "train.bin", dtype=np.uint16).tolist())
+    val = tokenizer.decode(np.fromfile(out / "val.bin", dtype=np.uint16).tolist())
+    story1, story2 = make_story(30, seed=1), make_story(30, seed=2)
+    # BOM, CRLF, header, footer and hard wraps are gone; books are joined with <|endoftext|>
+    train1, train2 = train.split("<|endoftext|>")
+    val1, val2 = val.split("<|endoftext|>")
+    assert train1 + val1 == story1 and train2 + val2 == story2
+
+
+def test_server_errors_are_retried(mirror, tmp_path):
+    mirror.fail_next = 2  # two 503 answers, then the file
+    assert build(mirror.url, tmp_path / "data") == 0
+    assert mirror.book_requests().count("/cache/epub/1/pg1.txt") == 3
+
+
+def test_unknown_book_gives_404_message_and_no_output(mirror, tmp_path, capsys):
+    data = tmp_path / "data"
+    code = main(["--books", "1", "999999", "--mirror", mirror.url, "--data-dir", str(data), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err == f"error: book 999999 not found at {mirror.url}/cache/epub/999999/pg999999.txt\n"
+    assert mirror.book_requests().count("/cache/epub/999999/pg999999.txt") == 1  # a 404 is not retried
+    assert not (data / "processed").exists() or not list((data / "processed").iterdir())
+
+
+def test_unreachable_server_suggests_mirror_or_input(tmp_path, capsys):
+    with socket.socket() as sock:  # a port that nobody listens on any more
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    code = main(["--books", "1", "--mirror", f"http://127.0.0.1:{port}", "--data-dir", str(tmp_path), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert f"127.0.0.1:{port}" in err and "--mirror" in err and "--input" in err
+    assert not (tmp_path / "raw").exists() or not list((tmp_path / "raw").iterdir())
+
+
+def test_a_download_without_markers_is_not_cached(tmp_path, capsys):
+    root = tmp_path / "mirror"
+    page = root / "cache" / "epub" / "5" / "pg5.txt"
+    page.parent.mkdir(parents=True)
+    page.write_text("<html>Sorry, this page is not available.</html>\n")
+    server = MirrorServer(root)
+    server.thread.start()
+    try:
+        code = main(["--books", "5", "--mirror", server.url, "--data-dir", str(tmp_path / "data"), "--quiet"])
+    finally:
+        server.httpd.shutdown()
+        server.httpd.server_close()
+    err = capsys.readouterr().err
+    assert code == 2 and "START OF THE PROJECT GUTENBERG" in err and "pg5.txt" in err
+    assert not (tmp_path / "data" / "raw" / "pg5.txt").exists()
+
+
+def test_directory_mirror_is_read_in_place(tmp_path, monkeypatch):
+    root = write_gutenberg_mirror(tmp_path / "mirror", {3: make_story(20, seed=3)})
+    monkeypatch.setenv("MINI_TRANSFORMER_MIRROR", str(root))  # the default for --mirror
+    data = tmp_path / "data"
+    assert main(["--books", "3", "--data-dir", str(data), "--block-size", "8", "--quiet"]) == 0
+    assert not (data / "raw").exists()  # nothing copied or downloaded
