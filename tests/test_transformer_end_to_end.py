@@ -213,7 +213,7 @@ def test_top_p_sampling_draws_only_from_the_nucleus(tiny_config):
         model.lm_head.weight.zero_()  # also zeroes the tied token table: uniform logits over 11 tokens
     prompt = torch.zeros(200, 1, dtype=torch.long)
     draws = model.generate(prompt, 1, top_p=0.5, generator=torch.Generator().manual_seed(0))[:, 1]
-    # Ties are sorted by index, so the nucleus of 11 equal tokens at p=0.5 is 6 tokens.
+    # 11 equally likely tokens: 5 of them hold 5/11 < 0.5 of the mass, so the nucleus has 6 tokens.
     assert len(set(draws.tolist())) == 6
 
 
