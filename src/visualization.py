@@ -344,7 +344,8 @@ def plot_token_surprisal(
     for position, (line, column, shown) in enumerate(placed):
         colour = "lightgrey" if position == 0 else cmap(norm(bits[position - 1]))
         ax_text.add_patch(Rectangle((column, -line - 1), max(len(shown), 1), 0.9, facecolor=colour, edgecolor="white"))
-        ax_text.text(column, -line - 0.55, shown, family="monospace", fontsize=fontsize, va="center", ha="left")
+        ax_text.text(column + max(len(shown), 1) / 2, -line - 0.55, shown, family="monospace", fontsize=fontsize,
+                     va="center", ha="center")
     ax_text.set_xlim(0, width)
     ax_text.set_ylim(-n_lines - 0.1, 0.1)
     ax_text.set_axis_off()
@@ -496,3 +497,21 @@ def log_attention_images(
     """Add the attention heat-maps of `layers` for `prompt` to a TensorBoard SummaryWriter at `step`."""
     for tag, fig in attention_figures(model, tokenizer, prompt, layers).items():
         writer.add_figure(tag, fig, global_step=step, close=False)
+
+
+class AttentionImageHook:
+    """An evaluation hook for the training loop: `hook(step, model, writer)` logs attention images.
+
+    Example: `RunLogger(..., eval_hooks=[AttentionImageHook(tokenizer, "The cat")])` adds
+    "attention/layer_0" and "attention/layer_<n_layer-1>" images at every evaluation.
+    """
+
+    def __init__(self, tokenizer: Any, prompt: str, layers: Sequence[int] = (0, -1)) -> None:
+        if not tokenizer.encode(prompt):
+            raise ValueError("the attention prompt is empty after tokenization; choose a non-empty prompt")
+        self.tokenizer = tokenizer
+        self.prompt = prompt
+        self.layers = tuple(layers)
+
+    def __call__(self, step: int, model: torch.nn.Module, writer: Any) -> None:
+        log_attention_images(writer, model, self.tokenizer, self.prompt, step, self.layers)
