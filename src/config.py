@@ -47,8 +47,9 @@ def _require_choice(obj: Any, name: str, choices: tuple[str, ...]) -> None:
 
 def _require_fraction(obj: Any, name: str, low: float, high: float, high_inclusive: bool = False) -> None:
     value = getattr(obj, name)
-    upper_ok = value <= high if high_inclusive else value < high
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not (low <= value and upper_ok):
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)  # before comparing: "0.1" < 1.0 is a TypeError
+    upper_ok = is_number and (value <= high if high_inclusive else value < high)
+    if not (is_number and low <= value and upper_ok):
         bracket = "]" if high_inclusive else ")"
         raise ValueError(f"{name} must lie in [{low}, {high}{bracket}, got {value!r}")
 
@@ -160,9 +161,13 @@ class TrainConfig:
     compile: bool = field(default=False, metadata=_help("torch.compile the model (CUDA, Linux)"))
     num_workers: int = field(default=0, metadata=_help("DataLoader worker processes"))
     logdir: Path | None = field(default=None, metadata=_help("run directory (default runs/<date-time>)"))
+    log_interval: int = field(default=10, metadata=_help("write train/loss, lr, grad_norm every N optimiser steps"))
+    sample_tokens: int = field(
+        default=200, metadata=_help("characters/tokens of text sampled from fixed prompts at each evaluation (0 = off)")
+    )
 
     def __post_init__(self) -> None:
-        _require_positive(self, "batch_size", "epochs", "grad_accum", "eval_interval", "eval_batches")
+        _require_positive(self, "batch_size", "epochs", "grad_accum", "eval_interval", "eval_batches", "log_interval")
         if self.max_steps is not None:
             _require_positive(self, "max_steps")
         for name in ("lr", "min_lr", "weight_decay", "grad_clip"):
@@ -175,7 +180,7 @@ class TrainConfig:
             raise ValueError(f"min_lr ({self.min_lr}) must not exceed lr ({self.lr})")
         _require_fraction(self, "beta1", 0.0, 1.0)
         _require_fraction(self, "beta2", 0.0, 1.0)
-        for name in ("warmup_steps", "early_stopping", "num_workers", "seed"):
+        for name in ("warmup_steps", "early_stopping", "num_workers", "seed", "sample_tokens"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be a non-negative integer, got {value!r}")

@@ -22,6 +22,15 @@ START_MARKER = "*** START OF THE PROJECT GUTENBERG EBOOK {title} ***"
 END_MARKER = "*** END OF THE PROJECT GUTENBERG EBOOK {title} ***"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Tiny models run fastest single-threaded; on a busy 2-core CI machine extra threads only contend."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _seed_everything():
     """Seed every generator and restore torch's global state after each test."""
