@@ -240,3 +240,26 @@ def test_longest_verbatim_match_is_fast_on_seven_megabytes():
     elapsed = time.perf_counter() - start
     assert match.length >= 60 and planted in match.text and match.source == "book 4"
     assert elapsed < 5.0, f"7 MB took {elapsed:.1f} s"
+
+
+def test_training_texts_of_a_prepared_data_set_find_the_planted_book(tmp_path):
+    from src.analysis import training_texts
+    from src.config import DataConfig
+    from src.dataset import prepare_dataset
+    from tests.conftest import wrap_paragraphs, write_gutenberg_mirror
+
+    planted = "Zebras quietly jump over the lazy fjord at dawn."
+    story = make_story(20, seed=5)
+    books = {11: make_story(20, seed=4), 74: story[: len(story) // 3] + planted + " " + story[len(story) // 3 :]}
+    mirror = write_gutenberg_mirror(tmp_path / "mirror", {k: wrap_paragraphs(v) for k, v in books.items()})
+    config = DataConfig(books=(11, 74), mirror=str(mirror), data_dir=tmp_path / "data", tokenizer="char",
+                        max_vocab_size=64)
+    prepared = prepare_dataset(config, show_progress=False)
+    documents = training_texts(prepared.path)
+    assert sorted(documents) == ["11 Book 11", "74 Book 74"]
+    assert planted in documents["74 Book 74"].replace("\n", " ")
+    assert documents["11 Book 11"].startswith(make_story(20, seed=4)[:40])
+    match = longest_verbatim_match("##" + planted + "##", documents)
+    assert match.source == "74 Book 74" and match.length >= len("Zebras quietly jump over the lazy")
+    with pytest.raises(ValueError, match="no meta.json"):
+        training_texts(tmp_path)
