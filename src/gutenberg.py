@@ -22,6 +22,7 @@ Left out on purpose: HTML/EPUB formats, zip archives, Gutenberg's robot "harvest
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import os
 import re
@@ -178,8 +179,9 @@ def decode_text(data: bytes, source: str) -> str:
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
+        offset = error.start + (3 if data.startswith(codecs.BOM_UTF8) else 0)  # utf-8-sig counts after the BOM
         raise DataError(
-            f"{source} is not valid UTF-8 (byte offset {error.start}: {data[error.start:error.start + 1]!r}); "
+            f"{source} is not valid UTF-8 (byte offset {offset}: {data[offset:offset + 1]!r}); "
             f"convert it, e.g. iconv -f latin1 -t utf-8"
         ) from None
     text = text.replace("\r\n", "\n").replace("\r", "\n")
