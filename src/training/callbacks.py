@@ -1,0 +1,245 @@
+"""Callbacks that turn the training loop's reports into files: logs, samples and checkpoints.
+
+* `RunLogger` writes TensorBoard event files (scalars `train/loss`, `val/loss`, `val/perplexity`,
+  `val/bpc`, `lr`, `grad_norm`, `tokens_per_sec`, `epoch`; text samples; hyperparameters with the
+  final metrics), `metrics.jsonl` (one JSON object per line) and `samples.md`. At every evaluation
+  it samples text from fixed prompts with a fixed seed, a time-lapse of how the model learns to
+  write, and calls the `eval_hooks` (e.g. to add attention images).
+* `CheckpointSaver` writes `checkpoints/last.pt` at every evaluation and at the end, and
+  `checkpoints/best.pt` whenever the validation loss improves.
+
+Neither draws from the global random generators, so they never change what the model learns.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from src.training.train_loop import Callback, EvalRecord, History, LoopContext, StepRecord
+from src.training.utils import (
+    CHECKPOINT_DIR,
+    CHECKPOINT_FORMAT_VERSION,
+    capture_rng_state,
+    preserved_rng,
+    save_checkpoint,
+)
+
+SAMPLE_PROMPTS: tuple[str, ...] = ("The ", "Once upon a time")
+SAMPLE_TEMPERATURE = 0.8
+SAMPLE_TOP_K = 50
+
+# An evaluation hook gets (step, unwrapped model, SummaryWriter) after every evaluation.
+EvalHook = Callable[[int, nn.Module, Any], None]
+
+
+def sample_text(
+    model: nn.Module,
+    tokenizer: Any,
+    prompt: str,
+    max_new_tokens: int,
+    device: torch.device,
+    seed: int,
+    temperature: float = SAMPLE_TEMPERATURE,
+    top_k: int | None = SAMPLE_TOP_K,
+) -> str:
+    """Prompt + continuation, sampled with a private generator (the global RNG stays untouched)."""
+    ids = tokenizer.encode(prompt) or [tokenizer.eot_id]
+    idx = torch.tensor([ids], dtype=torch.long, device=device)  # (1, T)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    with preserved_rng(device), torch.no_grad():
+        out = model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k, generator=generator)
+    model.train(was_training)
+    return tokenizer.decode(out[0].tolist())
+
+
+class RunLogger(Callback):
+    """TensorBoard + metrics.jsonl + samples.md for one run directory."""
+
+    def __init__(
+        self,
+        run_dir: Path,
+        tokenizer: Any,
+        *,
+        hparams: dict[str, Any],
+        eval_hooks: Sequence[EvalHook] = (),
+        prompts: Sequence[str] = SAMPLE_PROMPTS,
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        self.tokenizer = tokenizer
+        self.hparams = hparams
+        self.eval_hooks = list(eval_hooks)
+        self.prompts = list(prompts)
+        self.writer = None
+        self._window_tokens = 0
+        self._window_seconds = 0.0
+        self._prev_tokens = 0
+        self._last_train_loss: float | None = None
+
+    # -- lifecycle --
+    def on_train_start(self, ctx: LoopContext) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        resumed_at = ctx.state.step if ctx.state.step > 0 else None
+        # purge_step hides events a crashed segment wrote after the checkpoint we resume from.
+        self.writer = SummaryWriter(log_dir=str(self.run_dir), purge_step=resumed_at)
+        if resumed_at is not None:
+            _truncate_metrics(self.run_dir / "metrics.jsonl", resumed_at)
+        self._prev_tokens = ctx.state.tokens_seen
+
+    def on_step(self, ctx: LoopContext, record: StepRecord) -> None:
+        # tokens/s averaged over the steps since the last log line (evaluation time excluded)
+        step_tokens = record.tokens - self._prev_tokens
+        self._prev_tokens = record.tokens
+        self._window_tokens += step_tokens
+        self._window_seconds += step_tokens / record.tokens_per_sec
+        self._last_train_loss = record.loss
+        if record.step % ctx.config.log_interval and record.step != 1:
+            return
+        scalars = {
+            "train/loss": record.loss,
+            "lr": record.lr,
+            "grad_norm": record.grad_norm,
+            "tokens_per_sec": self._window_tokens / max(self._window_seconds, 1e-9),
+            "epoch": record.epoch,
+        }
+        self._window_tokens, self._window_seconds = 0, 0.0
+        for tag, value in scalars.items():
+            self.writer.add_scalar(tag, value, record.step)
+        self._append_metrics(
+            {"step": record.step, "tokens": record.tokens, "time": round(record.time, 3), **scalars,
+             "clipped": record.clipped}
+        )
+
+    def on_eval(self, ctx: LoopContext, record: EvalRecord) -> None:
+        scalars = {"val/loss": record.val_loss, "val/perplexity": record.perplexity, "val/bpc": record.bpc}
+        for tag, value in scalars.items():
+            self.writer.add_scalar(tag, value, record.step)
+        self._append_metrics(
+            {"step": record.step, "tokens": record.tokens, "time": round(record.time, 3), **scalars,
+             "epoch": record.epoch, "train/loss_mean": record.train_loss, "improved": record.improved,
+             "overfitting": record.overfitting}
+        )
+        if ctx.config.sample_tokens > 0:
+            self._write_samples(ctx, record)
+        for hook in self.eval_hooks:
+            hook(record.step, ctx.model, self.writer)
+        self.writer.flush()
+
+    def on_train_end(self, ctx: LoopContext, history: History) -> None:
+        from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+        final_eval = history.evals[-1] if history.evals else None
+        metrics = {
+            "hparam/best_val_loss": _finite_or_nan(ctx.state.best_val_loss),
+            "hparam/final_val_loss": final_eval.val_loss if final_eval else math.nan,
+            "hparam/final_train_loss": self._last_train_loss if self._last_train_loss is not None else math.nan,
+            "hparam/steps": float(ctx.state.step),
+        }
+        exp, ssi, sei = hparams_summary(_tensorboard_hparams(self.hparams), metrics)
+        for summary in (exp, ssi, sei):
+            self.writer.file_writer.add_summary(summary, ctx.state.step)
+        for tag, value in metrics.items():
+            self.writer.add_scalar(tag, value, ctx.state.step)
+        self.writer.close()
+
+    # -- helpers --
+    def _append_metrics(self, row: dict[str, Any]) -> None:
+        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(row, allow_nan=True) + "\n")
+
+    def _write_samples(self, ctx: LoopContext, record: EvalRecord) -> None:
+        parts = [f"## Step {record.step} (epoch {record.epoch:.2f}, val loss {record.val_loss:.4f})\n"]
+        for i, prompt in enumerate(self.prompts):
+            text = sample_text(
+                ctx.model, self.tokenizer, prompt, ctx.config.sample_tokens, ctx.device, seed=ctx.config.seed + i
+            )
+            self.writer.add_text(f"samples/prompt_{i}", _markdown_block(text), record.step)
+            parts.append(f"Prompt {prompt!r}:\n\n{_markdown_block(text)}\n")
+        with open(self.run_dir / "samples.md", "a", encoding="utf-8") as handle:
+            handle.write("\n".join(parts) + "\n")
+
+
+class CheckpointSaver(Callback):
+    """checkpoints/last.pt at every evaluation and at the end; best.pt on a new best val loss.
+
+    `static` holds what never changes during the run (configs as dicts, tokenizer, data path).
+    After a NaN/inf loss nothing is written, so last.pt stays the last good state.
+    """
+
+    def __init__(self, run_dir: Path, static: dict[str, Any]) -> None:
+        self.dir = Path(run_dir) / CHECKPOINT_DIR
+        self.static = static
+        self.last_path = self.dir / "last.pt"
+        self.best_path = self.dir / "best.pt"
+        self.saved_step: int | None = None
+
+    def on_eval(self, ctx: LoopContext, record: EvalRecord) -> None:
+        if record.step == 0:
+            return  # nothing trained yet
+        payload = checkpoint_payload(ctx, self.static)
+        save_checkpoint(self.last_path, payload)
+        self.saved_step = record.step
+        if record.improved:
+            save_checkpoint(self.best_path, payload)
+
+    def on_train_end(self, ctx: LoopContext, history: History) -> None:
+        if history.stop_reason == "non_finite_loss" or ctx.state.step == 0:
+            return
+        if self.saved_step != ctx.state.step:
+            save_checkpoint(self.last_path, checkpoint_payload(ctx, self.static))
+            self.saved_step = ctx.state.step
+
+
+def checkpoint_payload(ctx: LoopContext, static: dict[str, Any]) -> dict[str, Any]:
+    """Everything needed to resume exactly - only tensors and plain Python values."""
+    return {
+        "format_version": CHECKPOINT_FORMAT_VERSION,
+        **static,
+        "model": ctx.model.state_dict(),  # the unwrapped module: no `_orig_mod.` keys
+        "optimizer": ctx.optimizer.state_dict(),
+        "scaler": ctx.scaler.state_dict(),
+        "lr_schedule": {"step": ctx.state.step, "total_steps": ctx.total_steps},
+        "state": ctx.state.to_dict(),
+        "rng": capture_rng_state(),
+    }
+
+
+def _truncate_metrics(path: Path, last_step: int) -> None:
+    """Drop metrics.jsonl rows written after `last_step` (by a segment that did not save them)."""
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()
+            and json.loads(line).get("step", 0) <= last_step]
+    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+
+def _finite_or_nan(value: float) -> float:
+    return value if math.isfinite(value) else math.nan
+
+
+def _markdown_block(text: str) -> str:
+    """Text inside a fenced block; TensorBoard renders add_text as Markdown."""
+    return "```\n" + text.replace("```", "`\u200b``") + "\n```"
+
+
+def _tensorboard_hparams(values: dict[str, Any]) -> dict[str, Any]:
+    """TensorBoard's hparams plugin takes only numbers, strings and booleans."""
+    plain: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, (bool, int, float, str)):
+            plain[key] = value
+        elif value is None:
+            plain[key] = "None"
+        else:
+            plain[key] = str(value)
+    return plain

@@ -1,0 +1,285 @@
+"""Training utilities: seeding, device and precision choice, and safe, exact checkpoints.
+
+A checkpoint is everything needed to continue a run as if it had never stopped: the weights of the
+*unwrapped* model (never the `torch.compile` wrapper, so keys never carry an `_orig_mod.` prefix),
+the optimizer and GradScaler state, the position in the data (epoch and batch), and the state of
+every random number generator (python, numpy, torch, CUDA) - the dropout masks and the data order
+depend on them. nanoGPT's checkpoints lack the RNG and data position (issues #358, #380), so a
+resumed run there is only "roughly" the same run.
+
+Checkpoints hold only tensors and plain Python values (dict, list, str, int, float, bool, None), so
+they load with `torch.load(..., weights_only=True)`, which cannot execute code hidden in a file
+(see the PyTorch "Serialization semantics" notes). They are written atomically: to a temporary file
+in the same folder, flushed to disk (fsync) and then renamed over the old file (`os.replace`), so a
+crash or Ctrl-C while saving never leaves a half-written `last.pt` behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import platform
+import random
+import sys
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from src.config import ModelConfig, config_from_dict
+
+CHECKPOINT_FORMAT_VERSION = 1
+CHECKPOINT_DIR = "checkpoints"
+REQUIRED_KEYS = ("format_version", "model", "model_config", "tokenizer")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, corrupt, truncated or does not fit the model/tokenizer."""
+
+
+# --- seeding and random number generator state ------------------------------------------------
+
+
+def set_seed(seed: int) -> None:
+    """Seed python's `random`, numpy and torch (CPU and all CUDA devices) with one number."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """The state of every global random generator, as tensors and plain values.
+
+    Example: `restore_rng_state(capture_rng_state())` leaves the next `torch.rand(1)` unchanged.
+    """
+    version, internal, gauss_next = random.getstate()
+    _, np_keys, np_pos, np_has_gauss, np_cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": [version, list(internal), gauss_next],
+        "numpy": {
+            "keys": torch.from_numpy(np_keys.astype(np.int64)),
+            "pos": int(np_pos),
+            "has_gauss": int(np_has_gauss),
+            "cached_gaussian": float(np_cached),
+        },
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Undo `capture_rng_state`: put every generator back where it was."""
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    np_state = state["numpy"]
+    np.random.set_state(
+        (
+            "MT19937",
+            np_state["keys"].numpy().astype(np.uint32),
+            np_state["pos"],
+            np_state["has_gauss"],
+            np_state["cached_gaussian"],
+        )
+    )
+    torch.set_rng_state(state["torch"])
+    cuda_states = state.get("cuda") or []
+    if cuda_states and torch.cuda.is_available():
+        # A checkpoint from a machine with more GPUs restores only the devices that exist here.
+        count = min(len(cuda_states), torch.cuda.device_count())
+        torch.cuda.set_rng_state_all(cuda_states[:count])
+
+
+@contextlib.contextmanager
+def preserved_rng(device: torch.device):
+    """Run a block without changing the global torch RNG (e.g. evaluation and sampling).
+
+    Creating a DataLoader iterator or sampling text may draw random numbers; this keeps the training
+    run's dropout masks identical whether or not such side work happens (needed for exact resume).
+    """
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        yield
+
+
+# --- devices and numeric precision ------------------------------------------------------------
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' picks cuda, then mps, then cpu; an explicit device that is missing is an error."""
+    mps_available = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps") if mps_available else torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device: cuda was requested but no CUDA GPU is visible to PyTorch; use --device cpu")
+    if name == "mps" and not mps_available:
+        raise ValueError("device: mps was requested but is not available; use --device cpu")
+    if name not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device must be one of auto, cpu, cuda, mps; got {name!r}")
+    return torch.device(name)
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How the forward pass runs: `autocast_dtype` None means plain float32."""
+
+    name: str  # "fp32" | "bf16" | "fp16"
+    autocast_dtype: torch.dtype | None
+    use_grad_scaler: bool  # fp16 gradients underflow without loss scaling; bf16 does not need it
+
+    def autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=self.autocast_dtype)
+
+
+def resolve_precision(name: str, device: torch.device) -> Precision:
+    """'auto': bf16 autocast on CUDA GPUs that support it, else fp16 + GradScaler; fp32 elsewhere."""
+    if name == "auto":
+        if device.type == "cuda":
+            name = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        else:
+            name = "fp32"
+    if name == "fp32":
+        return Precision("fp32", None, False)
+    if name == "bf16":
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise ValueError("dtype: this GPU does not support bf16; use --dtype fp16 or fp32")
+        if device.type == "mps":
+            raise ValueError("dtype: bf16 autocast is not supported on mps here; use --dtype fp32")
+        return Precision("bf16", torch.bfloat16, False)
+    if name == "fp16":
+        if device.type != "cuda":
+            raise ValueError(f"dtype: fp16 needs a CUDA GPU (device is {device.type}); use --dtype bf16 or fp32")
+        return Precision("fp16", torch.float16, True)
+    raise ValueError(f"dtype must be one of auto, fp32, bf16, fp16; got {name!r}")
+
+
+def library_versions() -> dict[str, str | None]:
+    """Versions worth recording next to a run (results differ between them)."""
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "cuda": torch.version.cuda,
+        "platform": platform.platform(),
+    }
+
+
+# --- checkpoints ------------------------------------------------------------------------------
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
+    """Write `payload` atomically: temporary file, fsync, then `os.replace` over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as handle:
+            torch.save(payload, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    if sys.platform != "win32":  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    return path
+
+
+def find_checkpoint(path_or_run_dir: str | Path) -> Path:
+    """A .pt file as given, or for a run directory its checkpoints/best.pt, else last.pt."""
+    path = Path(path_or_run_dir)
+    if path.is_dir():
+        for name in ("best.pt", "last.pt"):
+            candidate = path / CHECKPOINT_DIR / name
+            if candidate.is_file():
+                return candidate
+        raise CheckpointError(f"{path}: no {CHECKPOINT_DIR}/best.pt or {CHECKPOINT_DIR}/last.pt in this run directory")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file or run directory")
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint safely (`weights_only=True`) and check that it has our layout."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path}: cannot read checkpoint (corrupt or truncated file?): {reason}") from err
+    if not isinstance(payload, dict):
+        raise CheckpointError(f"{path}: not a mini_transformer checkpoint (top level is {type(payload).__name__})")
+    missing = [key for key in REQUIRED_KEYS if key not in payload]
+    if missing:
+        raise CheckpointError(f"{path}: not a mini_transformer checkpoint (missing {', '.join(missing)})")
+    if payload["format_version"] != CHECKPOINT_FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format version {payload['format_version']!r} is not supported "
+            f"(this code reads version {CHECKPOINT_FORMAT_VERSION})"
+        )
+    return payload
+
+
+def model_from_checkpoint(payload: dict[str, Any], path: str | Path, device: str | torch.device = "cpu"):
+    """Rebuild `MiniTransformer` from the stored config and load the stored weights (strictly)."""
+    from src.model import MiniTransformer  # imported here so utils stays importable on its own
+
+    try:
+        config = config_from_dict(ModelConfig, payload["model_config"])
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: stored model config is not usable: {err}") from err
+    model = MiniTransformer(config)
+    try:
+        model.load_state_dict(payload["model"])
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()
+        detail = " ".join(line.strip() for line in first[:3])
+        raise CheckpointError(f"{path}: weights do not fit the stored model config: {detail}") from err
+    return model.to(device)
+
+
+def tokenizer_from_checkpoint(payload: dict[str, Any], path: str | Path):
+    """The tokenizer stored in the checkpoint; its fingerprint must match the recorded one."""
+    from src.tokenizer import tokenizer_from_dict
+
+    try:
+        tokenizer = tokenizer_from_dict(payload["tokenizer"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: stored tokenizer is not usable: {err}") from err
+    expected = payload.get("tokenizer_fingerprint")
+    if expected is not None and tokenizer.fingerprint() != expected:
+        raise CheckpointError(f"{path}: stored tokenizer does not match its recorded fingerprint (file altered?)")
+    return tokenizer
+
+
+def load_model(path_or_run_dir: str | Path, device: str | torch.device = "cpu"):
+    """Load a trained model and its tokenizer: `model, tokenizer = load_model("runs/x")`.
+
+    Accepts a `.pt` file or a run directory (then `checkpoints/best.pt`, else `last.pt`). The model
+    is returned in `eval()` mode on `device`. Raises `CheckpointError` naming the file and problem.
+    """
+    path = find_checkpoint(path_or_run_dir)
+    payload = load_checkpoint(path, map_location="cpu")
+    model = model_from_checkpoint(payload, path, device)
+    tokenizer = tokenizer_from_checkpoint(payload, path)
+    vocab = model.config.vocab_size if hasattr(model, "config") else payload["model_config"]["vocab_size"]
+    if tokenizer.vocab_size != vocab:
+        raise CheckpointError(
+            f"{path}: tokenizer has {tokenizer.vocab_size} tokens but the model expects {vocab}"
+        )
+    model.eval()
+    return model, tokenizer
