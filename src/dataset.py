@@ -33,9 +33,9 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
 import sys
-import secrets
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
@@ -339,7 +339,8 @@ def replace_dir(new: Path, target: Path) -> None:
 def check_reusable(meta: dict, config: DataConfig, path: Path) -> None:
     stored = meta.get("config", {})
     current = config_to_dict(config)
-    changed = [k for k in CONTENT_FIELDS if stored.get(k) != current[k]]
+    unused = ("books", "holdout_books") if config.input else ("input",)  # --input replaces --books
+    changed = [k for k in CONTENT_FIELDS if k not in unused and stored.get(k) != current[k]]
     if not changed and config.input:
         now = {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in expand_inputs(config.input)}
         before = {s.get("path"): s["sha256"] for s in meta.get("sources", [])}

@@ -187,6 +187,11 @@ def test_input_folder_uses_the_files_as_they_are(tmp_path):
     (folder / "notes.md").write_text("ignored", encoding="utf-8")
     prepared = prepare_dataset(DataConfig(books=(), input=(str(folder),), data_dir=tmp_path / "d"), show_progress=False)
     assert [s["title"] for s in prepared.meta["sources"]] == ["a", "b"]
+    # src.main passes the default --books along with --input; it is the same data set
+    assert prepare_dataset(DataConfig(input=(str(folder),), data_dir=tmp_path / "d"), show_progress=False).reused
+    (folder / "b.txt").write_text(make_story(20, seed=7), encoding="utf-8")
+    with pytest.raises(DataError, match="input file contents differ"):
+        prepare_dataset(DataConfig(input=(str(folder),), data_dir=tmp_path / "d"), show_progress=False)
     assert [s["language"] for s in prepared.meta["sources"]] == [None, None]
     assert prepared.meta["splits"]["train"]["characters"] + prepared.meta["splits"]["val"]["characters"] == sum(
         len(make_story(20, seed=s)) for s in (5, 6))
