@@ -493,10 +493,11 @@ def run_train(args: argparse.Namespace, flags: dict[str, str], callbacks: Sequen
                "preset": settings.preset or "none", "tokenizer": tokenizer.kind,
                "books": len(data_cfg.books) or len(data_cfg.input)}
     stopper = SignalStop()
+    saver = CheckpointSaver(run_dir, static)
     all_callbacks = [
         stopper,
         RunLogger(run_dir, tokenizer, hparams=hparams, eval_hooks=eval_hooks(args, tokenizer)),
-        CheckpointSaver(run_dir, static),
+        saver,
         ProgressBar(enabled=not args.quiet),
         *callbacks,
     ]
@@ -514,7 +515,7 @@ def run_train(args: argparse.Namespace, flags: dict[str, str], callbacks: Sequen
                         tokens_per_char=tokens_per_char)
     finally:
         stopper.uninstall()
-    return _report(history, run_dir, train_cfg, precision.name, stopper)
+    return _report(history, run_dir, train_cfg, precision.name, stopper, saver)
 
 
 def _write_run_files(run_dir: Path, args: argparse.Namespace, static: dict[str, Any], tokenizer: Any,
@@ -565,13 +566,14 @@ def _maybe_compile(model: Any, train_cfg: TrainConfig, device: Any) -> Any:
     return torch.compile(model)
 
 
-def _report(history: Any, run_dir: Path, train_cfg: TrainConfig, dtype: str, stopper: SignalStop) -> int:
+def _report(history: Any, run_dir: Path, train_cfg: TrainConfig, dtype: str, stopper: SignalStop,
+            saver: Any) -> int:
     """The end-of-run summary; returns the exit code."""
     state = history.state
     last, best = run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt"
     minutes, seconds = divmod(int(state.elapsed_s), 60)
     lines = [
-        f"\nStopped: {history.stop_reason} after {state.step} steps ({state.tokens_seen:,} tokens) in {minutes}m{seconds:02d}s.",
+        f"\nStopped: {history.stop_reason} after {state.step} step(s) ({state.tokens_seen:,} tokens) in {minutes}m{seconds:02d}s.",
     ]
     if math.isfinite(state.best_val_loss):
         lines.append(f"Best val loss {state.best_val_loss:.4f} (perplexity {math.exp(state.best_val_loss):.2f}) "
@@ -581,12 +583,8 @@ def _report(history: Any, run_dir: Path, train_cfg: TrainConfig, dtype: str, sto
         lines.append("Checkpoints: " + ", ".join(saved))
     lines.append(f"TensorBoard: tensorboard --logdir {run_dir.parent}")
     if history.stop_reason == "non_finite_loss":
-        good = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was written before it"
-        hint = "--dtype bf16 or fp32" if dtype == "fp16" else "--dtype fp32" if dtype == "bf16" else "a smaller --warmup-steps ramp"
         print("\n".join(lines), file=sys.stderr)
-        print(f"error: training stopped: the loss became NaN/inf at step {state.step + 1}; {good}. "
-              f"Try a lower --lr (now {train_cfg.lr:g}, e.g. {train_cfg.lr / 3:.2g}), {hint}, or --grad-clip 1.0.",
-              file=sys.stderr)
+        print(f"error: training stopped: {_divergence_advice(history, last, saver.saved_step, train_cfg, dtype)}", file=sys.stderr)
         return EXIT_DIVERGED
     if history.stop_reason == "interrupted":
         lines.append(f"Resume with: python -m src.main --train --resume {shlex.quote(str(run_dir))}")
@@ -595,6 +593,25 @@ def _report(history: Any, run_dir: Path, train_cfg: TrainConfig, dtype: str, sto
     lines.append(f"Sample: python -m src.main --generate --checkpoint {shlex.quote(str(run_dir))} --prompt \"The \"")
     print("\n".join(lines), file=sys.stderr, flush=True)
     return EXIT_OK
+
+
+def _divergence_advice(history: Any, last: Path, saved_step: int | None, train_cfg: TrainConfig, dtype: str) -> str:
+    """What happened after a NaN/inf loss, where the last good weights are, and what to try."""
+    state = history.state
+    if last.is_file():
+        good = f"the last good checkpoint is {last}" + (f" (step {saved_step})" if saved_step else "")
+    else:
+        good = "no checkpoint was written before it"
+    tips = [f"a lower --lr (now {train_cfg.lr:g}, e.g. {train_cfg.lr / 3:.2g})"]
+    if dtype == "fp16":
+        tips.append("--dtype bf16 or fp32")
+    elif dtype == "bf16":
+        tips.append("--dtype fp32")
+    tips.append(f"a longer --warmup-steps (now {train_cfg.warmup_steps})")
+    if not 0 < train_cfg.grad_clip <= 1.0:
+        tips.append("--grad-clip 1.0")
+    return (f"the loss became NaN/inf at step {state.step + 1}; {good}. Try " + ", ".join(tips[:-1])
+            + f" or {tips[-1]}.")
 
 
 # --- --generate -------------------------------------------------------------------------------
@@ -739,7 +756,10 @@ def main(argv: Sequence[str] | None = None, *, callbacks: Sequence[Any] = ()) ->
     parser = build_parser()
     flags = flag_names(parser)
     try:
-        args = parser.parse_args(argv)
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as done:  # --help
+            return int(done.code or 0)
         args.argv = argv
         chosen = [name for name in _modes() if getattr(args, name)]
         if not chosen and args.resume:

@@ -1,0 +1,224 @@
+"""The training loop and its helpers: schedule, optimiser groups, RNG state, checkpoints, learning,
+exact resume and the NaN guard. Everything runs in-process on the CPU with tiny models."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from src.config import TrainConfig
+from src.main import main
+from src.model import MiniTransformer
+from src.training.train_loop import Callback, build_optimizer, lr_at
+from src.training.utils import (
+    CheckpointError,
+    capture_rng_state,
+    load_checkpoint,
+    load_model,
+    restore_rng_state,
+    save_checkpoint,
+)
+from tests.conftest import make_story
+
+PATTERN = "the quick brown fox jumps over the lazy dog. "
+
+
+def tiny_flags(text_file, data_dir, *extra: str) -> list[str]:
+    """A model of a few thousand parameters on a text the test wrote itself."""
+    return [
+        "--input", str(text_file), "--data-dir", str(data_dir), "--n-layer", "1", "--n-head", "2",
+        "--n-embd", "16", "--block-size", "16", "--batch-size", "4", "--eval-batches", "2",
+        "--sample-tokens", "8", "--quiet", *extra,
+    ]
+
+
+class StopAtStep(Callback):
+    """Asks the loop to stop after `step` steps, as SIGINT does."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step(self, ctx, record) -> None:
+        if record.step == self.step:
+            ctx.request_stop("interrupted", "test")
+
+
+# --- learning-rate schedule ---------------------------------------------------------------------
+
+
+def test_lr_schedule_docstring_example():
+    cfg = TrainConfig(lr=1e-3, min_lr=1e-4, warmup_steps=10)
+    assert lr_at(0, cfg, 110) == pytest.approx(1e-4)
+    assert lr_at(9, cfg, 110) == pytest.approx(1e-3)
+    assert lr_at(10, cfg, 110) == pytest.approx(1e-3)
+    assert lr_at(60, cfg, 110) == pytest.approx(5.5e-4)
+    assert lr_at(110, cfg, 110) == pytest.approx(1e-4)
+    assert lr_at(500, cfg, 110) == pytest.approx(1e-4)
+
+
+def test_lr_schedule_rises_linearly_then_falls_monotonically():
+    cfg = TrainConfig(lr=3e-3, min_lr=3e-4, warmup_steps=20)
+    lrs = [lr_at(s, cfg, 200) for s in range(200)]
+    warmup, decay = lrs[:20], lrs[19:]
+    assert np.allclose(np.diff(warmup), 3e-3 / 20)  # linear
+    assert all(a >= b for a, b in zip(decay, decay[1:]))
+    assert max(lrs) == pytest.approx(3e-3) and min(decay) > 3e-4 and decay[-1] == pytest.approx(3e-4, rel=0.01)
+    with pytest.raises(ValueError, match="step"):
+        lr_at(-1, cfg, 200)
+
+
+def test_lr_schedule_without_warmup_starts_at_peak():
+    cfg = TrainConfig(lr=1e-3, min_lr=0.0, warmup_steps=0)
+    assert lr_at(0, cfg, 100) == pytest.approx(1e-3)
+    assert lr_at(50, cfg, 100) == pytest.approx(5e-4)
+
+
+# --- optimiser ----------------------------------------------------------------------------------
+
+
+def test_weight_decay_only_on_matrices(tiny_config):
+    model = MiniTransformer(tiny_config)
+    optimizer = build_optimizer(model, TrainConfig(weight_decay=0.1), torch.device("cpu"))
+    decay, no_decay = optimizer.param_groups
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() < 2 for p in no_decay["params"])
+    grouped = [id(p) for g in optimizer.param_groups for p in g["params"]]
+    assert len(grouped) == len(set(grouped)) == len(list(model.parameters()))
+    assert id(model.lm_head.weight) in grouped  # the tied matrix, once, with decay
+    assert any(p is model.lm_head.weight for p in decay["params"])
+
+
+# --- RNG state and checkpoint files -------------------------------------------------------------
+
+
+def test_rng_state_round_trip():
+    state = capture_rng_state()
+    first = (random.random(), np.random.rand(), torch.rand(3))
+    restore_rng_state(state)
+    second = (random.random(), np.random.rand(), torch.rand(3))
+    assert first[0] == second[0] and first[1] == second[1] and torch.equal(first[2], second[2])
+
+
+def test_checkpoint_round_trip_is_atomic_and_weights_only(tmp_path):
+    path = tmp_path / "ckpt" / "last.pt"
+    payload = {"format_version": 1, "model": {"w": torch.arange(4.0)}, "model_config": {"a": 1},
+               "tokenizer": {"type": "char"}, "rng": capture_rng_state()}
+    save_checkpoint(path, payload)
+    assert [p.name for p in path.parent.iterdir()] == ["last.pt"]  # no temporary file left
+    loaded = load_checkpoint(path)
+    assert torch.equal(loaded["model"]["w"], torch.arange(4.0))
+    assert torch.equal(loaded["rng"]["torch"], payload["rng"]["torch"])
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty", "not_ours", "wrong_version"])
+def test_damaged_checkpoint_names_file_and_problem(tmp_path, damage):
+    path = tmp_path / "best.pt"
+    good = {"format_version": 1, "model": {"w": torch.ones(1000)}, "model_config": {}, "tokenizer": {}}
+    save_checkpoint(path, good)
+    data = path.read_bytes()
+    if damage == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif damage == "garbage":
+        path.write_bytes(b"\x00not a checkpoint" * 10)
+    elif damage == "empty":
+        path.write_bytes(b"")
+    elif damage == "not_ours":
+        torch.save({"state_dict": {}}, path)
+    else:
+        save_checkpoint(path, {**good, "format_version": 99})
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    message = str(info.value)
+    assert str(path) in message and "\n" not in message
+    expected = {"truncated": "corrupt", "garbage": "corrupt", "empty": "corrupt", "not_ours": "missing",
+                "wrong_version": "version"}[damage]
+    assert expected in message
+
+
+def test_load_model_missing_run_dir(tmp_path):
+    with pytest.raises(CheckpointError, match="no checkpoints/best.pt"):
+        load_model(tmp_path)
+
+
+# --- learning, resume, NaN guard (through main(), in-process) -----------------------------------
+
+
+def test_loss_falls_and_greedy_generation_reproduces_the_pattern(tmp_path):
+    text_file = tmp_path / "pattern.txt"
+    text_file.write_text(PATTERN * 300, encoding="utf-8")
+    run = tmp_path / "run"
+    flags = tiny_flags(text_file, tmp_path / "data", "--n-layer", "2", "--n-embd", "32", "--block-size", "32",
+                       "--batch-size", "16", "--dropout", "0", "--lr", "1e-2", "--min-lr", "1e-3",
+                       "--warmup-steps", "10", "--max-steps", "150", "--eval-interval", "50")
+    assert main(["--train", *flags, "--logdir", str(run)]) == 0
+
+    rows = [__import__("json").loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    val = [r["val/loss"] for r in rows if "val/loss" in r]
+    assert val[0] == pytest.approx(math.log(len(set(PATTERN)) + 2), rel=0.15)  # ~ln V before training
+    assert val[-1] < 0.1 < val[0] / 20  # the pattern is (almost) fully predictable
+
+    model, tokenizer = load_model(run)
+    prompt = "the quick brown "
+    idx = torch.tensor([tokenizer.encode(prompt)])
+    out = model.generate(idx, max_new_tokens=len(PATTERN) * 2, temperature=0.0)
+    continuation = tokenizer.decode(out[0, idx.size(1):].tolist())
+    assert continuation == (PATTERN * 3)[len(prompt) : len(prompt) + len(PATTERN) * 2]
+
+
+def test_resume_is_bit_identical(tmp_path):
+    """N steps, stop mid-epoch, resume, N more == 2N uninterrupted steps, to the last bit (dropout on)."""
+    text_file = tmp_path / "story.txt"
+    text_file.write_text(make_story(n_paragraphs=4, seed=3), encoding="utf-8")
+    flags = tiny_flags(text_file, tmp_path / "data", "--dropout", "0.2", "--grad-accum", "2", "--max-steps", "30",
+                       "--eval-interval", "4", "--warmup-steps", "5")
+    assert main(["--train", *flags, "--logdir", str(tmp_path / "full")]) == 0
+    assert main(["--train", *flags, "--logdir", str(tmp_path / "part")], callbacks=[StopAtStep(15)]) == 130
+
+    stopped = load_checkpoint(tmp_path / "part" / "checkpoints" / "last.pt")
+    full = load_checkpoint(tmp_path / "full" / "checkpoints" / "last.pt")
+    steps_per_epoch = __import__("json").loads((tmp_path / "full" / "config.json").read_text())["steps_per_epoch"]
+    assert stopped["state"]["step"] == 15 and stopped["state"]["batch_in_epoch"] > 0  # stopped mid-epoch ...
+    assert stopped["state"]["epoch"] >= 1 and steps_per_epoch < 15  # ... after crossing an epoch boundary
+    assert not any(k.startswith("_orig_mod.") for k in stopped["model"])
+
+    assert main(["--train", "--resume", str(tmp_path / "part"), "--quiet"]) == 0
+    resumed = load_checkpoint(tmp_path / "part" / "checkpoints" / "last.pt")
+    assert resumed["state"]["step"] == full["state"]["step"] == 30
+    for name, tensor in full["model"].items():
+        assert torch.equal(tensor, resumed["model"][name]), name
+    assert resumed["state"]["best_val_loss"] == full["state"]["best_val_loss"]
+    # The weights after 15 steps differ from the final ones: the comparison above is not vacuous.
+    assert not torch.equal(stopped["model"]["lm_head.weight"], full["model"]["lm_head.weight"])
+
+    # Extending the run is allowed; changing the model shape is not.
+    assert main(["--train", "--resume", str(tmp_path / "part"), "--quiet", "--max-steps", "33"]) == 0
+    assert load_checkpoint(tmp_path / "part" / "checkpoints" / "last.pt")["state"]["step"] == 33
+
+
+def test_resume_refuses_a_different_model_shape(tmp_path, capsys):
+    text_file = tmp_path / "story.txt"
+    text_file.write_text(make_story(n_paragraphs=4), encoding="utf-8")
+    run = tmp_path / "run"
+    assert main(["--train", *tiny_flags(text_file, tmp_path / "data", "--max-steps", "2"), "--logdir", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["--train", "--resume", str(run), "--n-layer", "3", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --n-layer: cannot change n_layer from 1 to 3") and "\n" not in err
+
+
+def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
+    text_file = tmp_path / "story.txt"
+    text_file.write_text(make_story(n_paragraphs=8), encoding="utf-8")
+    run = tmp_path / "run"
+    flags = tiny_flags(text_file, tmp_path / "data", "--lr", "100", "--min-lr", "0", "--warmup-steps", "0",
+                       "--max-steps", "200", "--eval-interval", "2", "--sample-tokens", "0")
+    assert main(["--train", *flags, "--logdir", str(run)]) == 3
+    err = capsys.readouterr().err
+    assert "NaN/inf" in err and "--lr" in err
+    last = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert last["state"]["step"] < 200
+    assert all(torch.isfinite(t).all() for t in last["model"].values())  # the kept weights are good
