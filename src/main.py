@@ -198,8 +198,13 @@ def flag_names(parser: argparse.ArgumentParser) -> dict[str, str]:
 
 def _name_the_flag(message: str, flags: dict[str, str]) -> str:
     """'n_embd (384) must be ...' -> '--n-embd: n_embd (384) must be ...'."""
-    first = message.split(maxsplit=1)[0].rstrip(":,") if message.strip() else ""
-    return f"{flags[first]}: {message}" if first in flags else message
+    words = message.split(maxsplit=1)
+    if not words or words[0].rstrip(":,") not in flags:
+        return message
+    flag = flags[words[0].rstrip(":,")]
+    if words[0].endswith(":"):  # "device: cuda was requested ..." -> "--device: cuda was requested ..."
+        return f"{flag}: {words[1] if len(words) > 1 else ''}"
+    return f"{flag}: {message}"
 
 
 # --- settings ---------------------------------------------------------------------------------
@@ -444,8 +449,11 @@ def run_train(args: argparse.Namespace, flags: dict[str, str], callbacks: Sequen
         if (run_dir / "checkpoints").exists():
             raise UsageError(f"--logdir: {run_dir} already holds a run; continue it with --resume {run_dir} "
                              "or choose another --logdir")
-    device = resolve_device(train_cfg.device)
-    precision = resolve_precision(train_cfg.dtype, device)
+    try:
+        device = resolve_device(train_cfg.device)
+        precision = resolve_precision(train_cfg.dtype, device)
+    except ValueError as err:
+        raise UsageError(_name_the_flag(str(err), flags)) from None
 
     prepared = prepare_dataset(data_cfg, block_size=settings.model.get("block_size", 256),
                                show_progress=not args.quiet)
@@ -623,7 +631,10 @@ def _load_for_inference(args: argparse.Namespace, flags: dict[str, str]):
 
     if not args.checkpoint:
         raise UsageError("--checkpoint: required with --generate/--evaluate (a run directory or a .pt file)")
-    device = resolve_device(args.device or "auto")
+    try:
+        device = resolve_device(args.device or "auto")
+    except ValueError as err:
+        raise UsageError(_name_the_flag(str(err), flags)) from None
     path = find_checkpoint(args.checkpoint)
     payload = load_checkpoint(path)
     model = model_from_checkpoint(payload, path, device).eval()

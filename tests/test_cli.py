@@ -1,0 +1,251 @@
+"""The command line `python -m src.main`: end to end in subprocesses (train -> generate -> evaluate),
+TensorBoard output, interrupts, and one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import fields
+
+import pytest
+import torch
+
+from src.config import DataConfig, ModelConfig, TrainConfig
+from src.main import main
+from src.training.train_loop import Callback
+from src.training.utils import load_checkpoint, load_model
+from tests.conftest import REPO_ROOT, make_story
+
+USER_COMMAND = ["--train", "--epochs", "5", "--batch-size", "32", "--max-vocab-size", "256",
+                "--logdir", "runs/12books_bigmodel_6heads_e5"]
+TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16", "--quiet"]
+TAGS = ["train/loss", "val/loss", "val/perplexity", "val/bpc", "lr", "grad_norm", "tokens_per_sec", "epoch"]
+
+
+def run_cli(args: list[str], cwd, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    return subprocess.run([sys.executable, "-m", "src.main", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture
+def story(tmp_path):
+    path = tmp_path / "story.txt"
+    path.write_text(make_story(n_paragraphs=30), encoding="utf-8")
+    return path
+
+
+def one_error_line(text: str) -> str:
+    lines = [line for line in text.splitlines() if line.strip()]
+    assert len(lines) == 1, text
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+# --- end to end ---------------------------------------------------------------------------------
+
+
+def test_users_command_then_generate_then_evaluate(tmp_path, story):
+    """The user's exact command line (plus a tiny model and corpus), then --generate and --evaluate."""
+    train = run_cli([*USER_COMMAND, "--input", str(story), *TINY, "--max-steps", "20", "--eval-interval", "10",
+                     "--log-interval", "5"], cwd=tmp_path)
+    assert train.returncode == 0, train.stderr
+    run = tmp_path / "runs" / "12books_bigmodel_6heads_e5"
+    assert (tmp_path / "data" / "processed").is_dir()  # the data set was built first, in ./data
+    for name in ("config.json", "tokenizer.json", "metrics.jsonl", "samples.md", "checkpoints/last.pt",
+                 "checkpoints/best.pt"):
+        assert (run / name).is_file(), name
+    config = json.loads((run / "config.json").read_text())
+    assert config["train"]["epochs"] == 5 and config["train"]["batch_size"] == 32
+    assert config["data"]["max_vocab_size"] == 256 and config["model"]["n_embd"] == 16
+    assert config["command"].startswith("python -m src.main --train --epochs 5") and config["versions"]["torch"]
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    # evaluations: before training, every --eval-interval steps, at each epoch's end, at the last step
+    per_epoch = config["steps_per_epoch"]
+    expected_evals = sorted({0, 10, 20} | set(range(per_epoch, 21, per_epoch)))
+    assert [r["step"] for r in rows if "val/loss" in r] == expected_evals
+    assert [r["step"] for r in rows if "train/loss" in r] == [1, 5, 10, 15, 20]
+    assert all({"step", "tokens", "time"} <= r.keys() for r in rows)
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run))
+    events.Reload()
+    assert set(TAGS) <= set(events.Tags()["scalars"])
+    assert [e.step for e in events.Scalars("val/loss")] == expected_evals
+    assert "samples/prompt_0/text_summary" in events.Tags()["tensors"]
+    assert "_hparams_/session_start_info" in events.PluginTagToContent("hparams")
+
+    prompt = "The cat"
+    generate = run_cli(["--generate", "--checkpoint", str(run), "--prompt", prompt, "--temperature", "0",
+                        "--max-new-tokens", "40"], cwd=tmp_path)
+    assert generate.returncode == 0, generate.stderr
+    model, tokenizer = load_model(run)
+    idx = torch.tensor([tokenizer.encode(prompt)])
+    expected = tokenizer.decode(model.generate(idx, 40, temperature=0.0)[0, idx.size(1):].tolist())
+    assert generate.stdout == prompt + expected + "\n"  # greedy and streamed token by token
+
+    evaluate = run_cli(["--evaluate", "--checkpoint", str(run), "--quiet"], cwd=tmp_path)
+    assert evaluate.returncode == 0, evaluate.stderr
+    losses = {}
+    for line in evaluate.stdout.splitlines():
+        for label in ("this model", "bigram counts", "unigram counts", "uniform (ln V)"):
+            if line.startswith(label):
+                losses[label] = float(line[len(label):].split()[0])
+    assert losses["uniform (ln V)"] == pytest.approx(math.log(tokenizer.vocab_size), abs=1e-4)
+    assert losses["bigram counts"] < losses["unigram counts"] < losses["uniform (ln V)"]
+    assert "story" in evaluate.stdout  # the per-source row
+
+
+def test_sigint_saves_and_resume_finishes(tmp_path, story):
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    args = ["--train", "--input", str(story), "--data-dir", str(tmp_path / "data"), *TINY, "--epochs", "1000",
+            "--max-steps", "1000000", "--eval-interval", "1000000", "--log-interval", "1", "--logdir", str(run)]
+    proc = subprocess.Popen([sys.executable, "-m", "src.main", *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        metrics = run / "metrics.jsonl"
+        while time.monotonic() < deadline and proc.poll() is None:
+            if metrics.is_file() and '"train/loss"' in metrics.read_text():
+                break
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert f"--resume {run}" in err
+    stopped = load_checkpoint(run / "checkpoints" / "last.pt")
+    step = stopped["state"]["step"]
+    assert step >= 1
+    model, _ = load_model(run)  # loads
+    assert sum(p.numel() for p in model.parameters()) > 0
+
+    assert main(["--train", "--resume", str(run), "--max-steps", str(step + 3), "--quiet"]) == 0
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["state"]["step"] == step + 3
+
+
+class SendSignal(Callback):
+    """Delivers real signals to this process from inside the loop."""
+
+    def __init__(self, at_step: int, *signals: int) -> None:
+        self.at_step, self.signals = at_step, signals
+
+    def on_step(self, ctx, record) -> None:
+        if record.step == self.at_step:
+            for signum in self.signals:
+                os.kill(os.getpid(), signum)
+
+
+def test_sigterm_exits_143_and_double_ctrl_c_quits_at_once(tmp_path, story):
+    base = ["--train", "--input", str(story), "--data-dir", str(tmp_path / "data"), *TINY, "--max-steps", "50",
+            "--eval-interval", "1000"]
+    assert main([*base, "--logdir", str(tmp_path / "term")], callbacks=[SendSignal(3, signal.SIGTERM)]) == 143
+    assert load_checkpoint(tmp_path / "term" / "checkpoints" / "last.pt")["state"]["step"] == 3
+
+    twice = [SendSignal(3, signal.SIGINT, signal.SIGINT)]
+    assert main([*base, "--logdir", str(tmp_path / "int")], callbacks=twice) == 130
+    assert not (tmp_path / "int" / "checkpoints" / "last.pt").exists()  # quit without saving
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+
+
+# --- errors: one line, exit code 2 --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--epochs", "0"], "--epochs"),
+        (["--batch-size", "-1"], "--batch-size"),
+        (["--n-embd", "30", "--n-head", "4"], "--n-embd"),
+        (["--attention", "magic"], "--attention"),
+        (["--dropout", "1.5"], "--dropout"),
+        (["--lr", "abc"], "--lr"),
+        (["--epohcs", "3"], "--epochs"),  # a typo: unknown flag, with a suggestion
+        (["--val-fraction", "2"], "--val-fraction"),
+    ],
+)
+def test_invalid_flags_exit_2_naming_the_flag(tmp_path, capsys, flags, named):
+    assert main(["--train", *flags, "--data-dir", str(tmp_path / "data")]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert named in line
+    assert not (tmp_path / "data").exists()  # rejected before any work
+
+
+def test_mode_must_be_exactly_one(capsys):
+    assert main([]) == 2
+    assert "--train" in one_error_line(capsys.readouterr().err)
+    assert main(["--train", "--generate"]) == 2
+    one_error_line(capsys.readouterr().err)
+
+
+def test_help_lists_every_flag_with_its_default(capsys):
+    assert main(["--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for cls in (ModelConfig, TrainConfig, DataConfig):
+        for f in fields(cls):
+            if f.name == "vocab_size":
+                continue
+            flag = "--holdout-book" if f.name == "holdout_books" else "--" + f.name.replace("_", "-")
+            assert flag in text, flag
+    for flag in ("--train", "--generate", "--evaluate", "--resume", "--preset", "--config", "--prompt",
+                 "--temperature", "--top-k", "--top-p", "--num-samples", "--max-new-tokens", "--checkpoint"):
+        assert flag in text, flag
+    assert "(default: 1.0)" in text and "(default: 5)" in text  # --grad-clip, --epochs
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_corrupt_checkpoint_is_one_line_exit_2(tmp_path, story, capsys, damage):
+    run = tmp_path / "run"
+    assert main(["--train", "--input", str(story), "--data-dir", str(tmp_path / "data"), *TINY, "--max-steps", "2",
+                 "--logdir", str(run)]) == 0
+    last = run / "checkpoints" / "last.pt"
+    data = last.read_bytes()
+    last.write_bytes(b"garbage" * 100 if damage == "garbage" else data[: len(data) // 3])
+    capsys.readouterr()
+    assert main(["--generate", "--checkpoint", str(last)]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert str(last) in line and "corrupt" in line
+    assert main(["--train", "--resume", str(run)]) == 2
+    assert str(last) in one_error_line(capsys.readouterr().err)
+
+
+def test_generate_reports_unknown_prompt_characters(tmp_path, story, capsys):
+    run = tmp_path / "run"
+    assert main(["--train", "--input", str(story), "--data-dir", str(tmp_path / "data"), *TINY, "--max-steps", "1",
+                 "--logdir", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["--generate", "--checkpoint", str(run), "--prompt", "The Zürich cat", "--max-new-tokens", "5",
+                 "--temperature", "0"]) == 0
+    captured = capsys.readouterr()
+    assert "'ü'" in captured.err and "'Z'" in captured.err and "'T'" not in captured.err
+    assert captured.out.startswith("The Zürich cat")
+
+
+def test_preset_config_file_and_flags_are_layered(tmp_path, story):
+    config_file = tmp_path / "settings.toml"
+    config_file.write_text('preset = "tiny"\nn-layer = 3\nmax_steps = 1\nsample_tokens = 0\n', encoding="utf-8")
+    run = tmp_path / "run"
+    assert main(["--train", "--config", str(config_file), "--n-layer", "1", "--n-embd", "32", "--input", str(story),
+                 "--data-dir", str(tmp_path / "data"), "--logdir", str(run), "--quiet"]) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["preset"] == "tiny"
+    assert config["model"]["n_layer"] == 1  # flag beats file
+    assert config["model"]["n_embd"] == 32  # flag beats preset
+    assert config["model"]["block_size"] == 64 and config["model"]["n_head"] == 4  # from the preset
+    assert config["train"]["max_steps"] == 1  # from the file
+
+
+def test_unknown_config_file_key_is_an_error(tmp_path, capsys):
+    config_file = tmp_path / "settings.json"
+    config_file.write_text(json.dumps({"n_layers": 3}), encoding="utf-8")
+    assert main(["--train", "--config", str(config_file)]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "n_layers" in line and "n_layer" in line
