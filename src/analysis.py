@@ -154,39 +154,31 @@ def _register_hooks(model: torch.nn.Module, captured: dict[str, torch.Tensor]) -
 def parameter_counts(model: torch.nn.Module) -> list[ParameterCount]:
     """Parameters per module: embeddings, every block (block 0 with its parts), ln_f, lm_head.
 
-    Shared (tied) weights are counted once, at the first module that owns them.
+    Each top-level row is followed by its parts (names with one more dot). A weight shared by two
+    modules (the tied LM head) is counted at the first one only, so the top-level rows add up to
+    `model.num_parameters()`.
     """
     seen: set[int] = set()
 
-    def count(module: torch.nn.Module) -> tuple[int, bool]:
-        total, shared = 0, False
-        for p in module.parameters():
-            if id(p) in seen:
-                shared = True
-                continue
-            total += p.numel()
-        return total, shared
+    def own(module: torch.nn.Module) -> int:
+        return sum(p.numel() for p in module.parameters())
 
-    def add(name: str, module: torch.nn.Module, rows: list[ParameterCount], claim: bool) -> None:
-        n, shared = count(module)
-        note = "weight shared with embeddings.token_embedding (weight tying)" if shared and n == 0 else ""
-        rows.append(ParameterCount(name, n, note))
-        if claim:
-            seen.update(id(p) for p in module.parameters())
+    def top_level(name: str, module: torch.nn.Module, parts: list[str]) -> list[ParameterCount]:
+        fresh = [p for p in module.parameters() if id(p) not in seen]
+        shared = len(fresh) < len(list(module.parameters()))
+        note = "tied to embeddings.token_embedding" if shared else ""
+        rows = [ParameterCount(name, sum(p.numel() for p in fresh), note)]
+        rows += [ParameterCount(f"{name}.{part}", own(module.get_submodule(part))) for part in parts]
+        seen.update(id(p) for p in module.parameters())
+        return rows
 
-    rows: list[ParameterCount] = []
-    for name in ("token_embedding", "position_embedding"):
-        part = getattr(model.embeddings, name)
-        if isinstance(part, torch.nn.Module):
-            add(f"embeddings.{name}", part, rows, claim=False)
-    add("embeddings", model.embeddings, rows, claim=True)
+    embedding_parts = [n for n in ("token_embedding", "position_embedding") if own(getattr(model.embeddings, n)) > 0]
+    rows = top_level("embeddings", model.embeddings, embedding_parts)
+    block_parts = ["ln_1", "attn", "attn.c_attn", "attn.c_proj", "ln_2", "mlp", "mlp.c_fc", "mlp.c_proj"]
     for i, block in enumerate(model.blocks):
-        if i == 0:
-            for part in ("ln_1", "attn", "attn.c_attn", "attn.c_proj", "ln_2", "mlp", "mlp.c_fc", "mlp.c_proj"):
-                add(f"blocks.0.{part}", block.get_submodule(part), rows, claim=False)
-        add(f"blocks.{i}", block, rows, claim=True)
-    add("ln_f", model.ln_f, rows, claim=True)
-    add("lm_head", model.lm_head, rows, claim=True)
+        rows += top_level(f"blocks.{i}", block, block_parts if i == 0 else [])
+    rows += top_level("ln_f", model.ln_f, [])
+    rows += top_level("lm_head", model.lm_head, [])
     return rows
 
 
@@ -326,7 +318,8 @@ def explain_forward(model: torch.nn.Module, tokenizer: Any | None, prompt: str, 
 
 
 def _shape_text(shape: tuple[int, ...]) -> str:
-    return "(" + ", ".join(str(s) for s in shape) + ")"
+    """``_shape_text((1, 5))`` -> ``"(1, 5)"``, ``_shape_text((7,))`` -> ``"(7,)"``."""
+    return str(tuple(shape))
 
 
 def format_explanation(explanation: Explanation) -> str:
@@ -341,17 +334,17 @@ def format_explanation(explanation: Explanation) -> str:
             lines.append(f"Block {stage.block}")
         current_block = stage.block
         indent = "    " if stage.block is not None else ""
-        lines.append(
-            f"{indent}{stage.name:<26}{_shape_text(stage.shape):<18}{stage.symbolic:<16}{stage.meaning}"
-        )
+        name = f"{indent}{stage.name}"
+        lines.append(f"{name:<32}{_shape_text(stage.shape):<18}{stage.symbolic:<16}{stage.meaning}")
     lines += ["", "Most likely next tokens:"]
     for rank, candidate in enumerate(explanation.next_tokens, 1):
         lines.append(f"  {rank}. {display_token(candidate.token)!r:<14} id {candidate.token_id:<6} p = {candidate.probability:.4f}")
     lines += ["", "Parameters per module:"]
     for row in explanation.parameters:
         note = f"  ({row.note})" if row.note else ""
-        lines.append(f"  {row.module:<32}{row.count:>14,}{note}")
-    lines.append(f"  {'total':<32}{explanation.total_parameters:>14,}")
+        indent = "  " * row.module.count(".") if not row.module.startswith("blocks") else "  " * (row.module.count(".") - 1)
+        lines.append(f"  {indent + row.module:<36}{row.count:>14,}{note}")
+    lines.append(f"  {'total':<36}{explanation.total_parameters:>14,}")
     return "\n".join(lines)
 
 

@@ -78,6 +78,7 @@ def test_explain_has_every_stage_with_shapes_from_the_config(byte_model):
     assert f"(1, {nh}, 5, {hs})" in text and f"(1, 5, {V})" in text and f"(1, 5, {4 * C})" in text
     assert "Block 0" in text and "Block 1" in text
     assert len(explanation.next_tokens) == 5 and "Most likely next tokens" in text
+    assert f"({V},)" in text
 
 
 def test_explain_crops_a_long_prompt_to_block_size(byte_model):
@@ -124,7 +125,7 @@ def test_parameter_counts_add_up_and_name_the_tied_head(byte_model):
     assert rows["embeddings.position_embedding"].count == T * C
     assert rows["blocks.0.attn.c_attn"].count == C * 3 * C + 3 * C
     assert rows["blocks.0.mlp.c_fc"].count == C * 4 * C + 4 * C
-    assert rows["lm_head"].count == 0 and "tying" in rows["lm_head"].note
+    assert rows["lm_head"].count == 0 and "tied" in rows["lm_head"].note
     top_level = ["embeddings", "ln_f", "lm_head"] + [f"blocks.{i}" for i in range(byte_model.config.n_layer)]
     assert sum(rows[name].count for name in top_level) == byte_model.num_parameters()
     assert explain_forward(byte_model, None, "a").total_parameters == byte_model.num_parameters()
