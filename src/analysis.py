@@ -593,6 +593,14 @@ def longest_verbatim_match(sample: str, documents: dict[str, str]) -> Match:
     return VerbatimIndex(documents).longest_match(sample)
 
 
+def format_match(match: Match, max_chars: int = 120) -> str:
+    """One line for the CLI / samples.md, e.g. ``longest verbatim match: 8 characters from book: " cat sat"``."""
+    if match.length == 0:
+        return "longest verbatim match: none (not even one character appears in the training text)"
+    shown = match.text if len(match.text) <= max_chars else match.text[: max_chars - 1] + "…"
+    return f"longest verbatim match: {match.length} characters from {match.source}: {shown!r}"
+
+
 def training_texts(processed_dir: str | Path, split: str = "train") -> dict[str, str]:
     """The training text of every source of a processed data set, decoded: {"<id> <title>": text}.
 

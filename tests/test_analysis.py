@@ -16,6 +16,7 @@ from src.analysis import (
     _word_starts,
     explain_forward,
     format_explanation,
+    format_match,
     head_pattern_scores,
     longest_verbatim_match,
     parameter_counts,
@@ -193,6 +194,7 @@ def _brute_force_longest(sample: str, documents: dict[str, str]) -> int:
 def test_longest_verbatim_match_docstring_example():
     match = longest_verbatim_match("a cat sat", {"book": "the cat sat on"})
     assert (match.text, match.length, match.source) == (" cat sat", 8, "book")
+    assert format_match(match) == "longest verbatim match: 8 characters from book: ' cat sat'"
     assert longest_verbatim_match("xyz", {"book": "abc"}).length == 0
     assert longest_verbatim_match("", {"book": "abc"}).source is None
 

@@ -211,3 +211,38 @@ def test_attention_hook_logs_first_and_last_layer_to_tensorboard(model, tokenize
     events.Reload()
     assert sorted(events.Tags()["images"]) == ["attention/layer_0", "attention/layer_1"]
     assert [image.step for image in events.Images("attention/layer_1")] == [7]
+
+
+def test_training_curves_of_a_real_training_run(tmp_path):
+    """A tiny run of the real CLI writes the event files; the plotted points are its logged losses."""
+    from src.main import main
+    from src.training.utils import load_model
+    from tests.conftest import wrap_paragraphs, write_gutenberg_mirror
+
+    mirror = write_gutenberg_mirror(tmp_path / "mirror", {11: wrap_paragraphs(make_story(20, seed=1)),
+                                                          74: wrap_paragraphs(make_story(20, seed=2))})
+    run_dir = tmp_path / "runs" / "tiny"
+    exit_code = main(["--train", "--books", "11", "74", "--mirror", str(mirror), "--data-dir", str(tmp_path / "data"),
+                      "--logdir", str(run_dir), "--device", "cpu", "--quiet", "--n-layer", "1", "--n-head", "2",
+                      "--n-embd", "16", "--block-size", "16", "--batch-size", "4", "--max-steps", "12",
+                      "--warmup-steps", "2", "--eval-interval", "6", "--eval-batches", "1", "--log-interval", "3",
+                      "--sample-tokens", "0"])
+    assert exit_code == 0
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    logged_val = [(r["step"], r["val/loss"]) for r in rows if "val/loss" in r]
+    logged_train = [(r["step"], r["train/loss"]) for r in rows if "train/loss" in r]
+    assert len(logged_val) >= 2 and len(logged_train) >= 3
+
+    fig = plot_training_curves(run_dir)
+    ax_step, ax_tokens, _ = fig.axes
+    lines = {line.get_label(): line for line in ax_step.lines}
+    for kind, logged in (("val", logged_val), ("train", logged_train)):
+        line = lines[f"tiny ({kind})"]
+        assert list(line.get_xdata()) == [step for step, _ in logged]
+        assert list(line.get_ydata()) == pytest.approx([loss for _, loss in logged], rel=1e-6)
+    tokens_by_step = {r["step"]: r["tokens"] for r in rows}
+    assert list(ax_tokens.lines[1].get_xdata()) == [tokens_by_step[s] for s, _ in logged_val]
+
+    model, tokenizer = load_model(run_dir)
+    written = write_visualizations(model, tokenizer, "The cat", tmp_path / "pictures", run_dir=run_dir)
+    assert "training_curves.png" in [p.name for p in written]
