@@ -222,3 +222,24 @@ def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
     last = load_checkpoint(run / "checkpoints" / "last.pt")
     assert last["state"]["step"] < 200
     assert all(torch.isfinite(t).all() for t in last["model"].values())  # the kept weights are good
+
+
+def test_overfitting_warning_and_early_stopping(tmp_path, capsys):
+    """Training text is one repeated sentence, validation text is different: the model memorises the
+    sentence, validation loss climbs while training loss falls, and --early-stopping ends the run."""
+    rng = random.Random(0)
+    words = PATTERN.split()
+    other = " ".join(rng.choice(words) for _ in range(len(PATTERN) * 8)) + " "  # same words, shuffled
+    text_file = tmp_path / "memorise.txt"
+    text_file.write_text(PATTERN * 360 + other, encoding="utf-8")  # the last ~10 % (validation) is `other`
+    run = tmp_path / "run"
+    flags = tiny_flags(text_file, tmp_path / "data", "--n-embd", "32", "--dropout", "0", "--lr", "1e-2",
+                       "--warmup-steps", "0", "--max-steps", "400", "--eval-interval", "10", "--early-stopping", "3",
+                       "--sample-tokens", "0")
+    assert main(["--train", *flags, "--logdir", str(run)]) == 0
+    err = capsys.readouterr().err
+    assert "Stopped: early_stopping" in err and "warning: validation loss rose" in err
+    state = load_checkpoint(run / "checkpoints" / "last.pt")["state"]
+    assert state["step"] < 400 and state["evals_without_improvement"] == 3
+    assert state["best_step"] > 0  # it did improve at first ...
+    assert load_checkpoint(run / "checkpoints" / "best.pt")["state"]["step"] == state["best_step"]

@@ -31,6 +31,8 @@ from torch import nn
 from src.config import TrainConfig
 from src.training.utils import Precision, preserved_rng
 
+OVERFIT_TOLERANCE = 0.01  # nats above the best validation loss before we call a rise overfitting
+
 # --- learning-rate schedule and optimiser -----------------------------------------------------
 
 
@@ -268,11 +270,14 @@ def train(
         train_loss = sum(train_losses_since_eval) / len(train_losses_since_eval) if train_losses_since_eval else None
         train_losses_since_eval.clear()
         previous = history.evals[-1] if history.evals else None
+        # Overfitting: validation loss climbs (clearly above its best, not just noise) while the
+        # training loss still falls - the model starts to memorise the training text.
         overfitting = (
             previous is not None
             and previous.train_loss is not None
             and train_loss is not None
             and val_loss > previous.val_loss
+            and val_loss > state.best_val_loss + OVERFIT_TOLERANCE
             and train_loss < previous.train_loss
         )
         improved = val_loss < state.best_val_loss
