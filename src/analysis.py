@@ -70,6 +70,8 @@ class Stage:
     meaning: str
     module: str | None = None  # qualified name of the submodule that produced it
     block: int | None = None
+    # The captured tensor (None where the model never materialises it, e.g. the fused scores);
+    # for "split into heads" a stack (3, B, nh, T, hs) of q, k and v.
     value: torch.Tensor | None = field(default=None, repr=False)
 
 
@@ -172,7 +174,8 @@ def parameter_counts(model: torch.nn.Module) -> list[ParameterCount]:
         seen.update(id(p) for p in module.parameters())
         return rows
 
-    embedding_parts = [n for n in ("token_embedding", "position_embedding") if own(getattr(model.embeddings, n)) > 0]
+    embedding_parts = [n for n in ("token_embedding", "position_embedding")
+                       if own(getattr(model.embeddings, n)) > 0]  # a sinusoidal table has no parameters
     rows = top_level("embeddings", model.embeddings, embedding_parts)
     block_parts = ["ln_1", "attn", "attn.c_attn", "attn.c_proj", "ln_2", "mlp", "mlp.c_fc", "mlp.c_proj"]
     for i, block in enumerate(model.blocks):
@@ -227,94 +230,87 @@ def explain_forward(model: torch.nn.Module, tokenizer: Any | None, prompt: str, 
             handle.remove()
 
     tokens = [tokenizer.id_to_token(i) for i in ids]
+    stages: list[Stage] = []
+
+    def add(key: str, name: str, value: torch.Tensor | tuple[int, ...], symbolic: str, meaning: str,
+            module: str | None = None, block: int | None = None) -> None:
+        """Record a stage; `value` is the captured tensor, or just a shape where none is materialised."""
+        tensor = value if isinstance(value, torch.Tensor) else None
+        shape = tuple(value.shape) if tensor is not None else tuple(value)
+        stages.append(Stage(key, name, shape, symbolic, meaning, module, block, tensor))
+
     shown_ids = ", ".join(str(i) for i in ids[:12]) + (", ..." if T > 12 else "")
-    stages = [
-        Stage("token_ids", "token ids", (B, T), "(B, T)", f"the prompt as {T} token ids: [{shown_ids}]", value=idx),
-        Stage("tok_emb", "token embedding", tuple(captured["tok_emb"].shape), "(B, T, C)",
-              f"each id picks its row of the ({V}, {C}) embedding table", "embeddings.token_embedding",
-              value=captured["tok_emb"]),
-    ]
+    add("token_ids", "token ids", idx, "(B, T)", f"the prompt as {T} token ids: [{shown_ids}]")
+    add("tok_emb", "token embedding", captured["tok_emb"], "(B, T, C)",
+        f"each id picks its row of the ({V}, {C}) embedding table", "embeddings.token_embedding")
     if "pos_emb" in captured:
         pos = captured["pos_emb"]
-        stages.append(Stage("pos_emb", "position embedding", tuple(pos.shape), "(T, C)" if pos.dim() == 2 else "(B, T, C)",
-                            f"one vector per position 0..{T - 1} ({config.pos_encoding}), so word order is visible",
-                            "embeddings.position_embedding", value=pos))
-    stages.append(Stage("embeddings", "token + position embedding", tuple(captured["embeddings"].shape), "(B, T, C)",
-                        "their sum starts the residual stream that every block reads and adds to", "embeddings",
-                        value=captured["embeddings"]))
+        add("pos_emb", "position embedding", pos, "(T, C)" if pos.dim() == 2 else "(B, T, C)",
+            f"one vector per position 0..{T - 1} ({config.pos_encoding}), so word order is visible",
+            "embeddings.position_embedding")
+    add("embeddings", "token + position embedding", captured["embeddings"], "(B, T, C)",
+        "their sum starts the residual stream that every block reads and adds to", "embeddings")
 
     for i in range(config.n_layer):
-        prefix = f"blocks.{i}"
+        block = f"blocks.{i}"
         qkv = captured[f"{i}.c_attn"]  # (B, T, 3C)
         q, k, v = qkv.split(C, dim=2)  # 3 x (B, T, C)
         q, k, v = (t.view(B, T, nh, hs).transpose(1, 2) for t in (q, k, v))  # (B, T, C) -> (B, nh, T, hs)
+        # The model's own attention function on the captured q, k, v: the weights it used, not a copy.
         context, weights = scaled_dot_product_attention(q, k, v, causal=True)  # (B, nh, T, hs), (B, nh, T, T)
-        stages += [
-            Stage(f"block{i}.ln_1", "LayerNorm 1", tuple(captured[f"{i}.ln_1"].shape), "(B, T, C)",
-                  "each token vector rescaled to mean 0, variance 1 (then a learned gain and bias)",
-                  f"{prefix}.ln_1", i, captured[f"{i}.ln_1"]),
-            Stage(f"block{i}.qkv", "q, k, v projection", tuple(qkv.shape), "(B, T, 3C)",
-                  "one Linear C -> 3C computes query, key and value for every token at once",
-                  f"{prefix}.attn.c_attn", i, qkv),
-            Stage(f"block{i}.qkv_heads", "split into heads", tuple(q.shape), "(B, nh, T, hs)",
-                  f"q, k and v each cut into {nh} heads of width {hs}; every head attends on its own",
-                  f"{prefix}.attn", i, torch.stack((q, k, v))),
-            Stage(f"block{i}.scores", "scores q·kᵀ/√hs", (B, nh, T, T), "(B, nh, T, T)",
-                  f"how well each query matches each key, divided by sqrt({hs}) to keep the softmax soft",
-                  f"{prefix}.attn", i),
-            Stage(f"block{i}.mask", "causal mask", (T, T), "(T, T)",
-                  "scores above the diagonal (keys in the future) are set to -inf: no peeking ahead",
-                  f"{prefix}.attn", i, build_causal_mask(T)),
-            Stage(f"block{i}.softmax", "softmax", tuple(weights.shape), "(B, nh, T, T)",
-                  "each row turns into attention weights >= 0 that sum to 1 (future weights are exactly 0)",
-                  f"{prefix}.attn", i, weights),
-            Stage(f"block{i}.weighted_sum", "weighted sum of values", tuple(context.shape), "(B, nh, T, hs)",
-                  "each token's new vector: the attention-weighted average of the value vectors",
-                  f"{prefix}.attn", i, context),
-            Stage(f"block{i}.merge", "merge heads", tuple(captured[f"{i}.merged"].shape), "(B, T, C)",
-                  f"the {nh} heads side by side again: (B, nh, T, hs) -> (B, T, C)",
-                  f"{prefix}.attn", i, captured[f"{i}.merged"]),
-            Stage(f"block{i}.attn_proj", "output projection", tuple(captured[f"{i}.attn_proj"].shape), "(B, T, C)",
-                  "a Linear C -> C mixes what the heads found", f"{prefix}.attn.c_proj", i, captured[f"{i}.attn_proj"]),
-            Stage(f"block{i}.residual_1", "residual add", tuple(captured[f"{i}.residual_1"].shape), "(B, T, C)",
-                  "x + attention(ln_1(x)): the block adds to the stream instead of replacing it",
-                  prefix, i, captured[f"{i}.residual_1"]),
-            Stage(f"block{i}.ln_2", "LayerNorm 2", tuple(captured[f"{i}.ln_2"].shape), "(B, T, C)",
-                  "normalise again before the MLP", f"{prefix}.ln_2", i, captured[f"{i}.ln_2"]),
-            Stage(f"block{i}.mlp_up", "MLP up-projection", tuple(captured[f"{i}.c_fc"].shape), "(B, T, 4C)",
-                  "each token separately: Linear C -> 4C, room to compute features", f"{prefix}.mlp.c_fc", i,
-                  captured[f"{i}.c_fc"]),
-            Stage(f"block{i}.gelu", "GELU", tuple(captured[f"{i}.gelu"].shape), "(B, T, 4C)",
-                  "the non-linearity: negative values are damped towards 0", f"{prefix}.mlp.gelu", i,
-                  captured[f"{i}.gelu"]),
-            Stage(f"block{i}.mlp_down", "MLP down-projection", tuple(captured[f"{i}.mlp_proj"].shape), "(B, T, C)",
-                  "Linear 4C -> C back to the width of the stream", f"{prefix}.mlp.c_proj", i, captured[f"{i}.mlp_proj"]),
-            Stage(f"block{i}.residual_2", "residual add", tuple(captured[f"{i}.out"].shape), "(B, T, C)",
-                  "x + mlp(ln_2(x)): the output of the block, the input of the next one", prefix, i,
-                  captured[f"{i}.out"]),
-        ]
+        add(f"block{i}.ln_1", "LayerNorm 1", captured[f"{i}.ln_1"], "(B, T, C)",
+            "each token vector rescaled to mean 0, variance 1 (then a learned gain and bias)", f"{block}.ln_1", i)
+        add(f"block{i}.qkv", "q, k, v projection", qkv, "(B, T, 3C)",
+            "one Linear C -> 3C computes query, key and value for every token at once", f"{block}.attn.c_attn", i)
+        add(f"block{i}.qkv_heads", "split into heads", torch.stack((q, k, v)), "(B, nh, T, hs)",
+            f"q, k and v each cut into {nh} heads of width {hs}; every head attends on its own", f"{block}.attn", i)
+        stages[-1].shape = tuple(q.shape)  # the stacked value holds all three; the shape is that of each
+        add(f"block{i}.scores", "scores q·kᵀ/√hs", (B, nh, T, T), "(B, nh, T, T)",
+            f"how well each query matches each key, divided by sqrt({hs}) to keep the softmax soft",
+            f"{block}.attn", i)
+        add(f"block{i}.mask", "causal mask", build_causal_mask(T), "(T, T)",
+            "scores above the diagonal (keys in the future) are set to -inf: no peeking ahead", f"{block}.attn", i)
+        add(f"block{i}.softmax", "softmax", weights, "(B, nh, T, T)",
+            "each row turns into attention weights >= 0 that sum to 1 (future weights are exactly 0)",
+            f"{block}.attn", i)
+        add(f"block{i}.weighted_sum", "weighted sum of values", context, "(B, nh, T, hs)",
+            "each token's new vector: the attention-weighted average of the value vectors", f"{block}.attn", i)
+        add(f"block{i}.merge", "merge heads", captured[f"{i}.merged"], "(B, T, C)",
+            f"the {nh} heads side by side again: (B, nh, T, hs) -> (B, T, C)", f"{block}.attn", i)
+        add(f"block{i}.attn_proj", "output projection", captured[f"{i}.attn_proj"], "(B, T, C)",
+            "a Linear C -> C mixes what the heads found", f"{block}.attn.c_proj", i)
+        add(f"block{i}.residual_1", "residual add", captured[f"{i}.residual_1"], "(B, T, C)",
+            "x + attention(ln_1(x)): the block adds to the stream instead of replacing it", block, i)
+        add(f"block{i}.ln_2", "LayerNorm 2", captured[f"{i}.ln_2"], "(B, T, C)",
+            "normalise again before the MLP", f"{block}.ln_2", i)
+        add(f"block{i}.mlp_up", "MLP up-projection", captured[f"{i}.c_fc"], "(B, T, 4C)",
+            "each token separately: Linear C -> 4C, room to compute features", f"{block}.mlp.c_fc", i)
+        add(f"block{i}.gelu", "GELU", captured[f"{i}.gelu"], "(B, T, 4C)",
+            "the non-linearity: negative values are damped towards 0", f"{block}.mlp.gelu", i)
+        add(f"block{i}.mlp_down", "MLP down-projection", captured[f"{i}.mlp_proj"], "(B, T, C)",
+            "Linear 4C -> C back to the width of the stream", f"{block}.mlp.c_proj", i)
+        add(f"block{i}.residual_2", "residual add", captured[f"{i}.out"], "(B, T, C)",
+            "x + mlp(ln_2(x)): the output of the block, the input of the next one", block, i)
 
     logits = captured["logits"]  # (B, T, V)
     probabilities = torch.softmax(logits[0, -1].float(), dim=-1)  # (V,)
+    add("ln_f", "final LayerNorm", captured["ln_f"], "(B, T, C)", "normalise the stream one last time", "ln_f")
+    add("logits", "logits", logits, "(B, T, V)",
+        f"a score for each of the {V} vocabulary entries at every position (lm_head, tied to the embedding)",
+        "lm_head")
+    add("probabilities", "next-token probabilities", probabilities, "(V,)",
+        "softmax over the scores at the last position: the distribution of the next token")
     top = torch.topk(probabilities, min(top_k, V))
-    next_tokens = [
-        TokenProbability(int(i), tokenizer.id_to_token(int(i)) if int(i) < tokenizer.vocab_size else f"<{int(i)}>",
-                         float(p))
-        for p, i in zip(top.values, top.indices)
-    ]
-    stages += [
-        Stage("ln_f", "final LayerNorm", tuple(captured["ln_f"].shape), "(B, T, C)",
-              "normalise the stream one last time", "ln_f", value=captured["ln_f"]),
-        Stage("logits", "logits", tuple(logits.shape), "(B, T, V)",
-              f"a score for each of the {V} vocabulary entries at every position (lm_head, tied to the embedding)",
-              "lm_head", value=logits),
-        Stage("probabilities", "next-token probabilities", tuple(probabilities.shape), "(V,)",
-              "softmax over the scores at the last position: the distribution of the next token",
-              value=probabilities),
-    ]
+    next_tokens = [TokenProbability(int(i), _token_text(tokenizer, int(i)), float(p))
+                   for p, i in zip(top.values, top.indices)]
     counts = parameter_counts(model)
     total = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
     return Explanation(prompt, tokens, stages, next_tokens, counts, total)
+
+
+def _token_text(tokenizer: Any, token_id: int) -> str:
+    """The token's text; a model vocabulary larger than the tokenizer's shows the bare id."""
+    return tokenizer.id_to_token(token_id) if token_id < tokenizer.vocab_size else f"<{token_id}>"
 
 
 def _shape_text(shape: tuple[int, ...]) -> str:
@@ -338,11 +334,13 @@ def format_explanation(explanation: Explanation) -> str:
         lines.append(f"{name:<32}{_shape_text(stage.shape):<18}{stage.symbolic:<16}{stage.meaning}")
     lines += ["", "Most likely next tokens:"]
     for rank, candidate in enumerate(explanation.next_tokens, 1):
-        lines.append(f"  {rank}. {display_token(candidate.token)!r:<14} id {candidate.token_id:<6} p = {candidate.probability:.4f}")
+        token = repr(display_token(candidate.token))
+        lines.append(f"  {rank}. {token:<14} id {candidate.token_id:<6} p = {candidate.probability:.4f}")
     lines += ["", "Parameters per module:"]
     for row in explanation.parameters:
         note = f"  ({row.note})" if row.note else ""
-        indent = "  " * row.module.count(".") if not row.module.startswith("blocks") else "  " * (row.module.count(".") - 1)
+        depth = row.module.count(".") - (1 if row.module.startswith("blocks.") else 0)  # "blocks.0" is level 0
+        indent = "  " * depth
         lines.append(f"  {indent + row.module:<36}{row.count:>14,}{note}")
     lines.append(f"  {'total':<36}{explanation.total_parameters:>14,}")
     return "\n".join(lines)
@@ -549,7 +547,8 @@ class VerbatimIndex:
         best = None
         for p in candidates[:256].tolist():
             for s in by_hash[int(text_windows[p])]:
-                if self.text[p : p + length] != sample[s : s + length] or self.separator in sample[s : s + length]:
+                piece = sample[s : s + length]
+                if self.text[p : p + length] != piece or self.separator in piece:
                     continue  # a hash collision, or a window across two documents
                 start_s, start_p, end_s, end_p = s, p, s + length, p + length
                 while start_s > 0 and start_p > 0 and sample[start_s - 1] == self.text[start_p - 1]:

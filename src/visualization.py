@@ -27,13 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
-
-# Figures are created through `Figure(...)`, not pyplot, so no GUI window or global state is involved.
-from matplotlib.colors import Normalize
-from matplotlib.figure import Figure
-from matplotlib.patches import Rectangle
 import numpy as np
 import torch
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure  # figures are built without pyplot: no GUI window, no global state
+from matplotlib.patches import Rectangle
 
 from src.analysis import token_surprisal
 
@@ -75,7 +73,9 @@ def prompt_ids(model: torch.nn.Module, tokenizer: Any, prompt: str) -> torch.Ten
 
 
 @torch.no_grad()
-def attention_for_prompt(model: torch.nn.Module, tokenizer: Any, prompt: str) -> tuple[torch.Tensor, list[str]]:
+def attention_for_prompt(
+    model: torch.nn.Module, tokenizer: Any, prompt: str
+) -> tuple[torch.Tensor, list[str]]:
     """Attention weights of every layer for `prompt` and the readable tokens.
 
     Returns weights of shape (n_layer, nh, T, T) on the CPU (batch index 0 of the model's
@@ -105,7 +105,9 @@ def _select_layer(weights: torch.Tensor, layer: int, batch_index: int) -> tuple[
     if weights.dim() == 4:  # (n_layer, nh, T, T)
         n_layer = weights.shape[0]
         if not -n_layer <= layer < n_layer:
-            raise ValueError(f"layer {layer} does not exist: the weights have {n_layer} layers (0..{n_layer - 1})")
+            raise ValueError(
+                f"layer {layer} does not exist: the weights have {n_layer} layers (0..{n_layer - 1})"
+            )
         return weights[layer], layer % n_layer
     if weights.dim() == 3:  # (nh, T, T): already one layer; `layer` only labels the plot
         return weights, layer
@@ -154,7 +156,9 @@ def plot_attention(
     if T != T2:
         raise ValueError(f"attention weights must be square in the last two dimensions, got {T}x{T2}")
     if len(tokens) != T:
-        raise ValueError(f"got {len(tokens)} tokens for attention over {T} positions; pass one token per position")
+        raise ValueError(
+            f"got {len(tokens)} tokens for attention over {T} positions; pass one token per position"
+        )
     labels = [display_token(t) for t in tokens]
     show_labels = T <= MAX_TICK_LABELS
 
@@ -165,7 +169,8 @@ def plot_attention(
         size = max(4.0, min(12.0, 0.3 * T + 2))
         fig = Figure(figsize=(size + 1, size))
         ax = fig.add_subplot()
-        image = _draw_heatmap(ax, heads[head].numpy(), labels, f"Layer {layer_name}, head {head}", show_labels)
+        title = f"Layer {layer_name}, head {head}"
+        image = _draw_heatmap(ax, heads[head].numpy(), labels, title, show_labels)
         ax.set_xlabel("key: token being looked at")
         ax.set_ylabel("query: token that is looking")
         fig.colorbar(image, ax=ax, label="attention weight")
@@ -204,7 +209,9 @@ def load_scalars(run_dir: str | Path) -> dict[str, list[tuple[int, float, float]
     if not run_dir.exists():
         raise ValueError(f"run directory {run_dir} does not exist")
     if run_dir.is_dir() and not any(run_dir.glob("events.out.tfevents.*")):
-        raise ValueError(f"{run_dir} holds no TensorBoard event files (events.out.tfevents.*); is it a run directory?")
+        raise ValueError(
+            f"{run_dir} holds no TensorBoard event files (events.out.tfevents.*); is it a run directory?"
+        )
     accumulator = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})  # 0 = keep every point
     accumulator.Reload()
     series = {}
@@ -281,7 +288,8 @@ def plot_training_curves(run_dirs: str | Path | Iterable[str | Path]) -> Figure:
             marker = "o" if kind == "val" else None
             colour = colours(i % 10)
             ax_step.plot(steps, values, style, color=colour, marker=marker, markersize=3, label=label)
-            ax_time.plot([w - start for _, w, _ in points], values, style, color=colour, marker=marker, markersize=3)
+            seconds = [wall - start for _, wall, _ in points]
+            ax_time.plot(seconds, values, style, color=colour, marker=marker, markersize=3)
             with_tokens = [(tokens_at[s], v) for s, v in zip(steps, values) if s in tokens_at]
             if with_tokens:
                 xs, ys = zip(*with_tokens)
@@ -343,8 +351,9 @@ def plot_token_surprisal(
     fontsize = min(12.0, fig_width * 72 * 0.85 / width / 0.6)
     for position, (line, column, shown) in enumerate(placed):
         colour = "lightgrey" if position == 0 else cmap(norm(bits[position - 1]))
-        ax_text.add_patch(Rectangle((column, -line - 1), max(len(shown), 1), 0.9, facecolor=colour, edgecolor="white"))
-        ax_text.text(column + max(len(shown), 1) / 2, -line - 0.55, shown, family="monospace", fontsize=fontsize,
+        cells = max(len(shown), 1)
+        ax_text.add_patch(Rectangle((column, -line - 1), cells, 0.9, facecolor=colour, edgecolor="white"))
+        ax_text.text(column + cells / 2, -line - 0.55, shown, family="monospace", fontsize=fontsize,
                      va="center", ha="center")
     ax_text.set_xlim(0, width)
     ax_text.set_ylim(-n_lines - 0.1, 0.1)
@@ -353,7 +362,8 @@ def plot_token_surprisal(
     fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax_text, label="surprisal (bits)")
 
     ax_worst.set_axis_off()
-    ax_worst.set_title(f"The {min(n_worst, len(bits))} most surprising tokens and the model's top-3 guesses", fontsize=10)
+    n_shown = min(n_worst, len(bits))
+    ax_worst.set_title(f"The {n_shown} most surprising tokens and the model's top-3 guesses", fontsize=10)
     worst = sorted(range(len(bits)), key=lambda i: -bits[i])[:n_worst]
     for row, i in enumerate(worst):
         guesses = ", ".join(f"{display_token(tok)!r} {p:.2f}" for tok, p in result.alternatives[i])
@@ -383,7 +393,10 @@ def position_vectors(model: torch.nn.Module) -> torch.Tensor:
 
 
 def _pca_2d(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Project the rows of `matrix` (N, C) on their two main directions: -> (N, 2), explained variance ratio (2,)."""
+    """Project the rows of `matrix` (N, C) on their two main directions.
+
+    Returns the (N, 2) coordinates and the share of the variance each direction explains (2,).
+    """
     centred = matrix - matrix.mean(dim=0, keepdim=True)
     _, singular_values, v_t = torch.linalg.svd(centred, full_matrices=False)
     variance = singular_values**2
@@ -412,12 +425,13 @@ def plot_embeddings(model: torch.nn.Module, tokenizer: Any, *, max_labels: int =
     else:
         labelled = points.norm(dim=1).argsort(descending=True)[:max_labels].tolist()
     for i in labelled:
-        ax_tokens.annotate(display_token(tokenizer.id_to_token(int(i))), (float(points[i, 0]), float(points[i, 1])),
-                           fontsize=7, family="monospace")
+        label = display_token(tokenizer.id_to_token(int(i)))
+        ax_tokens.annotate(label, (float(points[i, 0]), float(points[i, 1])), fontsize=7, family="monospace")
     ax_tokens.set_xlabel(f"principal component 1 ({100 * float(ratio[0]):.1f} % of variance)")
     ax_tokens.set_ylabel(f"principal component 2 ({100 * float(ratio[1]):.1f} % of variance)")
     ax_tokens.set_title(f"Token embeddings (PCA of {vocab_size} x {token_vectors.shape[1]})")
-    image = ax_positions.imshow(similarity.numpy(), cmap="RdBu_r", vmin=-1.0, vmax=1.0, interpolation="nearest")
+    image = ax_positions.imshow(similarity.numpy(), cmap="RdBu_r", vmin=-1.0, vmax=1.0,
+                                interpolation="nearest")
     ax_positions.set_xlabel("position")
     ax_positions.set_ylabel("position")
     ax_positions.set_title("Cosine similarity of position embeddings")
@@ -446,7 +460,9 @@ def plot_lr_schedule(train_config: Any, steps: int) -> Figure:
         ax.legend()
     ax.set_xlabel("optimiser step")
     ax.set_ylabel("learning rate")
-    ax.set_title(f"Learning-rate schedule ({steps} steps, peak {train_config.lr:g}, min {train_config.min_lr:g})")
+    ax.set_title(
+        f"Learning-rate schedule ({steps} steps, peak {train_config.lr:g}, min {train_config.min_lr:g})"
+    )
     ax.grid(alpha=0.3)
     return fig
 
@@ -469,7 +485,8 @@ def write_visualizations(
     weights, tokens = attention_for_prompt(model, tokenizer, prompt)  # (n_layer, nh, T, T)
     written = []
     for layer in range(weights.shape[0]):
-        written.append(save_figure(plot_attention(weights, tokens, layer), out_dir / f"attention_layer{layer}.png"))
+        figure = plot_attention(weights, tokens, layer)
+        written.append(save_figure(figure, out_dir / f"attention_layer{layer}.png"))
     if len(tokens) >= 2:
         written.append(save_figure(plot_token_surprisal(model, tokenizer, prompt), out_dir / "surprisal.png"))
     written.append(save_figure(plot_embeddings(model, tokenizer), out_dir / "embeddings.png"))
