@@ -3,6 +3,7 @@ exact resume and the NaN guard. Everything runs in-process on the CPU with tiny 
 
 from __future__ import annotations
 
+import json
 import math
 import random
 
@@ -156,7 +157,7 @@ def test_loss_falls_and_greedy_generation_reproduces_the_pattern(tmp_path):
                        "--warmup-steps", "10", "--max-steps", "150", "--eval-interval", "50")
     assert main(["--train", *flags, "--logdir", str(run)]) == 0
 
-    rows = [__import__("json").loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     val = [r["val/loss"] for r in rows if "val/loss" in r]
     assert val[0] == pytest.approx(math.log(len(set(PATTERN)) + 2), rel=0.15)  # ~ln V before training
     assert val[-1] < 0.1 < val[0] / 20  # the pattern is (almost) fully predictable
@@ -180,7 +181,7 @@ def test_resume_is_bit_identical(tmp_path):
 
     stopped = load_checkpoint(tmp_path / "part" / "checkpoints" / "last.pt")
     full = load_checkpoint(tmp_path / "full" / "checkpoints" / "last.pt")
-    steps_per_epoch = __import__("json").loads((tmp_path / "full" / "config.json").read_text())["steps_per_epoch"]
+    steps_per_epoch = json.loads((tmp_path / "full" / "config.json").read_text())["steps_per_epoch"]
     assert stopped["state"]["step"] == 15 and stopped["state"]["batch_in_epoch"] > 0  # stopped mid-epoch ...
     assert stopped["state"]["epoch"] >= 1 and steps_per_epoch < 15  # ... after crossing an epoch boundary
     assert not any(k.startswith("_orig_mod.") for k in stopped["model"])
