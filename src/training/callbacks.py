@@ -131,8 +131,13 @@ class RunLogger(Callback):
         )
         if ctx.config.sample_tokens > 0:
             self._write_samples(ctx, record)
-        for hook in self.eval_hooks:
-            hook(record.step, ctx.model, self.writer)
+        if self.eval_hooks:
+            was_training = ctx.model.training
+            ctx.model.eval()
+            with preserved_rng(ctx.device), torch.no_grad():  # hooks must not change the training run
+                for hook in self.eval_hooks:
+                    hook(record.step, ctx.model, self.writer)
+            ctx.model.train(was_training)
         self.writer.flush()
 
     def on_train_end(self, ctx: LoopContext, history: History) -> None:
