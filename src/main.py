@@ -47,6 +47,8 @@ from src.config import (
 from src.training.train_loop import Callback
 
 EXIT_OK, EXIT_USAGE, EXIT_DIVERGED = 0, 2, 3
+# What --visualize/--explain look at by default, and what TensorBoard's attention images show.
+INSPECT_PROMPT = "The cat sat on the mat."
 EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 # Model shapes (and a few matching training settings); flags given on the command line override them.
@@ -109,6 +111,10 @@ def _modes() -> dict[str, Mode]:
         "generate": Mode("stream text from a trained model (--checkpoint)", run_generate),
         "evaluate": Mode("loss, perplexity and bits per character on the validation split, "
                          "per book, next to count baselines (--checkpoint)", run_evaluate),
+        "visualize": Mode("write PNGs of a trained model (--checkpoint): attention of every layer for "
+                          "--prompt, per-token surprisal, embeddings, training curves (--out)", run_visualize),
+        "explain": Mode("run one forward pass on --prompt and print every stage with its tensor shape "
+                        "(--checkpoint, or a fresh model from the model flags)", run_explain),
     }
 
 
@@ -167,7 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", type=Path, metavar="RUN_DIR", default=None,
                      help="continue a run exactly from RUN_DIR/checkpoints/last.pt (implies --train)")
     run.add_argument("--checkpoint", metavar="PATH_OR_RUN_DIR", default=None,
-                     help="model for --generate/--evaluate: a .pt file or a run directory (best.pt, else last.pt)")
+                     help="model for --generate/--evaluate/--visualize/--explain: a .pt file or a run "
+                          "directory (best.pt, else last.pt)")
     run.add_argument("--quiet", action="store_true", help="no progress bars (default: off)")
     run.add_argument("--debug", action="store_true", help="show full tracebacks on errors (default: off)")
 
@@ -176,7 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_arguments(parser)
 
     gen = parser.add_argument_group("generation (--generate)")
-    gen.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
+    gen.add_argument("--prompt", default=None,
+                     help="text to continue (--generate; default: a newline) or to look at "
+                          f"(--visualize/--explain; default: {INSPECT_PROMPT!r})")
     gen.add_argument("--max-new-tokens", type=int, default=500, metavar="N", help="tokens to generate (default: 500)")
     gen.add_argument("--temperature", type=float, default=0.8, metavar="X",
                      help="< 1 sharper, > 1 wilder, 0 = greedy (default: 0.8)")
@@ -185,6 +194,14 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--top-p", type=float, default=None, metavar="X",
                      help="nucleus sampling: the smallest set of tokens with probability >= p (default: off)")
     gen.add_argument("--num-samples", type=int, default=1, metavar="N", help="independent samples (default: 1)")
+    gen.add_argument("--check-memorization", action="store_true",
+                     help="after each sample, print its longest piece that appears word for word in the "
+                          "training text, and from which book (default: off)")
+
+    inside = parser.add_argument_group("seeing inside (--visualize, --explain)")
+    inside.add_argument("--out", type=Path, metavar="DIR", default=None,
+                        help="folder for the --visualize PNGs (default: RUN_DIR/visualizations for a run's "
+                             "checkpoint, else ./visualizations)")
     return parser
 
 
@@ -305,9 +322,28 @@ def _plain(value: Any) -> Any:
 def eval_hooks(args: argparse.Namespace, tokenizer: Any) -> list[Callable[[int, Any, Any], None]]:
     """Functions called after every evaluation as hook(step, model, writer) (writer: SummaryWriter).
 
-    The visualisation adds attention images to TensorBoard here; none by default.
+    Here: the attention of the first and the last layer for a fixed prompt, as images.
     """
-    return []
+    from src.visualization import AttentionImageHook
+
+    return [AttentionImageHook(tokenizer, INSPECT_PROMPT, layers=(0, -1))]
+
+
+def memorization_note(data_path: str | Path) -> Callable[[str], str]:
+    """A function sample -> one line naming its longest verbatim piece of the training text.
+
+    The index over the training text is built on first use (about a second for the 12 books).
+    """
+    from src.analysis import VerbatimIndex, format_match, training_texts
+
+    index: list[Any] = []
+
+    def note(sample: str) -> str:
+        if not index:
+            index.append(VerbatimIndex(training_texts(data_path)))
+        return format_match(index[0].longest_match(sample))
+
+    return note
 
 
 # --- --train ----------------------------------------------------------------------------------
@@ -506,7 +542,8 @@ def run_train(args: argparse.Namespace, flags: dict[str, str], callbacks: Sequen
     saver = CheckpointSaver(run_dir, static)
     all_callbacks = [
         stopper,
-        RunLogger(run_dir, tokenizer, hparams=hparams, eval_hooks=eval_hooks(args, tokenizer)),
+        RunLogger(run_dir, tokenizer, hparams=hparams, eval_hooks=eval_hooks(args, tokenizer),
+                  describe_sample=memorization_note(prepared.path)),
         saver,
         ProgressBar(enabled=not args.quiet),
         *callbacks,
@@ -632,7 +669,7 @@ def _load_for_inference(args: argparse.Namespace, flags: dict[str, str]):
         tokenizer_from_checkpoint
 
     if not args.checkpoint:
-        raise UsageError("--checkpoint: required with --generate/--evaluate (a run directory or a .pt file)")
+        raise UsageError("--checkpoint: required with --generate/--evaluate/--visualize (a run directory or a .pt file)")
     try:
         device = resolve_device(args.device or "auto")
     except ValueError as err:
@@ -660,11 +697,17 @@ def run_generate(args: argparse.Namespace, flags: dict[str, str]) -> int:
         if not ok:
             raise UsageError(f"{flags[name]}: must be {rule}, got {getattr(args, name)}")
     path, payload, model, tokenizer, device = _load_for_inference(args, flags)
-    unknown = unknown_characters(tokenizer, args.prompt)
+    prompt = "\n" if args.prompt is None else args.prompt
+    note_memorization = None
+    if args.check_memorization:
+        if "data_path" not in payload:
+            raise UsageError(f"--check-memorization: {path} does not record its training data")
+        note_memorization = memorization_note(payload["data_path"])
+    unknown = unknown_characters(tokenizer, prompt)
     if unknown:
         print(f"note: the tokenizer does not know these prompt characters (they become <unk>): "
               f"{' '.join(repr(c) for c in unknown)}", file=sys.stderr)
-    ids = tokenizer.encode(args.prompt) or [tokenizer.eot_id]
+    ids = tokenizer.encode(prompt) or [tokenizer.eot_id]
     top_k = min(args.top_k, tokenizer.vocab_size)
     seed = args.seed if args.seed is not None else TrainConfig.__dataclass_fields__["seed"].default
     out = sys.stdout
@@ -673,7 +716,7 @@ def run_generate(args: argparse.Namespace, flags: dict[str, str]) -> int:
             out.write(f"{'' if i == 0 else chr(10)}----- sample {i + 1}/{args.num_samples} -----\n")
         generator = torch.Generator(device=device).manual_seed(seed + i)
         idx = torch.tensor([ids], dtype=torch.long, device=device)  # (1, T)
-        out.write(args.prompt)
+        out.write(prompt)
         out.flush()
         new_ids: list[int] = []
         printed = ""
@@ -688,7 +731,51 @@ def run_generate(args: argparse.Namespace, flags: dict[str, str]) -> int:
                 out.flush()
                 printed = text
         out.write(tokenizer.decode(new_ids)[len(printed):] + "\n")
+        if note_memorization is not None:
+            out.write(f"[{note_memorization(tokenizer.decode(new_ids))}]\n")
         out.flush()
+    return EXIT_OK
+
+
+# --- --visualize and --explain ----------------------------------------------------------------
+
+
+def run_visualize(args: argparse.Namespace, flags: dict[str, str]) -> int:
+    from src.visualization import write_visualizations
+
+    path, _, model, tokenizer, _ = _load_for_inference(args, flags)
+    run_dir = path.parent.parent if path.parent.name == "checkpoints" else None
+    out = args.out or ((run_dir or Path(".")) / "visualizations")
+    prompt = INSPECT_PROMPT if args.prompt is None else args.prompt
+    written = write_visualizations(model, tokenizer, prompt, out, run_dir=run_dir)
+    print(f"Wrote {len(written)} picture(s) for the prompt {prompt!r}:")
+    for picture in written:
+        print(f"  {picture}")
+    return EXIT_OK
+
+
+def run_explain(args: argparse.Namespace, flags: dict[str, str]) -> int:
+    """One forward pass, stage by stage. Without --checkpoint: a fresh (untrained) model whose
+    vocabulary is the 256 byte values, shaped by the model flags (--n-layer, --preset, ...)."""
+    import torch
+
+    from src.analysis import explain_forward, format_explanation
+
+    if args.checkpoint:
+        _, _, model, tokenizer, _ = _load_for_inference(args, flags)
+        origin = f"checkpoint {args.checkpoint}"
+    else:
+        from src.analysis import ByteTokenizer
+        from src.model import MiniTransformer
+
+        settings = resolve_settings(args, flags)
+        torch.manual_seed(settings.train.seed)
+        model = MiniTransformer(ModelConfig(vocab_size=ByteTokenizer.vocab_size, **settings.model)).eval()
+        tokenizer = None
+        origin = "a fresh, untrained model (no --checkpoint), one token per UTF-8 byte"
+    prompt = INSPECT_PROMPT if args.prompt is None else args.prompt
+    print(f"Explaining {origin}, prompt {prompt!r}\n")
+    print(format_explanation(explain_forward(model, tokenizer, prompt, top_k=5)))
     return EXIT_OK
 
 

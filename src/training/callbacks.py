@@ -72,12 +72,14 @@ class RunLogger(Callback):
         hparams: dict[str, Any],
         eval_hooks: Sequence[EvalHook] = (),
         prompts: Sequence[str] = SAMPLE_PROMPTS,
+        describe_sample: Callable[[str], str] | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.tokenizer = tokenizer
         self.hparams = hparams
         self.eval_hooks = list(eval_hooks)
         self.prompts = list(prompts)
+        self.describe_sample = describe_sample  # e.g. the memorisation check: sample -> one line
         self.writer = None
         self._window_tokens = 0
         self._window_seconds = 0.0
@@ -168,8 +170,11 @@ class RunLogger(Callback):
             text = sample_text(
                 ctx.model, self.tokenizer, prompt, ctx.config.sample_tokens, ctx.device, seed=ctx.config.seed + i
             )
-            self.writer.add_text(f"samples/prompt_{i}", _markdown_block(text), record.step)
-            parts.append(f"Prompt {prompt!r}:\n\n{_markdown_block(text)}\n")
+            block = _markdown_block(text)
+            if self.describe_sample is not None:
+                block += f"\n\n{self.describe_sample(text[len(prompt):])}"
+            self.writer.add_text(f"samples/prompt_{i}", block, record.step)
+            parts.append(f"Prompt {prompt!r}:\n\n{block}\n")
         with open(self.run_dir / "samples.md", "a", encoding="utf-8") as handle:
             handle.write("\n".join(parts) + "\n")
 

@@ -1,0 +1,132 @@
+"""Seeing inside from the command line: attention images in TensorBoard, --visualize, --explain and
+--generate --check-memorization, on a real (tiny) training run."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from src.analysis import training_texts
+from src.main import INSPECT_PROMPT, main
+from src.training.utils import load_checkpoint
+from tests.conftest import make_story
+
+N_LAYER, N_HEAD, N_EMBD, BLOCK = 2, 2, 16, 32
+SHAPE = ["--n-layer", str(N_LAYER), "--n-head", str(N_HEAD), "--n-embd", str(N_EMBD), "--block-size", str(BLOCK)]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("inspect")
+    story = root / "story.txt"
+    story.write_text(make_story(n_paragraphs=30), encoding="utf-8")
+    run = root / "runs" / "tiny"
+    code = main(["--train", "--input", str(story), *SHAPE, "--max-steps", "30", "--eval-interval", "15",
+                 "--batch-size", "8", "--data-dir", str(root / "data"), "--logdir", str(run), "--quiet",
+                 "--sample-tokens", "40"])
+    assert code == 0
+    return run
+
+
+def test_training_logs_attention_of_first_and_last_layer_at_every_evaluation(trained_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(trained_run), size_guidance={"images": 0})
+    events.Reload()
+    eval_steps = [e.step for e in events.Scalars("val/loss")]
+    assert eval_steps == [0, 15, 30]
+    for tag in ("attention/layer_0", f"attention/layer_{N_LAYER - 1}"):
+        images = events.Images(tag)
+        assert [image.step for image in images] == eval_steps
+        assert all(image.encoded_image_string.startswith(PNG_MAGIC) for image in images)
+
+
+def test_samples_carry_the_memorization_check(trained_run):
+    samples = (trained_run / "samples.md").read_text(encoding="utf-8")
+    notes = re.findall(r"longest verbatim match: (\d+) characters from (.+?):", samples)
+    assert len(notes) == 3 * 2  # three evaluations x two prompts
+    assert all(source.startswith("story") for _, source in notes)
+
+
+def test_visualize_writes_a_png_per_layer_and_the_overviews(trained_run, tmp_path, capsys):
+    out = tmp_path / "pictures"
+    assert main(["--visualize", "--checkpoint", str(trained_run), "--out", str(out)]) == 0
+    names = sorted(p.name for p in out.iterdir())
+    expected = [f"attention_layer{i}.png" for i in range(N_LAYER)]
+    assert names == sorted([*expected, "surprisal.png", "embeddings.png", "training_curves.png"])
+    assert all((out / name).read_bytes().startswith(PNG_MAGIC) for name in names)
+    assert str(out / "attention_layer0.png") in capsys.readouterr().out
+
+
+def test_visualize_without_checkpoint_is_one_line_exit_2(capsys):
+    assert main(["--visualize"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--checkpoint" in err[0]
+
+
+def stage_shapes(output: str) -> dict[str, list[str]]:
+    """{stage name: [shape, ...]} from the --explain table (a stage repeats once per block)."""
+    shapes: dict[str, list[str]] = {}
+    for line in output.splitlines():
+        match = re.match(r"\s*(.+?)\s{2,}(\([\d, ]*\))\s", line)
+        if match:
+            shapes.setdefault(match.group(1), []).append(match.group(2))
+    return shapes
+
+
+def test_explain_fresh_model_prints_every_stage_with_the_configured_shapes(capsys):
+    n_layer, n_head, n_embd, prompt = 3, 4, 32, "Hallo"
+    code = main(["--explain", "--n-layer", str(n_layer), "--n-head", str(n_head), "--n-embd", str(n_embd),
+                 "--block-size", "16", "--prompt", prompt])
+    assert code == 0
+    out = capsys.readouterr().out
+    T, hs = len(prompt.encode("utf-8")), n_embd // n_head
+    shapes = stage_shapes(out)
+    assert shapes["token embedding"] == [f"(1, {T}, {n_embd})"]
+    assert shapes["split into heads"] == [f"(1, {n_head}, {T}, {hs})"] * n_layer
+    assert shapes["scores q·kᵀ/√hs"] == [f"(1, {n_head}, {T}, {T})"] * n_layer
+    assert shapes["softmax"] == [f"(1, {n_head}, {T}, {T})"] * n_layer
+    assert shapes["MLP up-projection"] == [f"(1, {T}, {4 * n_embd})"] * n_layer
+    assert shapes["logits"] == [f"(1, {T}, 256)"]  # one token per UTF-8 byte
+    assert len(re.findall(r"^Block \d+$", out, flags=re.M)) == n_layer
+    assert "Most likely next tokens" in out
+
+
+def test_explain_a_checkpoint_uses_its_tokenizer_and_shape(trained_run, capsys):
+    assert main(["--explain", "--checkpoint", str(trained_run), "--prompt", "The cat"]) == 0
+    vocab = load_checkpoint(trained_run / "checkpoints" / "last.pt")["model_config"]["vocab_size"]
+    shapes = stage_shapes(capsys.readouterr().out)
+    assert shapes["logits"] == [f"(1, 7, {vocab})"]
+    assert shapes["split into heads"] == [f"(1, {N_HEAD}, 7, {N_EMBD // N_HEAD})"] * N_LAYER
+
+
+def test_explain_crops_a_long_prompt_to_block_size(capsys):
+    assert main(["--explain", "--block-size", "8", "--n-layer", "1", "--n-embd", "16", "--n-head", "2",
+                 "--prompt", "far more than eight bytes"]) == 0
+    shapes = stage_shapes(capsys.readouterr().out)
+    assert shapes["token ids"] == ["(1, 8)"]  # the model sees at most block_size tokens: the last 8
+
+
+def brute_force_longest_common(sample: str, text: str) -> int:
+    best = 0
+    for start in range(len(sample)):
+        while start + best < len(sample) and sample[start : start + best + 1] in text:
+            best += 1
+    return best
+
+
+def test_generate_check_memorization_reports_the_longest_verbatim_piece(trained_run, capsys):
+    prompt = "The cat"
+    code = main(["--generate", "--checkpoint", str(trained_run), "--prompt", prompt, "--temperature", "0",
+                 "--max-new-tokens", "60", "--check-memorization"])
+    assert code == 0
+    lines = capsys.readouterr().out.splitlines()
+    note = re.fullmatch(r"\[longest verbatim match: (\d+) characters from (.+?): .*\]", lines[-1])
+    assert note, lines[-1]
+    generated = "\n".join(lines[:-1])[len(prompt):]
+    data_path = load_checkpoint(trained_run / "checkpoints" / "last.pt")["data_path"]
+    (training_text,) = training_texts(data_path).values()
+    assert int(note.group(1)) == brute_force_longest_common(generated, training_text) > 0
+
