@@ -16,15 +16,6 @@ from src.model.attention import scaled_dot_product_attention
 from src.model.sampling import filter_top_k, filter_top_p
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These models are tiny: extra intra-op threads only add overhead, badly so on a busy 2-core CI."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def closed_form_parameter_count(cfg: ModelConfig) -> int:
     C, b = cfg.n_embd, int(cfg.bias)
     per_block = (
