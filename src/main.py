@@ -1,6 +1,6 @@
 """Command line: train a model, generate text with it, or evaluate it.
 
-    python -m src.main --train --preset tiny --max-steps 1000     # a first run on a CPU
+    python -m src.main --train --preset tiny --epochs 1           # a first run on a CPU (~5 min)
     python -m src.main --train --epochs 5 --batch-size 32 --max-vocab-size 256 --logdir runs/NAME
     python -m src.main --train --resume runs/NAME                 # continue exactly where it stopped
     python -m src.main --generate --checkpoint runs/NAME --prompt "Alice was" --temperature 0.8
@@ -156,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
         epilog="Exit codes: 0 ok, 2 usage/input error, 3 training diverged (NaN/inf), 130/143 interrupted.\n"
-        "Example: python -m src.main --train --preset tiny --max-steps 1000\n"
+        "Example: python -m src.main --train --preset tiny --epochs 1\n"
         "Then:    tensorboard --logdir runs",
     )
     modes = parser.add_argument_group("mode (exactly one)")
