@@ -36,7 +36,8 @@ def _require_positive(obj: Any, *names: str) -> None:
     for name in names:
         value = getattr(obj, name)
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            kind = "" if isinstance(value, (int, float)) and not isinstance(value, bool) else f" (a {type(value).__name__})"
+            raise ValueError(f"{name} must be a positive integer, got {value!r}{kind}")
 
 
 def _require_choice(obj: Any, name: str, choices: tuple[str, ...]) -> None:
@@ -51,7 +52,8 @@ def _require_fraction(obj: Any, name: str, low: float, high: float, high_inclusi
     upper_ok = is_number and (value <= high if high_inclusive else value < high)
     if not (is_number and low <= value and upper_ok):
         bracket = "]" if high_inclusive else ")"
-        raise ValueError(f"{name} must lie in [{low}, {high}{bracket}, got {value!r}")
+        kind = "" if is_number else f" (a {type(value).__name__}; give a number)"
+        raise ValueError(f"{name} must lie in [{low}, {high}{bracket}, got {value!r}{kind}")
 
 
 @dataclass

@@ -55,3 +55,25 @@ def test_valid_config_and_head_size():
     assert (defaults.block_size, defaults.n_layer, defaults.n_head, defaults.n_embd) == (256, 6, 6, 384)
     assert (defaults.dropout, defaults.bias, defaults.attention, defaults.pos_encoding) == (0.2, True, "sdpa", "learned")
     assert ModelConfig(**{**VALID, "dropout": 0.0, "attention": "manual", "pos_encoding": "sinusoidal"}).dropout == 0.0
+
+
+@pytest.mark.parametrize(
+    "field, value, hint",
+    [
+        ("block_size", "256", "(a str)"),
+        ("n_layer", None, "(a NoneType)"),
+        ("vocab_size", True, "(a bool)"),
+        ("dropout", "0.1", "(a str; give a number)"),
+        ("dropout", None, "(a NoneType; give a number)"),
+    ],
+)
+def test_wrong_types_are_named_in_the_message(field, value, hint):
+    with pytest.raises(ValueError, match=field) as error:
+        ModelConfig(**{**VALID, field: value})
+    assert str(error.value).endswith(hint)
+
+
+def test_a_number_out_of_range_gets_no_type_hint():
+    with pytest.raises(ValueError) as error:
+        ModelConfig(**{**VALID, "dropout": 1.5})
+    assert str(error.value) == "dropout must lie in [0.0, 1.0), got 1.5"

@@ -53,8 +53,9 @@ def test_sinusoidal_positions_have_no_parameters_and_stay_out_of_the_state_dict(
     assert set(sinusoidal.state_dict()) == {"token_embedding.weight"}
 
 
-def test_start_pos_continues_the_positions(tiny_config):
-    embeddings = Embeddings(tiny_config)
+@pytest.mark.parametrize("pos_encoding", ["learned", "sinusoidal"])
+def test_start_pos_continues_the_positions(tiny_config, pos_encoding):
+    embeddings = Embeddings(replace(tiny_config, pos_encoding=pos_encoding))
     idx = torch.randint(0, tiny_config.vocab_size, (2, 6))
     torch.testing.assert_close(embeddings(idx[:, 4:], start_pos=4), embeddings(idx)[:, 4:], rtol=0, atol=0)
 
@@ -66,3 +67,9 @@ def test_too_long_input_raises_with_both_numbers(tiny_config):
     with pytest.raises(ValueError, match=r"6 cached \+ 3 new tokens = 9 exceeds block_size 8"):
         embeddings(torch.zeros(1, 3, dtype=torch.long), start_pos=6)
     assert embeddings(torch.zeros(1, 8, dtype=torch.long)).shape == (1, 8, tiny_config.n_embd)
+
+
+def test_sinusoidal_table_follows_the_model_dtype(tiny_config):
+    embeddings = Embeddings(replace(tiny_config, pos_encoding="sinusoidal")).to(torch.bfloat16)
+    assert embeddings.position_embedding.table.dtype == torch.bfloat16
+    assert embeddings(torch.zeros(1, 3, dtype=torch.long)).dtype == torch.bfloat16

@@ -9,11 +9,12 @@ from dataclasses import replace
 
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 
 from src.config import ModelConfig
 from src.model import MiniTransformer
 from src.model.attention import scaled_dot_product_attention
-from src.model.sampling import filter_top_k, filter_top_p
+from src.model.sampling import filter_top_k, filter_top_p, sample_next_token
 
 
 def closed_form_parameter_count(cfg: ModelConfig) -> int:
@@ -301,3 +302,164 @@ def test_logits_equal_hugging_face_gpt2(tiny_config, attention):
         ours, _ = model(idx)
         reference = hf_model(idx).logits
     torch.testing.assert_close(ours, reference, rtol=0, atol=1e-5)
+
+
+# --- generation edge cases -------------------------------------------------------------------------
+
+
+def test_max_new_tokens_zero_returns_the_prompt(model, tiny_config):
+    prompt = torch.randint(0, tiny_config.vocab_size, (2, 3))
+    out = model.generate(prompt, 0)
+    assert torch.equal(out, prompt)
+    assert list(model.generate_stream(prompt, 0)) == []
+
+
+def test_top_k_larger_than_the_vocabulary_keeps_every_token(model, tiny_config):
+    prompt = torch.randint(0, tiny_config.vocab_size, (3, 2))
+    sample = lambda **kw: model.generate(prompt, 10, generator=torch.Generator().manual_seed(5), **kw)  # noqa: E731
+    assert torch.equal(sample(top_k=10 * tiny_config.vocab_size), sample())
+    logits = torch.randn(2, 5)
+    assert torch.equal(filter_top_k(logits, 7), logits)
+
+
+def test_top_p_one_keeps_every_token_even_when_probabilities_round():
+    # softmax([20, 0, -10, ...]) puts 1 - 2e-9 on token 0: in float32 the running sum is exactly 1.0
+    # after it, so "drop once the mass before reaches p" would drop every other token for p = 1.
+    logits = torch.tensor([[20.0, 0.0, -10.0, -30.0, -60.0, -100.0]])
+    assert torch.equal(filter_top_p(logits, 1.0), logits)
+    assert torch.isinf(filter_top_p(logits, 0.999)[0, 1:]).all()  # just below 1 the tail does go
+
+
+def test_top_p_one_samples_like_no_top_p(model, tiny_config):
+    prompt = torch.randint(0, tiny_config.vocab_size, (3, 2))
+    sample = lambda **kw: model.generate(prompt, 10, generator=torch.Generator().manual_seed(5), **kw)  # noqa: E731
+    assert torch.equal(sample(top_p=1.0), sample())
+
+
+def test_temperature_zero_is_greedy_whatever_top_k_and_top_p_say(model, tiny_config):
+    prompt = torch.randint(0, tiny_config.vocab_size, (3, 2))
+    greedy = model.generate(prompt, 10, temperature=0.0)
+    assert torch.equal(model.generate(prompt, 10, temperature=0.0, top_k=3, top_p=0.2), greedy)
+
+
+def test_low_precision_logits_are_sampled_in_float32():
+    logits = (torch.randn(500, 256) * 2).bfloat16()
+    draw = lambda x: sample_next_token(x, top_p=0.9, generator=torch.Generator().manual_seed(0))  # noqa: E731
+    # bf16 softmax and cumsum would round the nucleus and the probabilities differently.
+    assert torch.equal(draw(logits), draw(logits.float()))
+
+
+@pytest.mark.parametrize("attention", ["manual", "sdpa"])
+def test_kv_cache_generation_with_sinusoidal_positions(tiny_config, attention):
+    model = trained_model(replace(tiny_config, attention=attention, pos_encoding="sinusoidal"), steps=20)
+    prompt = torch.randint(0, tiny_config.vocab_size, (3, 2))
+    cached, uncached = (model.generate(prompt, 12, temperature=0.0, use_cache=c) for c in (True, False))
+    assert torch.equal(cached, uncached)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"temperature": "0.5"}, "temperature must be a number"),
+        ({"temperature": None}, "temperature must be a number"),
+        ({"top_p": "0.9"}, "top_p must be a number"),
+        ({"top_k": 2.0}, "top_k must be a positive integer"),
+        ({"max_new_tokens": 2.5}, "max_new_tokens"),
+    ],
+)
+def test_generate_rejects_wrong_types_with_value_error(tiny_config, kwargs, message):
+    model = MiniTransformer(tiny_config)
+    with pytest.raises(ValueError, match=message):
+        model.generate(torch.zeros(1, 2, dtype=torch.long), **{"max_new_tokens": 3, **kwargs})
+
+
+def test_generate_rejects_a_float_prompt(tiny_config):
+    model = MiniTransformer(tiny_config)
+    with pytest.raises(ValueError, match=r"idx must hold integer token ids .* got dtype torch.float32"):
+        model.generate(torch.zeros(1, 2), 3)
+
+
+def test_flops_per_token_docstring_example():
+    with torch.device("meta"):  # no memory, no initialisation cost: only the shapes matter
+        model = MiniTransformer(ModelConfig(vocab_size=121))
+    assert model.flops_per_token() == 71_241_984
+
+
+# --- devices -----------------------------------------------------------------------------------------
+
+
+class TensorDevices(TorchFunctionMode):
+    """Records the device type of every tensor that a torch function or Tensor method returns."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for value in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(value, torch.Tensor):
+                self.seen.add(value.device.type)
+        return out
+
+
+@pytest.mark.parametrize("attention", ["manual", "sdpa"])
+@pytest.mark.parametrize("pos_encoding", ["learned", "sinusoidal"])
+def test_no_tensor_is_created_on_the_cpu_when_the_model_lives_elsewhere(tiny_config, attention, pos_encoding):
+    """What CUDA needs, checked without a GPU: on the "meta" device (shapes only, no data) every
+    tensor made in forward, generation (with and without cache), attention_maps and the loss must
+    follow the model and the input; a stray `torch.arange(T)` or `torch.ones(T, T)` would be "cpu"."""
+    cfg = replace(tiny_config, attention=attention, pos_encoding=pos_encoding, dropout=0.1)
+    model = MiniTransformer(cfg).to("meta")
+    assert {b.device.type for b in model.buffers()} == {"meta"}  # causal masks (and sinusoidal table)
+    idx = torch.zeros(2, 5, dtype=torch.long, device="meta")
+    devices = TensorDevices()
+    with devices:
+        torch.arange(3)  # the recorder does see a CPU tensor when one is made
+    assert devices.seen == {"cpu"}
+    devices = TensorDevices()
+    with devices:
+        model.train()(idx, targets=idx)[1]  # dropout paths
+        model.eval()
+        cache = model.new_kv_cache()
+        model(idx[:, :3], kv_cache=cache)
+        model(idx[:, 3:], kv_cache=cache)  # 2 new tokens with 3 cached: the offset causal mask
+        model.generate(idx, 6, temperature=0.0)  # with the cache, then past block_size
+        model.generate(idx, 2, temperature=0.8, top_k=3, top_p=0.9, use_cache=False)
+        model.attention_maps(idx)
+    assert devices.seen == {"meta"}
+
+
+@pytest.mark.parametrize(
+    "device",
+    [
+        "cpu",
+        pytest.param(
+            "cuda",
+            marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")],
+        ),
+    ],
+)
+@pytest.mark.parametrize("pos_encoding", ["learned", "sinusoidal"])
+def test_bf16_autocast_forward_backward_and_generation(tiny_config, device, pos_encoding):
+    """The training loop runs the model under bf16 autocast on an RTX 4080: both attention paths agree,
+    the loss stays float32, gradients are finite, and cached generation matches uncached logits."""
+    cfg = replace(tiny_config, pos_encoding=pos_encoding)
+    manual = trained_model(replace(cfg, attention="manual"), steps=20).to(device)
+    sdpa = MiniTransformer(replace(cfg, attention="sdpa")).to(device).eval()
+    sdpa.load_state_dict(manual.state_dict())
+    idx = torch.randint(0, cfg.vocab_size, (3, cfg.block_size), device=device)
+    with torch.autocast(device_type=device, dtype=torch.bfloat16):
+        logits_manual, loss = manual(idx, targets=idx)
+        logits_sdpa, _ = sdpa(idx)
+        cache = sdpa.new_kv_cache()
+        parts = [sdpa(idx[:, :3], kv_cache=cache)[0]] + [sdpa(idx[:, t : t + 1], kv_cache=cache)[0] for t in range(3, 8)]
+        generator = torch.Generator(device=device).manual_seed(0)
+        out = sdpa.generate(idx[:, :2], 12, temperature=0.8, top_k=5, top_p=0.9, generator=generator)
+    assert logits_manual.dtype == torch.bfloat16 and loss.dtype == torch.float32
+    torch.testing.assert_close(logits_sdpa.float(), logits_manual.float(), rtol=2e-2, atol=5e-2)
+    torch.testing.assert_close(torch.cat(parts, dim=1).float(), logits_sdpa.float(), rtol=2e-2, atol=5e-2)
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in manual.parameters())
+    assert out.shape == (3, 14) and out.device.type == device
+    assert out.min() >= 0 and out.max() < cfg.vocab_size

@@ -153,7 +153,8 @@ class MultiHeadAttention(nn.Module):
         # Query i sits at position past + i and may see keys 0 .. past + i.
         mask = self.causal_mask[past : past + T, : past + T]  # (T, past + T)
         dropout_p = self.dropout_p if self.training else 0.0
-        # 3.-6. Scores, mask, softmax, weighted sum of values.
+        # 3.-6. Attention proper (steps 1-5 of scaled_dot_product_attention): scores, causal mask,
+        # softmax, dropout, weighted sum of the values.
         if self.attention == "manual":
             context, _ = scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, causal_mask=mask)
         elif past == 0:

@@ -86,6 +86,6 @@ class Embeddings(nn.Module):
                 f"feed at most the last {self.block_size} tokens or train with a larger --block-size"
             )
         positions = torch.arange(start_pos, end, device=idx.device)  # (T,)
-        tokens = self.token_embedding(idx)  # (B, T) -> (B, T, C)
-        where = self.position_embedding(positions)  # (T,) -> (T, C), broadcast over B
-        return self.dropout(tokens + where)
+        token_vectors = self.token_embedding(idx)  # (B, T) -> (B, T, C)
+        position_vectors = self.position_embedding(positions)  # (T,) -> (T, C), broadcast over B
+        return self.dropout(token_vectors + position_vectors)  # (B, T, C) + (T, C) -> (B, T, C)

@@ -32,7 +32,10 @@ def filter_top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
     total probability reaches p, set the rest to -inf. (B, V) -> (B, V).
 
     Example: probabilities [0.5, 0.3, 0.15, 0.05] with p = 0.75 keep the first two (0.5 < 0.75 <= 0.8).
+    p = 1.0 keeps every token (the cumulative sum can round to 1.0 before the last tokens).
     """
+    if p >= 1.0:
+        return logits
     sorted_logits, order = torch.sort(logits, dim=-1, descending=True)  # (B, V)
     sorted_probs = torch.softmax(sorted_logits, dim=-1)
     mass_before = F.pad(sorted_probs.cumsum(dim=-1)[:, :-1], (1, 0))  # probability of all more likely tokens
@@ -49,6 +52,9 @@ def sample_next_token(
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Pick the next token from the last position's logits: (B, V) -> (B, 1) ids."""
+    # Sample in float32 even if the model ran in bf16/fp16: softmax and the cumulative sum of top-p
+    # would otherwise round the probabilities to 2-3 significant digits.
+    logits = logits.float()
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)  # greedy; dividing by 0 would give nan
     logits = logits / temperature
@@ -66,11 +72,18 @@ def check_generate_args(
     """Raise ValueError with the offending value for arguments `MiniTransformer.generate` cannot use."""
     if idx.dim() != 2 or idx.size(1) == 0:
         raise ValueError(f"idx must have shape (B, T) with T >= 1 prompt tokens, got {tuple(idx.shape)}")
+    if idx.dtype not in (torch.long, torch.int):
+        raise ValueError(f"idx must hold integer token ids (torch.long), got dtype {idx.dtype}")
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
-    if not temperature >= 0:  # also catches nan
-        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature!r}")
+    if not _is_real(temperature) or not temperature >= 0:  # "not >=" also catches nan
+        raise ValueError(f"temperature must be a number >= 0 (0 = greedy), got {temperature!r}")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
         raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise ValueError(f"top_p must lie in (0, 1] or be None, got {top_p!r}")
+    if top_p is not None and not (_is_real(top_p) and 0 < top_p <= 1):
+        raise ValueError(f"top_p must be a number in (0, 1] or None, got {top_p!r}")
+
+
+def _is_real(value: object) -> bool:
+    """True for an int or float (a bool or a string is not a number here)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

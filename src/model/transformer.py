@@ -15,6 +15,11 @@ Choices from GPT-2 (and why):
 `generate` samples one token at a time (greedy, temperature, top-k, nucleus/top-p; see sampling.py)
 and uses a KV cache (attention.KVCache) while the sequence fits in block_size.
 
+Device and precision are the caller's choice: `model.to(device)` moves every weight and buffer (the
+causal mask, the sinusoidal table), forward creates new tensors only on the input's device, and
+mixed precision is an outer `torch.autocast` (the training loop's job). Omitted on purpose:
+gradient checkpointing, torch.compile inside the model, mixture-of-experts and other variants.
+
 Shapes: B batch, T time, C = n_embd, V = vocab_size (legend in attention.py).
 """
 
@@ -188,10 +193,11 @@ class MiniTransformer(nn.Module):
             self.train(was_training)
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
-        """Number of trainable parameters (the tied LM head counted once).
+        """Number of parameters (weights, biases, LayerNorm gains; the tied LM head counted once).
 
-        exclude_embeddings=True leaves out the token and (learned) position tables, the
-        "non-embedding" count N of Kaplan et al. (2020) used in scaling laws.
+        exclude_embeddings=True leaves out the token table and the learned position table (the
+        sinusoidal one has no parameters): the "non-embedding" count N of Kaplan et al. (2020,
+        "Scaling Laws for Neural Language Models") used in scaling laws.
         """
         total = sum(p.numel() for p in self.parameters())
         if exclude_embeddings:
@@ -201,13 +207,19 @@ class MiniTransformer(nn.Module):
     def flops_per_token(self) -> int:
         """Estimated training FLOPs (forward + backward) per token: 6 N + 12 L C T.
 
-        6 N: every weight used in a matrix multiply costs 2 FLOPs (multiply + add) in the forward
-        pass and 4 in the backward pass. N = num_parameters(exclude_embeddings=True) + V * C: all
-        Linear layers plus the LM head (the tied token table); table lookups themselves are free.
-        12 L C T: attention itself has no weights but per token and layer computes Q K^T and the
-        weighted sum of V over T = block_size positions, 2 * 2 T C FLOPs forward, times 3 with the
-        backward pass (causal masking would halve it; the estimate ignores that, as Kaplan et al.
-        2020 and PaLM, Chowdhery et al. 2022, appendix B, do). Biases and LayerNorms are ignored.
+        6 N: a weight used in a matrix multiply costs 2 FLOPs per token (multiply + add) in the
+        forward pass and 4 in the backward pass (gradients for the input and for the weight).
+        N = num_parameters(exclude_embeddings=True) + V * C: the non-embedding parameters plus the
+        LM head, which is a real (V x C) matmul even though its weight is the tied token table; the
+        table lookups themselves cost nothing. N also counts biases and LayerNorm gains, which do
+        not sit in a matmul - a small overestimate (about 1/C of N), kept for simplicity.
+        12 L C T: attention has no weights of its own but, per token and layer, computes the scores
+        q K^T and the weighted sum of V over T = block_size positions, 2 * 2 * T * C FLOPs forward,
+        times 3 with the backward pass. This term follows PaLM (Chowdhery et al. 2022, appendix B),
+        as nanoGPT's estimate_mfu does; it assumes a full context and ignores that the causal mask
+        leaves half of the scores unused. Softmax, GELU and LayerNorm arithmetic is ignored.
+
+        Example: the default config (6 layers, C=384, T=256) with V=121 -> 71,241,984 per token.
         """
         cfg = self.config
         n_matmul = self.num_parameters(exclude_embeddings=True) + cfg.vocab_size * cfg.n_embd

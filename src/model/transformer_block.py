@@ -11,7 +11,8 @@ it (the original Transformer) makes training stable without a long learning-rate
 
 The MLP widens to 4 C, applies GELU (Hendrycks & Gimpel 2016; the tanh approximation GPT-2 uses)
 and projects back to C. Submodule names follow GPT-2 (`ln_1`, `attn`, `ln_2`, `mlp`, `c_fc`,
-`c_proj`) so that Hugging Face GPT2LMHeadModel weights map 1:1.
+`c_proj`) so that Hugging Face GPT2LMHeadModel weights map 1:1. Omitted on purpose: the newer
+RMSNorm and SwiGLU variants (LLaMA) and parallel attention + MLP (GPT-J).
 
 Shapes: B batch, T time, C = n_embd (legend in attention.py).
 """
