@@ -320,7 +320,7 @@ def _shape_text(shape: tuple[int, ...]) -> str:
 
 def format_explanation(explanation: Explanation) -> str:
     """The explanation as readable text for the terminal (one stage per line)."""
-    from src.visualization import display_token
+    from src.visualization import display_token, quoted_token
 
     shown = " ".join(f"[{display_token(t)}]" for t in explanation.tokens)
     lines = [f"Prompt: {explanation.prompt!r} -> {len(explanation.tokens)} tokens: {shown}", ""]
@@ -334,7 +334,7 @@ def format_explanation(explanation: Explanation) -> str:
         lines.append(f"{name:<32}{_shape_text(stage.shape):<18}{stage.symbolic:<16}{stage.meaning}")
     lines += ["", "Most likely next tokens:"]
     for rank, candidate in enumerate(explanation.next_tokens, 1):
-        token = repr(display_token(candidate.token))
+        token = quoted_token(candidate.token)
         lines.append(f"  {rank}. {token:<14} id {candidate.token_id:<6} p = {candidate.probability:.4f}")
     lines += ["", "Parameters per module:"]
     for row in explanation.parameters:
@@ -359,12 +359,14 @@ class Surprisal:
     ids: list[int]
     bits: list[float]
     alternatives: list[list[tuple[str, float]]]  # per predicted position: the model's top guesses (token, p)
+    text_tokens: int = 0  # tokens in the whole text; more than len(tokens) when it was cut to block_size + 1
 
 
 @torch.no_grad()
 def token_surprisal(model: torch.nn.Module, tokenizer: Any, text: str, top: int = 3) -> Surprisal:
     """-log2 p(token | all tokens before it) for the first block_size + 1 tokens of `text`."""
-    ids = tokenizer.encode(text)[: model.config.block_size + 1]
+    all_ids = tokenizer.encode(text)
+    ids = all_ids[: model.config.block_size + 1]
     if len(ids) < 2:
         raise ValueError("the text needs at least 2 tokens to measure surprisal; pass a longer text")
     device = next(model.parameters()).device
@@ -383,7 +385,7 @@ def token_surprisal(model: torch.nn.Module, tokenizer: Any, text: str, top: int 
         [(tokenizer.id_to_token(int(i)), float(p)) for p, i in zip(row_p, row_i)]
         for row_p, row_i in zip(top_p.cpu(), top_i.cpu())
     ]
-    return Surprisal([tokenizer.id_to_token(i) for i in ids], ids, bits, alternatives)
+    return Surprisal([tokenizer.id_to_token(i) for i in ids], ids, bits, alternatives, len(all_ids))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ from src.analysis import token_surprisal
 MAX_TICK_LABELS = 48
 ATTENTION_CMAP = "viridis"
 SURPRISAL_CMAP = "YlOrRd"
+VISIBLE_WHITESPACE = {"\n": "↵", "\t": "⇥"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -46,9 +47,28 @@ SURPRISAL_CMAP = "YlOrRd"
 # ---------------------------------------------------------------------------------------------
 
 
-def display_token(token: str) -> str:
-    """A token made visible for axis labels: ``display_token(" a\\n")`` -> ``"␣a↵"``."""
-    return token.replace(" ", "␣").replace("\n", "↵").replace("\t", "⇥").replace("\r", "")
+def display_token(token: str, show_spaces: bool = True) -> str:
+    """A token made visible for labels: ``display_token(" a\\n\\x1c")`` -> ``"␣a↵\\x1c"``.
+
+    Spaces become ␣ (unless `show_spaces` is False), newlines ↵, tabs ⇥; other control characters
+    (single-byte BPE tokens such as 0x1c, or \\r) have no glyph in any font and are written as \\xNN.
+    """
+    shown = []
+    for ch in token:
+        if ch == " ":
+            shown.append("␣" if show_spaces else " ")
+        elif ch in VISIBLE_WHITESPACE:
+            shown.append(VISIBLE_WHITESPACE[ch])
+        elif not ch.isprintable():
+            shown.append(f"\\x{ord(ch):02x}" if ord(ch) < 256 else f"\\u{ord(ch):04x}")
+        else:
+            shown.append(ch)
+    return "".join(shown)
+
+
+def quoted_token(token: str) -> str:
+    """A token in quotes for text lines: ``quoted_token(" a")`` -> ``"'␣a'"`` (no repr: a backslash stays single)."""
+    return f"'{display_token(token)}'"
 
 
 def save_figure(fig: Figure, path: str | Path, dpi: int = 120) -> Path:
@@ -317,7 +337,7 @@ def _layout_tokens(tokens: Sequence[str], width: int) -> list[tuple[int, int, st
     placed = []
     line, column = 0, 0
     for token in tokens:
-        shown = token.replace("\n", "↵").replace("\t", "⇥").replace("\r", "")
+        shown = display_token(token, show_spaces=False)
         if column > 0 and column + len(shown) > width:
             line, column = line + 1, 0
         placed.append((line, column, shown))
@@ -358,7 +378,11 @@ def plot_token_surprisal(
     ax_text.set_xlim(0, width)
     ax_text.set_ylim(-n_lines - 0.1, 0.1)
     ax_text.set_axis_off()
-    ax_text.set_title(f"Surprisal per token in bits (mean {np.mean(bits) if bits else 0:.2f} bits/token)")
+    title = f"Surprisal per token in bits (mean {np.mean(bits) if bits else 0:.2f} bits/token)"
+    if result.text_tokens > len(result.tokens):  # the model reads at most block_size tokens at once
+        title += (f"\nonly the first {len(result.tokens)} of {result.text_tokens} tokens: "
+                  f"the model's context is block_size = {model.config.block_size}")
+    ax_text.set_title(title)
     fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax_text, label="surprisal (bits)")
 
     ax_worst.set_axis_off()
@@ -366,8 +390,8 @@ def plot_token_surprisal(
     ax_worst.set_title(f"The {n_shown} most surprising tokens and the model's top-3 guesses", fontsize=10)
     worst = sorted(range(len(bits)), key=lambda i: -bits[i])[:n_worst]
     for row, i in enumerate(worst):
-        guesses = ", ".join(f"{display_token(tok)!r} {p:.2f}" for tok, p in result.alternatives[i])
-        line = f"{display_token(result.tokens[i + 1])!r}: {bits[i]:.1f} bits  ->  model expected: {guesses}"
+        guesses = ", ".join(f"{quoted_token(tok)} {p:.3f}" for tok, p in result.alternatives[i])
+        line = f"{quoted_token(result.tokens[i + 1])}: {bits[i]:.1f} bits  ->  model expected: {guesses}"
         ax_worst.text(0.0, 1.0 - (row + 0.5) / max(len(worst), 1), line, family="monospace", fontsize=9,
                       va="center", transform=ax_worst.transAxes)
     return fig

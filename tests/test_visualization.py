@@ -27,6 +27,7 @@ from src.visualization import (
     plot_token_surprisal,
     plot_training_curves,
     position_vectors,
+    quoted_token,
     write_visualizations,
 )
 from tests.conftest import make_story
@@ -53,6 +54,40 @@ def _heatmap_axes(fig: Figure) -> list:
 
 def test_display_token_docstring_example():
     assert display_token(" a\n") == "␣a↵"
+    assert display_token(" a\n\x1c") == "␣a↵\\x1c"  # a control byte has no glyph: written as \x1c
+    assert display_token("a b\r", show_spaces=False) == "a b\\x0d"
+    assert quoted_token("\\xe2\\x80") == "'\\xe2\\x80'"  # one backslash each, unlike repr()
+
+
+def test_bpe_labels_are_printable_and_lines_show_single_backslashes(tmp_path):
+    """A byte-level BPE vocabulary holds control bytes (0x00-0x1f) and pieces of UTF-8 characters."""
+    from src.tokenizer import BPETokenizer
+
+    text = "Die Tür – „Grüße“ – öffnete sich. " * 30
+    tokenizer = BPETokenizer.train(text, vocab_size=280)
+    model = MiniTransformer(ModelConfig(vocab_size=tokenizer.vocab_size, block_size=16, n_layer=1, n_head=2,
+                                        n_embd=16))
+    fig = plot_embeddings(model, tokenizer, max_labels=tokenizer.vocab_size)
+    labels = [t.get_text() for t in fig.axes[0].texts]
+    assert len(labels) == tokenizer.vocab_size and all(label.isprintable() for label in labels)
+    assert "\\x1c" in labels  # byte 0x1c, drawn as text instead of a missing-glyph box
+
+    fig = plot_token_surprisal(model, tokenizer, "Die Tür – „Grüße“", n_worst=20)
+    worst_ax = next(ax for ax in fig.axes if "most surprising" in ax.get_title())
+    lines = [t.get_text() for t in worst_ax.texts]
+    assert any("\\x" in line for line in lines)  # byte pieces of "–" or "„" are among the tokens
+    assert not any("\\\\" in line for line in lines), "repr() doubled the backslashes"
+
+
+def test_surprisal_title_says_when_the_text_was_cut_to_the_context(tokenizer):
+    model = MiniTransformer(ModelConfig(vocab_size=tokenizer.vocab_size, block_size=8, n_layer=1, n_head=2,
+                                        n_embd=16))
+    fig = plot_token_surprisal(model, tokenizer, PROMPT)
+    title = next(ax.get_title() for ax in fig.axes if ax.get_title().startswith("Surprisal per token"))
+    assert f"only the first 9 of {len(tokenizer.encode(PROMPT))} tokens" in title and "block_size = 8" in title
+    fig = plot_token_surprisal(model, tokenizer, PROMPT[:9])  # 9 tokens = block_size + 1: nothing cut
+    title = next(ax.get_title() for ax in fig.axes if ax.get_title().startswith("Surprisal per token"))
+    assert "only the first" not in title
 
 
 def test_attention_grid_shows_every_head_and_is_zero_above_the_diagonal(model, tokenizer):
