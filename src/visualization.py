@@ -150,6 +150,13 @@ def _draw_heatmap(ax, matrix: np.ndarray, labels: Sequence[str], title: str, sho
     return image
 
 
+def _grid_columns(n_head: int) -> int:
+    """Columns of the head grid: at most 4, preferring a full last row (6 heads -> 3 x 2, not 4 + 2)."""
+    if n_head <= 4:
+        return n_head
+    return next((cols for cols in (4, 3) if n_head % cols == 0), 4)
+
+
 def plot_attention(
     weights: torch.Tensor,
     tokens: Sequence[str],
@@ -196,7 +203,7 @@ def plot_attention(
         fig.colorbar(image, ax=ax, label="attention weight")
         return fig
 
-    cols = min(n_head, 4)
+    cols = _grid_columns(n_head)
     rows = math.ceil(n_head / cols)
     cell = max(2.5, min(5.0, 0.18 * T + 1.5))
     fig = Figure(figsize=(cols * cell + 1, rows * cell + 0.6), layout="constrained")
@@ -496,13 +503,21 @@ def plot_lr_schedule(train_config: Any, steps: int) -> Figure:
 # ---------------------------------------------------------------------------------------------
 
 
+def _has_losses(run_dir: Path) -> bool:
+    """Whether the run's event files hold a loss curve (a run stopped before its first log has none)."""
+    if not any(run_dir.glob("events.out.tfevents.*")):
+        return False
+    scalars = load_scalars(run_dir)
+    return bool(scalars.get("train/loss") or scalars.get("val/loss"))
+
+
 def write_visualizations(
     model: torch.nn.Module, tokenizer: Any, prompt: str, out_dir: str | Path, run_dir: str | Path | None = None
 ) -> list[Path]:
     """Write every picture for `--visualize` into `out_dir` and return the paths.
 
     attention_layer<i>.png for every layer (all heads), surprisal.png (of the prompt),
-    embeddings.png, and training_curves.png when `run_dir` holds TensorBoard event files.
+    embeddings.png, and training_curves.png when `run_dir` holds TensorBoard event files with losses.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -514,7 +529,7 @@ def write_visualizations(
     if len(tokens) >= 2:
         written.append(save_figure(plot_token_surprisal(model, tokenizer, prompt), out_dir / "surprisal.png"))
     written.append(save_figure(plot_embeddings(model, tokenizer), out_dir / "embeddings.png"))
-    if run_dir is not None and any(Path(run_dir).glob("events.out.tfevents.*")):
+    if run_dir is not None and _has_losses(Path(run_dir)):
         written.append(save_figure(plot_training_curves([run_dir]), out_dir / "training_curves.png"))
     return written
 

@@ -107,6 +107,18 @@ def test_attention_grid_shows_every_head_and_is_zero_above_the_diagonal(model, t
     assert [t.get_text() for t in axes[0].get_yticklabels()] == [display_token(t) for t in tokens]
 
 
+@pytest.mark.parametrize("n_head, rows, cols", [(2, 1, 2), (6, 2, 3), (8, 2, 4), (12, 3, 4), (5, 2, 4)])
+def test_attention_grid_of_many_heads_has_no_needless_empty_cells(n_head, rows, cols):
+    T = 5
+    weights = torch.tril(torch.ones(n_head, T, T))
+    weights = weights / weights.sum(-1, keepdim=True)  # (nh, T, T), causal average
+    fig = plot_attention(weights, list("abcde"), layer=0)
+    heads = _heatmap_axes(fig)
+    assert [ax.get_title() for ax in heads] == [f"head {h}" for h in range(n_head)]
+    grid = heads[0].get_subplotspec().get_gridspec()
+    assert (grid.nrows, grid.ncols) == (rows, cols)
+
+
 def test_attention_single_head_has_token_labels_on_both_axes(model, tokenizer):
     idx = torch.tensor([tokenizer.encode(PROMPT)])
     maps = model.attention_maps(idx)  # (n_layer, B, nh, T, T) straight from the model
@@ -232,6 +244,15 @@ def test_write_visualizations_writes_pngs(model, tokenizer, tmp_path):
     assert names == ["attention_layer0.png", "attention_layer1.png", "embeddings.png", "surprisal.png"]
     for path in written:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_write_visualizations_skips_curves_of_a_run_without_losses(model, tokenizer, tmp_path):
+    """A run stopped before its first log has an event file without scalars: no curves, no error."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    SummaryWriter(log_dir=str(tmp_path / "run")).close()
+    written = write_visualizations(model, tokenizer, PROMPT, tmp_path / "out", run_dir=tmp_path / "run")
+    assert "training_curves.png" not in [p.name for p in written] and "embeddings.png" in [p.name for p in written]
 
 
 def test_attention_hook_logs_first_and_last_layer_to_tensorboard(model, tokenizer, tmp_path):
