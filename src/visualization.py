@@ -35,8 +35,10 @@ from matplotlib.patches import Rectangle
 
 from src.analysis import token_surprisal
 
-# Tokens with more labels than this are drawn without tick labels (they would overlap).
+# Heat-maps over more tokens than this are drawn without tick labels (they would overlap): a grid
+# cell is at most 5 inches wide, a single head 12 inches (8-point labels need ~0.13 inch each).
 MAX_TICK_LABELS = 48
+MAX_TICK_LABELS_SINGLE_HEAD = 90
 ATTENTION_CMAP = "viridis"
 SURPRISAL_CMAP = "YlOrRd"
 VISIBLE_WHITESPACE = {"\n": "↵", "\t": "⇥"}
@@ -187,8 +189,6 @@ def plot_attention(
             f"got {len(tokens)} tokens for attention over {T} positions; pass one token per position"
         )
     labels = [display_token(t) for t in tokens]
-    show_labels = T <= MAX_TICK_LABELS
-
     if head is not None:
         if not -n_head <= head < n_head:
             raise ValueError(f"head {head} does not exist: layer has {n_head} heads (0..{n_head - 1})")
@@ -197,12 +197,13 @@ def plot_attention(
         fig = Figure(figsize=(size + 1, size))
         ax = fig.add_subplot()
         title = f"Layer {layer_name}, head {head}"
-        image = _draw_heatmap(ax, heads[head].numpy(), labels, title, show_labels)
+        image = _draw_heatmap(ax, heads[head].numpy(), labels, title, T <= MAX_TICK_LABELS_SINGLE_HEAD)
         ax.set_xlabel("key: token being looked at")
         ax.set_ylabel("query: token that is looking")
         fig.colorbar(image, ax=ax, label="attention weight")
         return fig
 
+    show_labels = T <= MAX_TICK_LABELS
     cols = _grid_columns(n_head)
     rows = math.ceil(n_head / cols)
     cell = max(2.5, min(5.0, 0.18 * T + 1.5))

@@ -133,6 +133,18 @@ def test_attention_single_head_has_token_labels_on_both_axes(model, tokenizer):
     np.testing.assert_array_equal(np.asarray(ax.images[0].get_array()), maps[1, 0, 2].numpy())
 
 
+def test_attention_labels_a_long_prompt_in_the_single_head_view_only():
+    T = 63  # notebook 02's sentence: too many labels for a grid cell, fine for one large head
+    weights = torch.tril(torch.ones(2, T, T))
+    weights = weights / weights.sum(-1, keepdim=True)  # (nh, T, T)
+    tokens = [chr(ord("a") + t % 26) for t in range(T)]
+    grid = _heatmap_axes(plot_attention(weights, tokens, layer=0))
+    assert all(len(ax.get_yticklabels()) == 0 for ax in grid)
+    single = _heatmap_axes(plot_attention(weights, tokens, layer=0, head=1))[0]
+    assert [t.get_text() for t in single.get_yticklabels()] == tokens
+    assert [t.get_text() for t in single.get_xticklabels()] == tokens
+
+
 def test_attention_rejects_wrong_input(model, tokenizer):
     weights, tokens = attention_for_prompt(model, tokenizer, PROMPT)
     with pytest.raises(ValueError, match="tokens"):
