@@ -1,6 +1,7 @@
 """The model: embeddings -> n_layer x TransformerBlock -> LayerNorm -> LM head.
 
-Files, read in this order: embeddings.py, attention.py, transformer_block.py, transformer.py.
+Files, read in this order: embeddings.py, attention.py, transformer_block.py, transformer.py;
+sampling.py holds how `generate` picks each next token (greedy, temperature, top-k, top-p).
 """
 
 from src.model.attention import KVCache, MultiHeadAttention, scaled_dot_product_attention
