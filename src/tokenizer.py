@@ -39,8 +39,8 @@ import heapq
 import json
 import sys
 import time
-from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +62,9 @@ _CHAR_SPECIALS = (UNK_TOKEN, EOT_TOKEN)
 _BPE_SPECIALS = (EOT_TOKEN,)
 _BPE_MIN_PAIR_COUNT = 2  # a pair seen only once is memorisation, not a useful subword
 _CACHE_LIMIT = 1 << 20  # distinct chunks kept by the encode cache before it is cleared
+# Letters with umlauts and accents, digits, punctuation, spaces, line breaks, tabs, control
+# characters, combining marks, emoji with joiners, CJK: a split pattern must cover all of them.
+_PATTERN_PROBE = "Es war einmal: Mädchen, STRASSE 1234567.89 -- ok?!\n\r\n\t  x \x00\x1b[0m e\u0301 👨\u200d👩 中文\n\n "
 
 
 def dtype_for_vocab(vocab_size: int) -> np.dtype:
@@ -104,7 +107,7 @@ def _resolve_allowed(allowed_special: set[str] | str, specials: Sequence[str]) -
         return list(specials)
     if allowed_special == "none":
         return []
-    if isinstance(allowed_special, str):
+    if isinstance(allowed_special, str) or not isinstance(allowed_special, (set, frozenset, list, tuple)):
         raise ValueError(f"allowed_special must be 'all', 'none' or a set of tokens, got {allowed_special!r}")
     unknown = set(allowed_special) - set(specials)
     if unknown:
@@ -118,6 +121,12 @@ def _split_specials(text: str, allowed: list[str]) -> list[str]:
         return [text]
     pattern = "(" + "|".join(regex.escape(s) for s in allowed) + ")"
     return [part for part in regex.split(pattern, text) if part]
+
+
+def _chunks(pattern: regex.Pattern, text: str) -> Iterator[str]:
+    """The regex chunks of `text`, one at a time (a list of all chunks of a whole book would take
+    ~13x the memory of its text: one small str object per ~4.5 characters)."""
+    return map(regex.Match.group, pattern.finditer(text))
 
 
 def _canonical_json(data: dict) -> str:
@@ -188,6 +197,8 @@ class CharTokenizer(_TokenizerBase):
 
     kind = "char"
     special_tokens = _CHAR_SPECIALS
+    min_vocab_size = len(_CHAR_SPECIALS) + 1
+    min_vocab_reason = f"{len(_CHAR_SPECIALS)} special tokens + at least 1 character"
 
     def __init__(self, chars: Sequence[str]):
         chars = list(chars)
@@ -195,7 +206,9 @@ class CharTokenizer(_TokenizerBase):
             if not isinstance(ch, str) or len(ch) != 1:
                 raise ValueError(f"every vocabulary entry must be a single character, got {ch!r}")
         if len(set(chars)) != len(chars):
-            raise ValueError("the character vocabulary contains duplicates")
+            duplicate = next(ch for ch, n in Counter(chars).items() if n > 1)
+            raise ValueError(f"the character vocabulary contains {duplicate!r} more than once")
+        _check_unicode("".join(chars))
         self.chars = chars
         self._itos = list(self.special_tokens) + chars
         self._special_ids = {s: i for i, s in enumerate(self.special_tokens)}
@@ -213,8 +226,7 @@ class CharTokenizer(_TokenizerBase):
 
         `max_vocab_size` counts the 2 special tokens, so it must be at least 3.
         """
-        _check_size("max_vocab_size", max_vocab_size, len(cls.special_tokens) + 1,
-                    f"{len(cls.special_tokens)} special tokens + at least 1 character")
+        _check_size("max_vocab_size", max_vocab_size, cls.min_vocab_size, cls.min_vocab_reason)
         counts: Counter[int] = Counter()
         for doc in _as_documents(texts):
             code_points, freq = np.unique(_code_points(doc), return_counts=True)
@@ -265,14 +277,21 @@ class BPETokenizer(_TokenizerBase):
 
     kind = "bpe"
     special_tokens = _BPE_SPECIALS
+    min_vocab_size = 256 + len(_BPE_SPECIALS)
+    min_vocab_reason = f"256 bytes + {len(_BPE_SPECIALS)} special token"
 
     def __init__(self, merges: Sequence[Sequence[int]], pattern: str = SPLIT_PATTERN):
         self.merges = [(int(a), int(b)) for a, b in merges]
         self.pattern = pattern
         self._regex = regex.compile(pattern)
+        if "".join(_chunks(self._regex, _PATTERN_PROBE)) != _PATTERN_PROBE:
+            raise ValueError("the split pattern must match every character (its chunks must join to the text)")
         # pair -> id of the merged token; a lower id means it was learned earlier (lower rank)
         self._merge_ids = {pair: 256 + rank for rank, pair in enumerate(self.merges)}
         self._token_bytes = [bytes([b]) for b in range(256)]
+        if len(self._merge_ids) != len(self.merges):
+            duplicate = next(pair for pair, n in Counter(self.merges).items() if n > 1)
+            raise ValueError(f"the merge {list(duplicate)} appears more than once")
         for rank, (a, b) in enumerate(self.merges):
             if not (0 <= a < 256 + rank and 0 <= b < 256 + rank):
                 raise ValueError(f"merge {rank} {[a, b]} refers to a token that does not exist yet")
@@ -285,10 +304,9 @@ class BPETokenizer(_TokenizerBase):
     @classmethod
     def train(cls, texts: str | Sequence[str], vocab_size: int) -> BPETokenizer:
         """Learn up to `vocab_size - 256 - 1` merges (fewer if no pair occurs twice any more)."""
-        n_specials = len(cls.special_tokens)
-        _check_size("vocab_size", vocab_size, 256 + n_specials, f"256 bytes + {n_specials} special token")
+        _check_size("vocab_size", vocab_size, cls.min_vocab_size, cls.min_vocab_reason)
         chunk_counts = _count_chunks(_as_documents(texts), regex.compile(SPLIT_PATTERN), cls.special_tokens)
-        merges = _learn_merges(chunk_counts, vocab_size - 256 - n_specials)
+        merges = _learn_merges(chunk_counts, vocab_size - cls.min_vocab_size)
         return cls(merges)
 
     @property
@@ -301,7 +319,7 @@ class BPETokenizer(_TokenizerBase):
         cache = self._cache
         if len(cache) > _CACHE_LIMIT:
             cache.clear()
-        for chunk in self._regex.findall(text):
+        for chunk in _chunks(self._regex, text):
             chunk_ids = cache.get(chunk)
             if chunk_ids is None:
                 chunk_ids = cache[chunk] = self._encode_chunk(chunk)
@@ -346,7 +364,7 @@ def _count_chunks(documents: list[str], pattern: regex.Pattern, specials: Sequen
     for doc in documents:
         for part in _split_specials(doc, list(specials)):
             if part not in specials:
-                counts.update(pattern.findall(part))
+                counts.update(_chunks(pattern, part))
     return counts
 
 
@@ -371,18 +389,25 @@ def _learn_merges(chunk_counts: Counter[str], n_merges: int) -> list[tuple[int, 
     Ties between equally frequent pairs go to the smaller pair (a, b) - deterministic.
     """
     # 1. Each distinct chunk of >= 2 bytes as a list of byte ids; single bytes can never merge.
-    words = [list(chunk.encode("utf-8")) for chunk in chunk_counts]
-    weights = list(chunk_counts.values())
-    keep = [i for i, w in enumerate(words) if len(w) >= 2]
-    words, weights = [words[i] for i in keep], [weights[i] for i in keep]
+    words: list[list[int]] = []
+    weights: list[int] = []
+    for chunk, count in chunk_counts.items():
+        ids = list(chunk.encode("utf-8"))
+        if len(ids) >= 2:
+            words.append(ids)
+            weights.append(count)
 
-    # 2. Initial pair counts and the index pair -> chunks that contain it.
+    # 2. Initial pair counts and the index pair -> chunks that contain it. The index holds plain
+    #    lists (each chunk once per pair, in increasing order): a set per pair would cost ~7x the
+    #    memory (~60 bytes per entry instead of ~9) for the ~350 k entries of a dozen books.
     pair_counts: Counter[tuple[int, int]] = Counter()
-    where: dict[tuple[int, int], set[int]] = {}
+    where: defaultdict[tuple[int, int], list[int]] = defaultdict(list)
     for w_idx, (word, weight) in enumerate(zip(words, weights)):
-        for pair in zip(word, word[1:]):
+        pairs = list(zip(word, word[1:]))
+        for pair in pairs:
             pair_counts[pair] += weight
-            where.setdefault(pair, set()).add(w_idx)
+        for pair in dict.fromkeys(pairs):  # each distinct pair once (dict keeps the order)
+            where[pair].append(w_idx)
 
     # 3. A max-heap of (-count, pair). Entries go stale when a count changes; a fresh entry is
     #    pushed for every change, and a popped entry is used only if its count is still current.
@@ -399,6 +424,7 @@ def _learn_merges(chunk_counts: Counter[str], n_merges: int) -> list[tuple[int, 
         merges.append(pair)
 
         # 4. Re-merge only the chunks that contain the pair and collect the change of each count.
+        #    Every new adjacent pair contains new_id, so only those need new index entries.
         delta: Counter[tuple[int, int]] = Counter()
         for w_idx in where.pop(pair):
             word = words[w_idx]
@@ -408,10 +434,12 @@ def _learn_merges(chunk_counts: Counter[str], n_merges: int) -> list[tuple[int, 
             weight = weights[w_idx]
             for old in zip(word, word[1:]):
                 delta[old] -= weight
-            for new in zip(merged, merged[1:]):
+            new_pairs = list(zip(merged, merged[1:]))
+            for new in new_pairs:
                 delta[new] += weight
+            for new in dict.fromkeys(new_pairs):
                 if new_id in new:
-                    where.setdefault(new, set()).add(w_idx)
+                    where[new].append(w_idx)
             words[w_idx] = merged
         for changed, diff in delta.items():
             if diff:
@@ -430,10 +458,16 @@ def _learn_merges(chunk_counts: Counter[str], n_merges: int) -> list[tuple[int, 
 
 def train_tokenizer(kind: str, texts: str | Sequence[str], max_vocab_size: int) -> CharTokenizer | BPETokenizer:
     """`kind` "char" or "bpe" -> a tokenizer trained on `texts` with at most `max_vocab_size` ids."""
+    cls = _tokenizer_class(kind)
+    _check_size("max_vocab_size", max_vocab_size, cls.min_vocab_size, cls.min_vocab_reason)
+    return cls.train(texts, max_vocab_size)
+
+
+def _tokenizer_class(kind: object) -> type[CharTokenizer] | type[BPETokenizer]:
     if kind == "char":
-        return CharTokenizer.train(texts, max_vocab_size)
+        return CharTokenizer
     if kind == "bpe":
-        return BPETokenizer.train(texts, max_vocab_size)
+        return BPETokenizer
     raise ValueError(f"unknown tokenizer kind {kind!r}: use 'char' or 'bpe'")
 
 
@@ -442,12 +476,11 @@ def tokenizer_from_dict(data: dict) -> CharTokenizer | BPETokenizer:
     if not isinstance(data, dict):
         raise ValueError(f"expected a JSON object, got {type(data).__name__}")
     kind, version = data.get("type"), data.get("version")
-    classes = {"char": CharTokenizer, "bpe": BPETokenizer}
-    if kind not in classes:
+    if kind not in ("char", "bpe"):
         raise ValueError(f"unknown tokenizer type {kind!r}: expected 'char' or 'bpe'")
-    if version != FORMAT_VERSION:
+    if type(version) is not int or version != FORMAT_VERSION:
         raise ValueError(f"unsupported format version {version!r}: this code reads version {FORMAT_VERSION}")
-    cls = classes[kind]
+    cls = _tokenizer_class(kind)
     if data.get("special_tokens") != list(cls.special_tokens):
         raise ValueError(f"special_tokens must be {list(cls.special_tokens)}, got {data.get('special_tokens')!r}")
     try:
@@ -456,7 +489,10 @@ def tokenizer_from_dict(data: dict) -> CharTokenizer | BPETokenizer:
         merges = _require_list(data, "merges")
         if not all(isinstance(m, list) and len(m) == 2 and all(type(x) is int for x in m) for m in merges):
             raise ValueError("every merge must be a pair of integer ids like [101, 32]")
-        return BPETokenizer(merges, pattern=str(data.get("pattern", SPLIT_PATTERN)))
+        pattern = data.get("pattern", SPLIT_PATTERN)
+        if not isinstance(pattern, str):
+            raise ValueError(f"field 'pattern' must be a string, got {type(pattern).__name__}")
+        return BPETokenizer(merges, pattern=pattern)
     except regex.error as err:
         raise ValueError(f"invalid split pattern: {err}") from None
 
@@ -471,12 +507,14 @@ def _require_list(data: dict, key: str) -> list:
 def load_tokenizer(path: str | Path) -> CharTokenizer | BPETokenizer:
     """Read a tokenizer saved with `save()`; dispatches on its "type"."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise ValueError(f"tokenizer file {path} does not exist")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"tokenizer file {path} is not valid JSON: {err}") from None
+    except OSError as err:
+        raise ValueError(f"cannot read tokenizer file {path}: {err.strerror or err}") from None
     try:
         return tokenizer_from_dict(data)
     except ValueError as err:
@@ -509,10 +547,15 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _run_train(args: argparse.Namespace) -> None:
+    cls = _tokenizer_class(args.tokenizer)
+    _check_size("--max-vocab-size", args.max_vocab_size, cls.min_vocab_size,
+                f"--tokenizer {args.tokenizer}: {cls.min_vocab_reason}")
+    if not args.out.parent.is_dir():
+        raise ValueError(f"the folder of --out {args.out} does not exist; create it first")
     texts = []
     for path in args.input:
         if not path.is_file():
-            raise ValueError(f"input file {path} does not exist")
+            raise ValueError(f"input file {path} does not exist or is not a file")
         try:
             texts.append(path.read_text(encoding="utf-8-sig"))
         except UnicodeDecodeError as err:
@@ -525,6 +568,9 @@ def _run_train(args: argparse.Namespace) -> None:
     n_tokens = sum(len(tok.encode_to_array(t)) for t in texts)
     print(f"trained a {tok.kind} tokenizer with {tok.vocab_size} tokens on {n_chars:,} characters "
           f"in {seconds:.2f} s -> {args.out}")
+    if tok.vocab_size < args.max_vocab_size:
+        why = "distinct characters" if tok.kind == "char" else "pairs occurring at least twice"
+        print(f"(fewer than --max-vocab-size {args.max_vocab_size}: the text has no more {why})")
     print(f"the training text is {n_tokens:,} tokens ({n_chars / max(n_tokens, 1):.2f} characters per token)")
     if isinstance(tok, BPETokenizer) and tok.merges:
         last = [_display(tok.id_to_token(256 + r)) for r in range(max(0, len(tok.merges) - 8), len(tok.merges))]

@@ -4,9 +4,11 @@ reference encoder, JSON save/load, special tokens, bad input and the teaching CL
 from __future__ import annotations
 
 import json
+import os
 import random
 import subprocess
 import sys
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -34,10 +36,12 @@ GERMAN = (
 TRAIN_TEXT = make_story(n_paragraphs=30, seed=1) + GERMAN * 20
 TRICKY = ["", "a", " ", "\n\n", "äöüß ÄÖÜ ẞ", "😀👍🏽 family: 👨‍👩‍👧", "中文字符 日本語", "\x00\x01\x1b[0m\r\n\t", EOT_TOKEN]
 
-# Any Unicode scalar value (hypothesis leaves out lone surrogates), mixed with characters we
-# especially care about: umlauts, emoji with modifiers/joiners, CJK and control characters.
+# Any Unicode scalar value, mixed with characters we especially care about: umlauts, emoji with
+# modifiers/joiners, CJK and control characters. codec="utf-8" leaves out lone surrogates
+# (st.characters() alone sometimes draws them): they are not text, UTF-8 files never contain
+# them, and encode rejects them with a ValueError (tested below).
 special_chars = st.sampled_from(list("äöüßÄÖÜ€😀👍🏽\u200d中文字日本\x00\x07\x1b\r\n\t ") + [EOT_TOKEN, "<|"])
-unicode_text = st.lists(st.one_of(st.characters(), special_chars), max_size=60).map("".join)
+unicode_text = st.lists(st.one_of(st.characters(codec="utf-8"), special_chars), max_size=60).map("".join)
 
 
 @pytest.fixture(scope="module")
@@ -151,6 +155,29 @@ def test_training_is_deterministic(tmp_path):
     assert other.fingerprint() != second.fingerprint()
 
 
+def test_training_does_not_depend_on_the_hash_seed():
+    # str hashes differ between processes (PYTHONHASHSEED); iterating a set or dict of strings in
+    # hash order during training would make the vocabulary - and the data set - change per run.
+    script = (
+        "import sys; from src.tokenizer import train_tokenizer; text = sys.stdin.read(); "
+        "print(*(train_tokenizer(k, text.split('.'), 320).fingerprint() for k in ('char', 'bpe')))"
+    )
+    prints = {
+        subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+                       input=TRAIN_TEXT, encoding="utf-8", env={**os.environ, "PYTHONHASHSEED": seed}, check=True).stdout
+        for seed in ("1", "2")
+    }
+    assert len(prints) == 1
+    expected = [train_tokenizer(k, TRAIN_TEXT.split("."), 320).fingerprint() for k in ("char", "bpe")]
+    assert prints.pop().split() == expected
+
+
+def test_char_vocabulary_smaller_than_the_cap():
+    tok = CharTokenizer.train("abcab", max_vocab_size=1000)
+    assert tok.vocab_size == 5 and tok.chars == ["a", "b", "c"]  # 2 specials + 3 distinct characters
+    assert max(tok.encode("cab?")) < tok.vocab_size
+
+
 def test_bpe_hand_computed_merges():
     # Wikipedia's example "aaabdaaabac" (one chunk). Pair counts, overlaps included:
     #   aa:4 ab:2 bd:1 da:1 ba:1 ac:1          -> merge aa = 256:  Z a b d Z a b a c
@@ -179,6 +206,26 @@ def test_documents_are_separate():
     # ... while the same letters as one document form one chunk "abcdabcdabcd" with more pairs.
     joined = BPETokenizer.train("abcd" * 3, vocab_size=300)
     assert len(joined.merges) > 2
+
+
+def test_bpe_training_memory_is_small():
+    # Two things used to make training memory grow: a list of all chunks of the text at once
+    # (~13x the text for one long string), and a Python set per pair in the index pair -> chunks
+    # (~60 bytes per entry). Measured: a long story as one string peaked at 13x its size, now ~1x;
+    # a text of ~2,000 distinct invented words (the worst case for the index) at 55x, now ~23x.
+    story = make_story(n_paragraphs=150, seed=5)
+    rng = random.Random(0)
+    syllables = ["ka", "ri", "mo", "ste", "lä", "un", "ber", "ß", "an", "te", "ol", "sch"]
+    words = ["".join(rng.choice(syllables) for _ in range(rng.randint(1, 4))) for _ in range(20_000)]
+    distinct = " ".join(rng.choice(words) + rng.choice(["", "", ",", "."]) for _ in range(4_000))
+    for text, bound in ((story, 4), (distinct, 35)):
+        tracemalloc.start()
+        try:
+            BPETokenizer.train(text, vocab_size=260)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < bound * len(text.encode("utf-8")), (bound, peak / len(text.encode("utf-8")))
 
 
 def test_words_with_umlauts_stay_together():
@@ -236,6 +283,9 @@ def test_special_tokens_never_split(kind, bpe, char):
         assert tok.decode(plain) == text
     with pytest.raises(ValueError, match="unknown special"):
         tok.encode(text, allowed_special={"<pad>"})
+    for bad in (None, "ALL", 1):
+        with pytest.raises(ValueError, match="allowed_special must be"):
+            tok.encode(text, allowed_special=bad)
 
 
 def test_bpe_merges_never_produce_special_tokens():
@@ -264,6 +314,16 @@ def test_vocabulary_too_small_names_the_minimum():
         CharTokenizer.train("hello", max_vocab_size=2)
     with pytest.raises(ValueError, match="unknown tokenizer kind"):
         train_tokenizer("word", "hello", 300)
+    # train_tokenizer is called with max_vocab_size (the data CLI's --max-vocab-size): say so
+    with pytest.raises(ValueError, match=r"^max_vocab_size must be an integer >= 257"):
+        train_tokenizer("bpe", "hello", 100)
+
+
+@pytest.mark.parametrize("kind", ["char", "bpe"])
+def test_lone_surrogates_are_rejected_in_training(kind):
+    # Files are decoded from UTF-8, so real input never has them; a str built in code can.
+    with pytest.raises(ValueError, match="lone surrogate"):
+        train_tokenizer(kind, "ab\udc80cd", 300)
 
 
 @pytest.mark.parametrize(
@@ -275,6 +335,21 @@ def test_vocabulary_too_small_names_the_minimum():
         (json.dumps([1, 2]), "expected a JSON object"),
         (json.dumps({"type": "bpe", "version": 1, "special_tokens": [EOT_TOKEN], "merges": [[300, 1]]}), "does not exist yet"),
         (json.dumps({"type": "char", "version": 1, "special_tokens": [UNK_TOKEN, EOT_TOKEN], "chars": ["ab"]}), "single character"),
+        (json.dumps({"type": "char", "version": 1, "special_tokens": [UNK_TOKEN, EOT_TOKEN], "chars": ["a", "b", "a"]}),
+         "contains 'a' more than once"),
+        (json.dumps({"type": "char", "version": 1, "special_tokens": [UNK_TOKEN, EOT_TOKEN], "chars": ["\ud800"]}),
+         "lone surrogate"),
+        (json.dumps({"type": "char", "version": 1, "special_tokens": [UNK_TOKEN, EOT_TOKEN], "chars": "abc"}), "must be a list"),
+        (json.dumps({"type": ["bpe"], "version": 1}), "unknown tokenizer type"),
+        (json.dumps({"type": "bpe", "version": True, "special_tokens": [EOT_TOKEN], "merges": []}), "unsupported format version"),
+        (json.dumps({"type": "bpe", "version": 1, "special_tokens": [EOT_TOKEN], "merges": [[97, 97], [97, 97]]}),
+         r"merge \[97, 97\] appears more than once"),
+        (json.dumps({"type": "bpe", "version": 1, "special_tokens": [EOT_TOKEN], "merges": [[97.0, 97]]}), "pair of integer ids"),
+        (json.dumps({"type": "bpe", "version": 1, "special_tokens": [EOT_TOKEN], "merges": [], "pattern": 5}),
+         "'pattern' must be a string"),
+        (json.dumps({"type": "bpe", "version": 1, "special_tokens": [EOT_TOKEN], "merges": [], "pattern": r"\p{L}+"}),
+         "must match every character"),
+        (json.dumps({"type": "bpe", "version": 1, "special_tokens": ["<pad>"], "merges": []}), "special_tokens must be"),
     ],
 )
 def test_bad_json_files(tmp_path, content, message):
@@ -285,9 +360,21 @@ def test_bad_json_files(tmp_path, content, message):
     assert str(path) in str(info.value)
 
 
+@pytest.mark.parametrize("kind", ["char", "bpe"])
+def test_truncated_file(tmp_path, kind, bpe, char):
+    path = tmp_path / "tok.json"
+    {"char": char, "bpe": bpe}[kind].save(path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(ValueError, match="is not valid JSON") as info:
+        load_tokenizer(path)
+    assert str(path) in str(info.value)
+
+
 def test_missing_file_and_bad_ids(tmp_path, bpe):
     with pytest.raises(ValueError, match="does not exist"):
         load_tokenizer(tmp_path / "nope.json")
+    with pytest.raises(ValueError, match="cannot read tokenizer file"):
+        load_tokenizer(tmp_path)  # a folder, not a file
     with pytest.raises(ValueError, match="outside the vocabulary"):
         bpe.decode([bpe.vocab_size])
     with pytest.raises(ValueError, match="lone surrogate"):
@@ -315,6 +402,32 @@ def test_cli_train_and_show(tmp_path, capsys):
     ids = [int(i) for i in id_line.split("|")]
     assert ids == tok.encode("Es war einmal")
     assert [t.strip() for t in token_line.split("|")] == [tok.id_to_token(i).strip() for i in ids]
+
+
+@pytest.mark.parametrize(("kind", "size", "minimum"), [("bpe", "100", "257"), ("char", "2", "3")])
+def test_cli_size_too_small_names_the_flag(tmp_path, capsys, kind, size, minimum):
+    corpus = tmp_path / "book.txt"
+    corpus.write_text(GERMAN, encoding="utf-8")
+    argv = ["train", "--input", str(corpus), "--tokenizer", kind, "--max-vocab-size", size, "--out", str(tmp_path / "t.json")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --max-vocab-size must be an integer >= {minimum}") and err.count("\n") == 1
+    assert not (tmp_path / "t.json").exists()
+
+
+def test_cli_says_when_the_text_is_too_small_for_the_size(tmp_path, capsys):
+    corpus = tmp_path / "book.txt"
+    corpus.write_text("aaabdaaabac", encoding="utf-8")
+    for kind in ("bpe", "char"):
+        out = tmp_path / f"{kind}.json"
+        assert main(["train", "--input", str(corpus), "--tokenizer", kind, "--max-vocab-size", "1000", "--out", str(out)]) == 0
+        expected = {"bpe": 256 + 3 + 1, "char": 2 + 4}[kind]  # 3 merges (see the hand-computed test); a b c d
+        assert load_tokenizer(out).vocab_size == expected
+        printed = capsys.readouterr().out
+        assert f"with {expected} tokens" in printed and "fewer than --max-vocab-size 1000" in printed
+    missing_dir = tmp_path / "no" / "t.json"
+    assert main(["train", "--input", str(corpus), "--out", str(missing_dir)]) == 2
+    assert "does not exist" in capsys.readouterr().err
 
 
 def test_cli_bad_input_is_one_line_exit_2(tmp_path):
