@@ -53,8 +53,9 @@ EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 # Model shapes (and a few matching training settings); flags given on the command line override them.
 PRESETS: dict[str, dict[str, Any]] = {
-    # A first run on a 2-core CPU: 0.42 M parameters; 1000 steps take a few minutes. A model this small
-    # tolerates (and needs) a higher learning rate: 3e-3 reached val loss 1.72 where 1e-3 gave 2.1.
+    # A first run on a 2-core CPU: 0.42 M parameters; `--preset tiny --epochs 1` on the 12 books is
+    # 3,398 steps, about 5 minutes. A model this small tolerates (and needs) a higher learning rate:
+    # 3e-3 reached val loss 1.72 where 1e-3 gave 2.1.
     "tiny": {"n_layer": 2, "n_head": 4, "n_embd": 128, "block_size": 64, "dropout": 0.1,
              "batch_size": 32, "lr": 3e-3, "min_lr": 3e-4, "warmup_steps": 50,
              "eval_interval": 200, "eval_batches": 10},
@@ -74,12 +75,25 @@ LOCKED_ON_RESUME = (
 MODEL_FIELDS = tuple(f.name for f in fields(ModelConfig) if f.name != "vocab_size")
 TRAIN_FIELDS = tuple(f.name for f in fields(TrainConfig))
 DATA_FIELDS = tuple(f.name for f in fields(DataConfig))
+LIST_FIELDS = tuple(f.name for f in fields(DataConfig) if "tuple" in str(f.type))  # books, input, holdout_books
 CHOICES = {"attention": ATTENTION_CHOICES, "pos_encoding": POS_ENCODING_CHOICES,
            "device": DEVICE_CHOICES, "dtype": DTYPE_CHOICES}
 
 
 class UsageError(ValueError):
     """A bad flag or flag combination (exit code 2)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """A signal that ends the command at once (outside the training steps, or a second Ctrl-C)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_interrupted(signum: int, frame: Any) -> None:
+    raise Interrupted(signum)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -248,6 +262,8 @@ def read_config_file(path: Path) -> dict[str, Any]:
             close = difflib.get_close_matches(name, sorted(known), n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
             raise UsageError(f"--config: {path}: unknown setting {key!r}{hint}")
+        if name in LIST_FIELDS and not isinstance(value, list):
+            value = [value]  # `input = "book.txt"` means one file, not a list of its characters
         settings[name] = value
     return settings
 
@@ -420,7 +436,7 @@ class SignalStop(Callback):
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.signum is not None:
-            raise KeyboardInterrupt  # second signal: stop now, without saving
+            raise Interrupted(signum)  # second signal: stop now, without saving
         self.signum = signum
         print(f"\n{signal.Signals(signum).name} received: finishing this step and saving "
               "checkpoints/last.pt (press Ctrl-C again to quit at once)", file=sys.stderr, flush=True)
@@ -460,6 +476,7 @@ def run_train(args: argparse.Namespace, flags: dict[str, str], callbacks: Sequen
     from src.training.train_loop import TrainState, build_optimizer, count_steps, total_steps_for, train
     from src.training.utils import (
         CheckpointError,
+        enable_tf32,
         library_versions,
         load_checkpoint,
         resolve_device,
@@ -492,6 +509,7 @@ def run_train(args: argparse.Namespace, flags: dict[str, str], callbacks: Sequen
         precision = resolve_precision(train_cfg.dtype, device)
     except ValueError as err:
         raise UsageError(_name_the_flag(str(err), flags)) from None
+    enable_tf32(device)
 
     prepared = prepare_dataset(data_cfg, block_size=settings.model.get("block_size", 256),
                                show_progress=not args.quiet)
@@ -573,7 +591,11 @@ def _write_run_files(run_dir: Path, args: argparse.Namespace, static: dict[str, 
     config_path = run_dir / "config.json"
     segments = []
     if start_step > 0 and config_path.is_file():
-        segments = json.loads(config_path.read_text(encoding="utf-8")).get("segments", [])
+        try:  # config.json only documents the run (last.pt holds what resuming needs): never fail on it
+            segments = list(json.loads(config_path.read_text(encoding="utf-8")).get("segments", []))
+        except (ValueError, AttributeError, TypeError):
+            print(f"warning: {config_path} was unreadable; writing it anew (earlier segments are not listed)",
+                  file=sys.stderr)
     segments.append({"argv": list(args.argv), "started": dt.datetime.now().isoformat(timespec="seconds"),
                      "from_step": start_step})
     config = {
@@ -634,9 +656,15 @@ def _report(history: Any, run_dir: Path, train_cfg: TrainConfig, dtype: str, sto
         print(f"error: training stopped: {_divergence_advice(history, last, saver.saved_step, train_cfg, dtype)}", file=sys.stderr)
         return EXIT_DIVERGED
     if history.stop_reason == "interrupted":
-        lines.append(f"Resume with: python -m src.main --train --resume {shlex.quote(str(run_dir))}")
+        if last.is_file():
+            lines.append(f"Resume with: python -m src.main --train --resume {shlex.quote(str(run_dir))}")
+        else:
+            lines.append("Nothing was trained yet, so there is nothing to resume: run the same command again.")
         print("\n".join(lines), file=sys.stderr, flush=True)
         return EXIT_SIGNAL.get(stopper.signum, 130)
+    if history.stop_reason == "completed" and not history.steps and state.step > 0:
+        lines.append("This run had already finished; to train on, pass a larger --epochs or --max-steps "
+                     "with --resume.")
     lines.append(f"Sample: python -m src.main --generate --checkpoint {shlex.quote(str(run_dir))} --prompt \"The \"")
     print("\n".join(lines), file=sys.stderr, flush=True)
     return EXIT_OK
@@ -665,8 +693,8 @@ def _divergence_advice(history: Any, last: Path, saved_step: int | None, train_c
 
 
 def _load_for_inference(args: argparse.Namespace, flags: dict[str, str]):
-    from src.training.utils import find_checkpoint, load_checkpoint, model_from_checkpoint, resolve_device, \
-        tokenizer_from_checkpoint
+    from src.training.utils import enable_tf32, find_checkpoint, load_checkpoint, model_from_checkpoint, \
+        resolve_device, tokenizer_from_checkpoint
 
     if not args.checkpoint:
         raise UsageError("--checkpoint: required with --generate/--evaluate/--visualize (a run directory or a .pt file)")
@@ -674,6 +702,7 @@ def _load_for_inference(args: argparse.Namespace, flags: dict[str, str]):
         device = resolve_device(args.device or "auto")
     except ValueError as err:
         raise UsageError(_name_the_flag(str(err), flags)) from None
+    enable_tf32(device)
     path = find_checkpoint(args.checkpoint)
     payload = load_checkpoint(path)
     model = model_from_checkpoint(payload, path, device).eval()
@@ -719,18 +748,22 @@ def run_generate(args: argparse.Namespace, flags: dict[str, str]) -> int:
         out.write(prompt)
         out.flush()
         new_ids: list[int] = []
-        printed = ""
+        pending: list[int] = []  # generated but not printed yet
         with torch.no_grad():
             for token in model.generate_stream(idx, args.max_new_tokens, temperature=args.temperature,
                                                top_k=top_k, top_p=args.top_p, generator=generator):
-                new_ids.append(int(token[0, 0]))
-                text = tokenizer.decode(new_ids)
+                pending.append(int(token[0, 0]))
+                text = tokenizer.decode(pending)
                 if text.endswith("\ufffd"):
                     continue  # a BPE token ended inside a multi-byte character: wait for the rest
-                out.write(text[len(printed):])
+                # Decoding only the pending ids keeps each step O(1); it is safe because the printed
+                # text ended with a whole character, where UTF-8 decoding starts afresh.
+                out.write(text)
                 out.flush()
-                printed = text
-        out.write(tokenizer.decode(new_ids)[len(printed):] + "\n")
+                new_ids += pending
+                pending.clear()
+        new_ids += pending
+        out.write(tokenizer.decode(pending) + "\n")
         if note_memorization is not None:
             out.write(f"[{note_memorization(tokenizer.decode(new_ids))}]\n")
         out.flush()
@@ -783,10 +816,12 @@ def run_explain(args: argparse.Namespace, flags: dict[str, str]) -> int:
 
 
 def run_evaluate(args: argparse.Namespace, flags: dict[str, str]) -> int:
+    """By default the validation split of the data set the model was trained on; with data flags
+    (--input, --books, ...) that text instead, read and encoded with the model's own tokenizer."""
     from tqdm.auto import tqdm
 
-    from src.dataset import load_tokens, prepare_dataset
-    from src.training.evaluation import CountBaselines, SplitScore, model_nll, source_slices
+    from src.dataset import load_documents, load_tokens, prepare_dataset, split_documents
+    from src.training.evaluation import CountBaselines, SplitScore, encode_documents, model_nll, source_slices
     from src.training.utils import CheckpointError
 
     path, payload, model, tokenizer, device = _load_for_inference(args, flags)
@@ -795,32 +830,42 @@ def run_evaluate(args: argparse.Namespace, flags: dict[str, str]) -> int:
     if stored_data is None and not data_flags:
         raise UsageError(f"--books/--input: {path} does not record its data set; pass the data flags")
     values = {**(stored_data or {}), "force": False, **data_flags}
-    if data_flags.get("input") and "books" not in data_flags:
-        values["books"] = ()
+    if "input" in data_flags or "books" in data_flags:  # new sources replace the stored ones entirely
+        values["input"] = data_flags.get("input", ())
+        values["books"] = data_flags.get("books", () if data_flags.get("input") else values["books"])
+        values["holdout_books"] = data_flags.get("holdout_books", ())
     try:
         data_cfg = DataConfig(**values)
     except (TypeError, ValueError) as err:
         raise UsageError(_name_the_flag(str(err), flags)) from None
     block_size = payload["model_config"]["block_size"]
-    prepared = prepare_dataset(data_cfg, show_progress=not args.quiet)
-    if prepared.meta["tokenizer"]["fingerprint"] != tokenizer.fingerprint():
-        raise CheckpointError(f"{path}: the data set {prepared.path} uses a different tokenizer than the model; "
-                              "evaluate on the data set the model was trained on")
-    val_ids, train_ids = load_tokens(prepared.path, "val"), load_tokens(prepared.path, "train")
+    if {"books", "input", "holdout_books", "val_fraction", "unwrap"} & data_flags.keys():  # other text
+        documents = load_documents(data_cfg, show_progress=not args.quiet)
+        train_ids, val_ids, slices = encode_documents(documents, split_documents(documents, data_cfg), tokenizer)
+        data_label = ", ".join(str(doc.id) for doc in documents)
+        if len(val_ids) < 2:
+            raise UsageError("--val-fraction: the validation part of this text is empty; raise --val-fraction")
+    else:
+        prepared = prepare_dataset(data_cfg, show_progress=not args.quiet)
+        if prepared.meta["tokenizer"]["fingerprint"] != tokenizer.fingerprint():
+            raise CheckpointError(f"{path}: the data set {prepared.path} uses a different tokenizer than the model; "
+                                  "evaluate on the data set the model was trained on")
+        val_ids, train_ids = load_tokens(prepared.path, "val"), load_tokens(prepared.path, "train")
+        slices = source_slices(prepared.meta, "val", len(val_ids))
+        data_label = str(prepared.path)
     baselines = CountBaselines(train_ids, tokenizer.vocab_size)
     batch_size = args.batch_size or 32
     rows: list[tuple[str, int, SplitScore, dict[str, float]]] = []
-    slices = source_slices(prepared.meta, "val", len(val_ids))
     for label, start, stop, characters in tqdm(slices, desc="evaluating", unit="book", disable=args.quiet,
                                               file=sys.stderr):
         ids = val_ids[start:stop]
         nll, count = model_nll(model, ids, block_size, batch_size, device)
         rows.append((label, stop - start, SplitScore(label, nll, count, characters), baselines.nll(ids)))
-    print(format_evaluation(path, payload, prepared.path, rows))
+    print(format_evaluation(path, payload, data_label, rows))
     return EXIT_OK
 
 
-def format_evaluation(path: Path, payload: dict[str, Any], data_path: Path, rows: list) -> str:
+def format_evaluation(path: Path, payload: dict[str, Any], data_label: str, rows: list) -> str:
     """The --evaluate tables: overall model vs. baselines, then per book."""
     total_tokens = sum(r[1] for r in rows)
     total_chars = sum(r[2].characters for r in rows)
@@ -829,7 +874,7 @@ def format_evaluation(path: Path, payload: dict[str, Any], data_path: Path, rows
     for name in ("bigram", "unigram", "uniform"):
         overall[name] = sum(r[3][name] for r in rows) / count
     step = payload.get("state", {}).get("step", "?")
-    lines = [f"Checkpoint {path} (step {step}), validation split of {data_path}: {total_tokens:,} tokens, "
+    lines = [f"Checkpoint {path} (step {step}), validation split of {data_label}: {total_tokens:,} tokens, "
              f"{len(rows)} source(s)", "", f"{'model':<16}{'loss':>8}{'perplexity':>12}{'bits/char':>11}"]
     for name, loss in overall.items():
         label = {"model": "this model", "bigram": "bigram counts", "unigram": "unigram counts",
@@ -855,6 +900,25 @@ def main(argv: Sequence[str] | None = None, *, callbacks: Sequence[Any] = ()) ->
     debug = "--debug" in argv
     parser = build_parser()
     flags = flag_names(parser)
+    # SIGTERM (e.g. `kill`, a job scheduler) while the data set is built or the model loads: unwind like
+    # Ctrl-C, so that `finally` blocks remove half-written files; the training steps install their own.
+    try:
+        previous_sigterm, installed = signal.signal(signal.SIGTERM, _raise_interrupted), True
+    except ValueError:  # not the main thread: leave signals alone
+        previous_sigterm, installed = None, False
+    try:
+        return _run(argv, parser, flags, debug, callbacks)
+    except KeyboardInterrupt as stop:
+        signum = getattr(stop, "signum", signal.SIGINT)
+        print(f"\ninterrupted ({signal.Signals(signum).name})", file=sys.stderr)
+        return EXIT_SIGNAL.get(signum, 130)
+    finally:
+        if installed:
+            signal.signal(signal.SIGTERM, previous_sigterm or signal.SIG_DFL)
+
+
+def _run(argv: list[str], parser: argparse.ArgumentParser, flags: dict[str, str], debug: bool,
+         callbacks: Sequence[Any]) -> int:
     try:
         try:
             args = parser.parse_args(argv)
@@ -874,9 +938,6 @@ def main(argv: Sequence[str] | None = None, *, callbacks: Sequence[Any] = ()) ->
         if mode == "train":
             return handler(args, flags, callbacks)
         return handler(args, flags)
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        return 130
     except ValueError as err:  # UsageError, DataError, CheckpointError and bad values from library code
         if debug:
             raise

@@ -27,7 +27,7 @@ TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16
 TAGS = ["train/loss", "val/loss", "val/perplexity", "val/bpc", "lr", "grad_norm", "tokens_per_sec", "epoch"]
 
 
-def run_cli(args: list[str], cwd, timeout: float = 120) -> subprocess.CompletedProcess:
+def run_cli(args: list[str], cwd, timeout: float = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     return subprocess.run([sys.executable, "-m", "src.main", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)
@@ -249,3 +249,91 @@ def test_unknown_config_file_key_is_an_error(tmp_path, capsys):
     assert main(["--train", "--config", str(config_file)]) == 2
     line = one_error_line(capsys.readouterr().err)
     assert "n_layers" in line and "n_layer" in line
+
+
+def test_sigterm_while_the_data_set_is_built_exits_143_and_leaves_nothing_behind(tmp_path):
+    """Without a handler SIGTERM would kill Python at once and leave a half-built temporary folder."""
+    big = tmp_path / "big.txt"
+    big.write_text(make_story(n_paragraphs=600, seed=1), encoding="utf-8")
+    processed = tmp_path / "data" / "processed"
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "src.main", "--train", "--input", str(big), "--data-dir",
+                             str(tmp_path / "data"), "--tokenizer", "bpe", "--max-vocab-size", "400", *TINY,
+                             "--logdir", str(tmp_path / "run")],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and proc.poll() is None:
+            if processed.is_dir() and any(p.name.startswith(".") for p in processed.iterdir()):
+                break  # the build has begun writing into its temporary folder
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    assert "interrupted (SIGTERM)" in err and "Traceback" not in err
+    assert not processed.exists() or not any(processed.iterdir())  # no temporary folder, no data set
+
+
+def test_config_file_value_for_a_list_setting_may_be_a_single_string(tmp_path, story):
+    config_file = tmp_path / "settings.json"
+    config_file.write_text(json.dumps({"input": str(story), "max_steps": 1, "sample_tokens": 0}), encoding="utf-8")
+    run = tmp_path / "run"
+    assert main(["--train", "--config", str(config_file), *TINY, "--data-dir", str(tmp_path / "data"),
+                 "--logdir", str(run)]) == 0
+    assert json.loads((run / "config.json").read_text())["data"]["input"] == [str(story)]
+
+
+def test_generate_streams_a_bpe_model_character_by_character(tmp_path, capfd):
+    """Byte-level BPE tokens can end inside a multi-byte character (ä = 2 bytes); the stream must print
+    exactly the decoded text, never a replacement character in between."""
+    text = tmp_path / "umlaute.txt"
+    text.write_text(("Die Bären äßen gern Äpfel über Öl. " * 40 + "\n\n") * 10, encoding="utf-8")
+    run = tmp_path / "run"
+    assert main(["--train", "--input", str(text), "--data-dir", str(tmp_path / "data"), "--tokenizer", "bpe",
+                 "--max-vocab-size", "270", *TINY, "--max-steps", "3", "--sample-tokens", "0",
+                 "--logdir", str(run)]) == 0
+    capfd.readouterr()
+    prompt = "Die B"
+    assert main(["--generate", "--checkpoint", str(run), "--prompt", prompt, "--max-new-tokens", "80",
+                 "--temperature", "1.5", "--top-k", "1000", "--seed", "3"]) == 0
+    out = capfd.readouterr().out
+    model, tokenizer = load_model(run)
+    generator = torch.Generator().manual_seed(3)
+    idx = torch.tensor([tokenizer.encode(prompt)])
+    ids = model.generate(idx, 80, temperature=1.5, top_k=tokenizer.vocab_size, generator=generator)
+    expected = tokenizer.decode(ids[0, idx.size(1):].tolist())
+    assert any(len(ch.encode("utf-8")) > 1 for ch in expected)  # the sample does hold multi-byte characters
+    assert out == prompt + expected + "\n"
+
+
+def test_evaluate_on_other_text_uses_the_models_tokenizer(tmp_path, capsys):
+    """A run trained on books with a held-out book, evaluated on two files of its own: the stored book
+    settings give way to --input, and the text is encoded with the model's tokenizer (a fresh data
+    set would train a different one)."""
+    from tests.conftest import wrap_paragraphs, write_gutenberg_mirror
+
+    mirror = write_gutenberg_mirror(tmp_path / "mirror", {11: wrap_paragraphs(make_story(12, seed=1)),
+                                                         74: wrap_paragraphs(make_story(6, seed=2))})
+    run = tmp_path / "run"
+    assert main(["--train", "--books", "11", "74", "--holdout-book", "74", "--mirror", str(mirror), "--data-dir",
+                 str(tmp_path / "data"), *TINY, "--max-steps", "2", "--sample-tokens", "0", "--logdir", str(run)]) == 0
+    first, second = tmp_path / "first.txt", tmp_path / "second.txt"
+    first.write_text(make_story(n_paragraphs=6, seed=5), encoding="utf-8")
+    second.write_text(make_story(n_paragraphs=6, seed=6), encoding="utf-8")
+    capsys.readouterr()
+    assert main(["--evaluate", "--checkpoint", str(run), "--input", str(first), str(second), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith(("first", "second"))}
+    assert set(rows) == {"first.txt", "second.txt"}
+
+    model, tokenizer = load_model(run)
+    text = second.read_text(encoding="utf-8")
+    from src.dataset import split_point
+    from src.training.evaluation import model_nll
+
+    ids = tokenizer.encode_to_array(text[split_point(text, 0.1):])
+    nll, count = model_nll(model, ids, 16, 32, torch.device("cpu"))
+    assert int(rows["second.txt"][2].replace(",", "")) == len(ids)
+    assert float(rows["second.txt"][3]) == pytest.approx(nll / count, abs=1e-4)

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
+import signal
 
 import numpy as np
 import pytest
@@ -115,7 +117,7 @@ def test_checkpoint_round_trip_is_atomic_and_weights_only(tmp_path):
     assert torch.equal(loaded["rng"]["torch"], payload["rng"]["torch"])
 
 
-@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty", "not_ours", "wrong_version"])
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty", "text", "not_ours", "wrong_version"])
 def test_damaged_checkpoint_names_file_and_problem(tmp_path, damage):
     path = tmp_path / "best.pt"
     good = {"format_version": 1, "model": {"w": torch.ones(1000)}, "model_config": {}, "tokenizer": {}}
@@ -127,6 +129,8 @@ def test_damaged_checkpoint_names_file_and_problem(tmp_path, damage):
         path.write_bytes(b"\x00not a checkpoint" * 10)
     elif damage == "empty":
         path.write_bytes(b"")
+    elif damage == "text":  # the weights-only unpickler fails with a KeyError on these bytes
+        path.write_text("hello", encoding="utf-8")
     elif damage == "not_ours":
         torch.save({"state_dict": {}}, path)
     else:
@@ -135,8 +139,8 @@ def test_damaged_checkpoint_names_file_and_problem(tmp_path, damage):
         load_checkpoint(path)
     message = str(info.value)
     assert str(path) in message and "\n" not in message
-    expected = {"truncated": "corrupt", "garbage": "corrupt", "empty": "corrupt", "not_ours": "missing",
-                "wrong_version": "version"}[damage]
+    expected = {"truncated": "corrupt", "garbage": "corrupt", "empty": "corrupt", "text": "corrupt",
+                "not_ours": "missing", "wrong_version": "version"}[damage]
     assert expected in message
 
 
@@ -244,3 +248,59 @@ def test_overfitting_warning_and_early_stopping(tmp_path, capsys):
     assert state["step"] < 400 and state["evals_without_improvement"] == 3
     assert state["best_step"] > 0  # it did improve at first ...
     assert load_checkpoint(run / "checkpoints" / "best.pt")["state"]["step"] == state["best_step"]
+
+
+def eval_steps(run) -> tuple[list[int], list[int]]:
+    """Steps of the validation losses in metrics.jsonl and in the TensorBoard event files."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    events = EventAccumulator(str(run))
+    events.Reload()
+    return [r["step"] for r in rows if "val/loss" in r], [e.step for e in events.Scalars("val/loss")]
+
+
+def test_resume_survives_damaged_logs_and_keeps_the_checkpoint_steps_evaluation(tmp_path, capsys):
+    """A run killed while writing leaves a cut-off metrics line; config.json may be damaged too. Neither
+    holds what resuming needs, so resume repairs them; TensorBoard keeps the evaluation at the step
+    the run resumes from (only later events of the stopped segment are dropped)."""
+    text_file = tmp_path / "story.txt"
+    text_file.write_text(make_story(n_paragraphs=4), encoding="utf-8")
+    run = tmp_path / "run"
+    flags = tiny_flags(text_file, tmp_path / "data", "--max-steps", "6", "--eval-interval", "3")
+    assert main(["--train", *flags, "--logdir", str(run)]) == 0
+    with open(run / "metrics.jsonl", "a", encoding="utf-8") as handle:
+        handle.write('{"step": 7, "train/lo')  # cut off mid-line
+    (run / "config.json").write_text("{not json", encoding="utf-8")
+    capsys.readouterr()
+
+    assert main(["--train", "--resume", str(run), "--max-steps", "9", "--quiet"]) == 0
+    assert "config.json was unreadable" in capsys.readouterr().err
+    assert eval_steps(run) == ([0, 3, 6, 9], [0, 3, 6, 9])
+    config = json.loads((run / "config.json").read_text())
+    assert config["segments"][-1]["from_step"] == 6 and config["train"]["max_steps"] == 9
+
+
+class SignalAtEval(Callback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_eval(self, ctx, record) -> None:
+        if record.step == self.step:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_interrupt_before_the_first_step_then_the_same_command_starts_clean(tmp_path, capsys):
+    text_file = tmp_path / "story.txt"
+    text_file.write_text(make_story(n_paragraphs=4), encoding="utf-8")
+    run = tmp_path / "run"
+    command = ["--train", *tiny_flags(text_file, tmp_path / "data", "--max-steps", "4", "--eval-interval", "2"),
+               "--logdir", str(run)]
+    assert main(command, callbacks=[SignalAtEval(0)]) == 130  # Ctrl-C during the evaluation at step 0
+    err = capsys.readouterr().err
+    assert "nothing to resume" in err and "--resume" not in err
+    assert not (run / "checkpoints").exists()
+
+    assert main(command) == 0  # the same command again: a clean run, no leftovers of the first attempt
+    assert eval_steps(run) == ([0, 2, 4], [0, 2, 4])
+    assert (run / "samples.md").read_text().count("## Step 0 ") == 1

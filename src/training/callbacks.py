@@ -91,11 +91,14 @@ class RunLogger(Callback):
         from torch.utils.tensorboard import SummaryWriter
 
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        resumed_at = ctx.state.step if ctx.state.step > 0 else None
-        # purge_step hides events a crashed segment wrote after the checkpoint we resume from.
-        self.writer = SummaryWriter(log_dir=str(self.run_dir), purge_step=resumed_at)
-        if resumed_at is not None:
-            _truncate_metrics(self.run_dir / "metrics.jsonl", resumed_at)
+        step = ctx.state.step
+        # TensorBoard drops every event at or after `purge_step` that earlier files of this folder hold:
+        # after a resume from step s, what a stopped segment wrote after its checkpoint (s + 1 on);
+        # in a fresh run, the leftovers of an attempt interrupted before its first step (0 on).
+        self.writer = SummaryWriter(log_dir=str(self.run_dir), purge_step=step + 1 if step > 0 else 0)
+        _truncate_metrics(self.run_dir / "metrics.jsonl", step if step > 0 else -1)
+        if step == 0:
+            (self.run_dir / "samples.md").unlink(missing_ok=True)
         self._prev_tokens = ctx.state.tokens_seen
 
     def on_step(self, ctx: LoopContext, record: StepRecord) -> None:
@@ -225,11 +228,18 @@ def checkpoint_payload(ctx: LoopContext, static: dict[str, Any]) -> dict[str, An
 
 
 def _truncate_metrics(path: Path, last_step: int) -> None:
-    """Drop metrics.jsonl rows written after `last_step` (by a segment that did not save them)."""
+    """Drop metrics.jsonl rows written after `last_step` (by a segment that did not save them), and
+    rows that are not valid JSON (a line cut short when a process was killed while writing it)."""
     if not path.is_file():
         return
-    kept = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()
-            and json.loads(line).get("step", 0) <= last_step]
+    kept = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= last_step:
+            kept.append(line)
     path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
 

@@ -132,3 +132,28 @@ def source_slices(meta: dict, split: str, num_tokens: int) -> list[tuple[str, in
         characters = int(meta.get("splits", {}).get(split, {}).get("characters", num_tokens))
         slices.append(("(whole split)", 0, num_tokens, characters))
     return slices
+
+
+def encode_documents(documents: list, parts: list[tuple[list[str], list[str]]], tokenizer) -> tuple[
+        np.ndarray, np.ndarray, list[tuple[str, int, int, int]]]:
+    """Encode other text with a trained model's own tokenizer (a fresh data set would train a new one).
+
+    `documents` and `parts` come from `src.dataset.load_documents` and `split_documents`. Returns the
+    training ids, the validation ids (sources joined by <|endoftext|>, as in a data set) and the
+    (label, start, stop, characters) slice of each source's validation text, like `source_slices`.
+    """
+    ids: dict[str, list[np.ndarray]] = {"train": [], "val": []}
+    slices = []
+    for doc, pair in zip(documents, parts):
+        for split, pieces in zip(("train", "val"), pair):
+            if not pieces:
+                continue
+            if ids[split]:
+                ids[split].append(np.array([tokenizer.eot_id], dtype=np.int64))
+            start = sum(len(a) for a in ids[split])
+            ids[split] += [np.asarray(tokenizer.encode_to_array(piece), dtype=np.int64) for piece in pieces]
+            stop = sum(len(a) for a in ids[split])
+            if split == "val" and stop - start >= 2:
+                slices.append((f"{doc.id} {doc.title}".strip(), start, stop, sum(len(p) for p in pieces)))
+    joined = {split: np.concatenate(arrays) if arrays else np.zeros(0, dtype=np.int64) for split, arrays in ids.items()}
+    return joined["train"], joined["val"], slices

@@ -392,13 +392,15 @@ def _optimizer_step(
         loss_sum += loss.detach().float()
         scaler.scale(loss / config.grad_accum).backward()
         tokens += x.numel()
-    loss_value = (loss_sum / config.grad_accum).item()
+    scaler.unscale_(optimizer)  # clip the true gradients, not the loss-scaled ones
+    max_norm = config.grad_clip if config.grad_clip > 0 else math.inf
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)  # (NaN gradients stay NaN)
+    # One GPU -> CPU synchronisation per step for both numbers: each `.item()` makes the CPU wait
+    # until the GPU has caught up, which would leave it idle while the next batch is prepared.
+    loss_value, grad_norm = torch.stack([loss_sum / config.grad_accum, norm.float()]).tolist()
     if not math.isfinite(loss_value):
         optimizer.zero_grad(set_to_none=True)
         return None
-    scaler.unscale_(optimizer)  # clip the true gradients, not the loss-scaled ones
-    max_norm = config.grad_clip if config.grad_clip > 0 else math.inf
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm).item()
     if not math.isfinite(grad_norm) and not scaler.is_enabled():
         # With fp16 the GradScaler skips such a step and lowers its scale; without it, stop here.
         optimizer.zero_grad(set_to_none=True)
