@@ -132,6 +132,8 @@ class DataConfig:
         _require_fraction(self, "val_fraction", 0.0, 1.0)
         if self.val_fraction == 0.0 and not self.holdout_books:
             raise ValueError("val_fraction must be > 0 unless --holdout-book is given (validation would be empty)")
+        if self.input and self.holdout_books:
+            raise ValueError("holdout_books: --holdout-book takes whole Gutenberg books; it cannot be combined with --input")
         missing = [b for b in self.holdout_books if b not in self.books]
         if missing:
             raise ValueError(f"holdout_books {missing} are not among --books {list(self.books)}")

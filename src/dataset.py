@@ -50,7 +50,7 @@ from tqdm import tqdm
 from src.config import (
     DEFAULT_BOOKS, DEFAULT_MIRROR, MIRROR_ENV_VAR, TOKENIZER_CHOICES, DataConfig, ModelConfig, config_to_dict,
 )
-from src.gutenberg import DataError, clean_book, fetch_book, parse_header, read_raw
+from src.gutenberg import DataError, book_url, cache_path, clean_book, fetch_book, is_url, parse_header, read_raw
 from src.tokenizer import train_tokenizer
 
 __all__ = [
@@ -59,10 +59,12 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 1
-# DataConfig fields that change the content of the processed data set (reuse compares them).
 PIECE_CHARS = 1 << 17  # characters per tokenizer call (bounds the tokenizer's intermediate lists)
 _PIECE_BREAK = re.compile(r"\n(?=[^\W\d_])")  # a line break followed by a letter
+# DataConfig fields that change the content of the processed data set (reuse compares them, and
+# the sha256 of every source file: the same settings on other files are another data set).
 CONTENT_FIELDS = ("books", "input", "unwrap", "val_fraction", "holdout_books", "tokenizer", "max_vocab_size")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # --name becomes a folder name
 
 
 # ---------------------------------------------------------------------------------------------
@@ -78,8 +80,9 @@ class Document:
     author: str | None
     language: str | None
     sha256: str
-    location: str  # path or URL it was read from
+    location: str  # the file it was read from (for a download: the cached copy)
     text: str
+    url: str | None = None  # where a downloaded book came from
 
 
 def resolve_mirror(mirror: str | None) -> str:
@@ -90,9 +93,11 @@ def resolve_mirror(mirror: str | None) -> str:
 def load_documents(config: DataConfig, show_progress: bool = True) -> list[Document]:
     """The cleaned texts of --input files if given, else of the Gutenberg --books."""
     if config.input:
-        if config.holdout_books:
-            raise DataError("--holdout-book selects Gutenberg books; it cannot be combined with --input")
-        return [load_input_file(path, config.unwrap) for path in expand_inputs(config.input)]
+        files = expand_inputs(config.input)
+        names = [path.name for path in files]
+        # the file name identifies a source (per-book evaluation); the full path only when names repeat
+        return [load_input_file(path, config.unwrap, path.name if names.count(path.name) == 1 else str(path))
+                for path in files]
     mirror = resolve_mirror(config.mirror)
     raw_dir = config.data_dir / "raw"
     documents = []
@@ -103,19 +108,24 @@ def load_documents(config: DataConfig, show_progress: bool = True) -> list[Docum
         documents.append(
             Document(
                 id=book_id, title=header["title"] or f"Gutenberg book {book_id}", author=header["author"],
-                language=header["language"], sha256=raw.sha256, location=raw.location, text=text,
+                language=header["language"], sha256=raw.sha256, location=raw.location, text=text, url=raw.url,
             )
         )
     return documents
 
 
 def expand_inputs(patterns: Sequence[str]) -> list[Path]:
-    """Files, folders (every .txt inside, recursively, sorted) and globs -> a list of files."""
+    """Files, folders (every .txt inside, recursively, sorted) and globs -> a list of files.
+
+    Hidden files and folders inside a folder (.git, .ipynb_checkpoints, ...) are skipped: a
+    checkpoint copy of a text would otherwise enter the data set twice.
+    """
     files: list[Path] = []
     for pattern in patterns:
         path = Path(pattern).expanduser()
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*.txt") if p.is_file())
+            found = sorted(p for p in path.rglob("*.txt")
+                           if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts))
             if not found:
                 raise DataError(f"--input folder {path} contains no .txt files")
             files.extend(found)
@@ -132,12 +142,12 @@ def expand_inputs(patterns: Sequence[str]) -> list[Path]:
     return unique
 
 
-def load_input_file(path: Path, unwrap: bool) -> Document:
+def load_input_file(path: Path, unwrap: bool, source_id: str | None = None) -> Document:
     """One of the user's own files: title = file name; a Gutenberg header is stripped if present."""
     raw = read_raw(path)
     text = clean_book(raw.data, str(path), unwrap=unwrap, require_markers=False)
     return Document(
-        id=path.name, title=path.stem, author=None, language=None, sha256=raw.sha256,
+        id=source_id or path.name, title=path.stem, author=None, language=None, sha256=raw.sha256,
         location=str(path), text=text,
     )
 
@@ -175,7 +185,12 @@ def split_documents(documents: list[Document], config: DataConfig) -> list[tuple
     """
     parts = []
     for doc in documents:
-        cut = 0 if doc.id in config.holdout_books else split_point(doc.text, config.val_fraction)
+        if doc.id in config.holdout_books:
+            cut = 0
+        elif config.val_fraction == 0:  # allowed with --holdout-book: the other books train only
+            cut = len(doc.text)
+        else:
+            cut = split_point(doc.text, config.val_fraction)
         parts.append((list(text_pieces(doc.text[:cut])), list(text_pieces(doc.text[cut:]))))
         doc.text = ""
     return parts
@@ -222,26 +237,43 @@ def prepare_dataset(config: DataConfig, *, block_size: int | None = None, show_p
     With `block_size`, each split must hold at least block_size + 1 tokens (one (x, y) window).
     Raises DataError for every problem with the input; nothing is left behind on failure.
     """
+    if config.name is not None and not NAME_RE.fullmatch(config.name):
+        raise DataError(f"--name {config.name!r}: use letters, digits, '.', '_' and '-' only "
+                        f"(it becomes a folder in {config.data_dir / 'processed'})")
     name = config.name or dataset_name(config)
     out_dir = config.data_dir / "processed" / name
-    if (out_dir / "meta.json").is_file() and not config.force:
-        meta = load_meta(out_dir)
-        check_reusable(meta, config, out_dir)
-        check_split_sizes(meta, block_size)
-        return PreparedDataset(path=out_dir, meta=meta, reused=True)
+    try:
+        if (out_dir / "meta.json").is_file() and not config.force:
+            meta = load_meta(out_dir)
+            check_reusable(meta, config, out_dir, show_progress)
+            check_split_sizes(meta, block_size)
+            return PreparedDataset(path=out_dir, meta=meta, reused=True)
+        documents = load_documents(config, show_progress)
+        meta = build_into(out_dir, documents, config, block_size, show_progress)
+    except OSError as error:  # e.g. --data-dir on a read-only disk, or a full disk
+        raise DataError(f"cannot write {error.filename or out_dir}: {error.strerror or error}; "
+                        f"choose another --data-dir") from None
+    return PreparedDataset(path=out_dir, meta=meta, reused=False)
 
-    documents = load_documents(config, show_progress)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = out_dir.parent / f".{name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+
+def build_into(out_dir: Path, documents: list[Document], config: DataConfig, block_size: int | None,
+               show_progress: bool) -> dict:
+    """`build` into a temporary folder that replaces `out_dir` only when everything succeeded."""
+    processed = out_dir.parent
+    created = not processed.exists()
+    processed.mkdir(parents=True, exist_ok=True)
+    tmp_dir = processed / f".{out_dir.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
     tmp_dir.mkdir()
     try:
-        meta = build(documents, config, name, tmp_dir, show_progress)
+        meta = build(documents, config, out_dir.name, tmp_dir, show_progress)
         check_split_sizes(meta, block_size)
         replace_dir(tmp_dir, out_dir)
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
+        if created and not any(processed.iterdir()):
+            processed.rmdir()  # a failed first build leaves no empty processed/ behind
         raise
-    return PreparedDataset(path=out_dir, meta=meta, reused=False)
+    return meta
 
 
 def build(documents: list[Document], config: DataConfig, name: str, out: Path, show_progress: bool) -> dict:
@@ -320,9 +352,11 @@ def text_pieces(text: str, piece_chars: int = PIECE_CHARS) -> Iterator[str]:
 
 
 def source_meta(doc: Document) -> dict[str, Any]:
-    where = "url" if doc.location.startswith(("http://", "https://")) else "path"
-    return {"id": doc.id, "title": doc.title, "author": doc.author, "language": doc.language,
-            "sha256": doc.sha256, where: doc.location}
+    meta = {"id": doc.id, "title": doc.title, "author": doc.author, "language": doc.language,
+            "sha256": doc.sha256, "path": doc.location}
+    if doc.url:
+        meta["url"] = doc.url
+    return meta
 
 
 def replace_dir(new: Path, target: Path) -> None:
@@ -336,20 +370,44 @@ def replace_dir(new: Path, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def check_reusable(meta: dict, config: DataConfig, path: Path) -> None:
+def check_reusable(meta: dict, config: DataConfig, path: Path, show_progress: bool = True) -> None:
+    """Reuse only what was built with the same settings from the same files (sha256).
+
+    The files are compared, not the --mirror string: the same books from another mirror (or the
+    same mirror spelt as a relative path) are the same data set, while a mirror that holds other
+    versions of a book - gutenberg.org updates its files - is not. Comparing costs one read of
+    each source: a mirror directory or the download cache; a book that is in neither is
+    downloaded (and cached), unless the data set was built from that very URL.
+    """
     stored = meta.get("config", {})
     current = config_to_dict(config)
     unused = ("books", "holdout_books") if config.input else ("input",)  # --input replaces --books
     changed = [k for k in CONTENT_FIELDS if k not in unused and stored.get(k) != current[k]]
-    if not changed and config.input:
-        now = {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in expand_inputs(config.input)}
-        before = {s.get("path"): s["sha256"] for s in meta.get("sources", [])}
-        if now != before:
-            changed = ["input file contents"]
     if changed:
         raise DataError(
             f"{path} was built with other settings ({', '.join(changed)} differ); "
             f"pass --force to rebuild it, or choose another --name"
+        )
+    if config.input:
+        now = {str(p): read_raw(p).sha256 for p in expand_inputs(config.input)}
+        if now != {s.get("path"): s["sha256"] for s in meta.get("sources", [])}:
+            raise DataError(f"{path} was built from other versions of the --input files (input file contents differ); "
+                            f"pass --force to rebuild it, or choose another --name")
+        return
+    mirror = resolve_mirror(config.mirror)
+    before = {s["id"]: s for s in meta.get("sources", [])}
+    differ = []
+    for book_id in config.books:
+        source = before.get(book_id, {})
+        url = book_url(mirror, book_id) if is_url(mirror) else None
+        if url and source.get("url") == url and not cache_path(config.data_dir / "raw", book_id).is_file():
+            continue  # built from this very URL; its cached copy was deleted since
+        if fetch_book(book_id, mirror, config.data_dir / "raw", show_progress).sha256 != source.get("sha256"):
+            differ.append(book_id)
+    if differ:
+        raise DataError(
+            f"{path} was built from other versions of book(s) {', '.join(map(str, differ))} than {mirror} "
+            f"holds; pass --force to rebuild it from {mirror}, or choose another --name"
         )
 
 
@@ -506,19 +564,22 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--books", type=int, nargs="+", metavar="ID", default=None,
                    help=f"{_field_help('books')} (default: the 12 English books {' '.join(map(str, d.books))})")
     g.add_argument("--mirror", metavar="URL_OR_DIR", default=None, help=_field_help("mirror"))
-    g.add_argument("--input", nargs="+", metavar="PATH", default=None, help=_field_help("input"))
+    g.add_argument("--input", nargs="+", metavar="PATH", default=None,
+                   help=f"{_field_help('input')}; UTF-8; quote globs, e.g. 'texts/*.txt'")
     g.add_argument("--data-dir", type=Path, metavar="DIR", default=None, help=f"{_field_help('data_dir')} (default: {d.data_dir})")
     g.add_argument("--unwrap", action=argparse.BooleanOptionalAction, default=None,
                    help=f"{_field_help('unwrap')} (default: on)")
     g.add_argument("--val-fraction", type=float, metavar="F", default=None,
                    help=f"{_field_help('val_fraction')} (default: {d.val_fraction})")
     g.add_argument("--holdout-book", dest="holdout_books", type=int, nargs="+", action="extend", metavar="ID",
-                   default=None, help=_field_help("holdout_books"))
+                   default=None, help=f"{_field_help('holdout_books')} (only with --books; with --val-fraction 0 "
+                   "the other books train only)")
     g.add_argument("--tokenizer", choices=TOKENIZER_CHOICES, default=None, help=f"{_field_help('tokenizer')} (default: {d.tokenizer})")
     g.add_argument("--max-vocab-size", type=int, metavar="N", default=None,
-                   help=f"{_field_help('max_vocab_size')} (default: {d.max_vocab_size})")
-    g.add_argument("--name", default=None, help=_field_help("name"))
-    g.add_argument("--force", action="store_true", default=None, help=_field_help("force"))
+                   help=f"{_field_help('max_vocab_size')} (default: {d.max_vocab_size}; at least 3 for char, 257 for bpe)")
+    g.add_argument("--name", default=None, help=f"{_field_help('name')}; letters, digits, '.', '_', '-'")
+    g.add_argument("--force", action="store_true", default=None,
+                   help=f"{_field_help('force')} (a data set is reused only with the same settings and source files)")
 
 
 def data_config_from_args(args: argparse.Namespace) -> DataConfig:

@@ -7,15 +7,19 @@ the typesetting, so before tokenization each file goes through:
 1. decode as UTF-8 (`utf-8-sig` drops a byte-order mark), CRLF -> LF, Unicode NFC
    (so "ü" is always one code point, never "u" + combining diaeresis);
 2. keep only what lies between the `*** START OF THE PROJECT GUTENBERG EBOOK ... ***` and
-   `*** END OF ... ***` markers (also the older "THIS PROJECT GUTENBERG EBOOK" wording);
+   `*** END OF ... ***` markers (also the older "THIS PROJECT GUTENBERG EBOOK" wording), and
+   drop the transcribers' credits ("Produced by ...") and the "End of Project Gutenberg's ..."
+   line that many files keep just inside the markers - they are not part of the book;
 3. optionally unwrap: join the hard line breaks inside prose paragraphs (see `unwrap_paragraphs`).
 
 Files are fetched from `<mirror>/cache/epub/<ID>/pg<ID>.txt`, Gutenberg's own layout
 (https://www.gutenberg.org/policy/robot_access.html asks robots to use such mirrors and to
 identify themselves). A mirror may also be a local directory with the same layout; it is read in
 place, nothing is copied. Downloads are cached in `<data_dir>/raw/pg<ID>.txt`, written atomically
-(temporary file + `os.replace`) and only after the text was checked, so a broken or interrupted
-download never poisons the cache.
+(temporary file + `os.replace`) and only after the text was checked, so a broken, truncated or
+interrupted download never poisons the cache. Each attempt is bounded in time (TIMEOUT_S per
+network operation, DEADLINE_S for the whole file), so a server that hangs or trickles fails after
+at most (RETRIES + 1) attempts with one clear message instead of blocking forever.
 
 Left out on purpose: HTML/EPUB formats, zip archives, Gutenberg's robot "harvest" endpoint.
 """
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import codecs
 import hashlib
+import http.client
 import os
 import re
 import tempfile
@@ -37,7 +42,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 USER_AGENT = "mini_transformer/0.1 (educational GPT; python-urllib; one request per book, cached)"
-TIMEOUT_S = 30.0
+TIMEOUT_S = 30.0  # seconds one network operation (connect, one read) may take
+DEADLINE_S = 300.0  # seconds one attempt at one file may take in all (a 1 MB book at ~4 kB/s)
 RETRIES = 3  # attempts after the first one fails with a network error or a 5xx status
 BACKOFF_BASE_S = 1.0  # waits 1 s, 2 s, 4 s between attempts; tests set this to ~0
 CHUNK_BYTES = 1 << 16
@@ -45,10 +51,18 @@ CHUNK_BYTES = 1 << 16
 # "*** START OF THE PROJECT GUTENBERG EBOOK ALICE ***", "*** START OF THIS PROJECT GUTENBERG
 # EBOOK ...", "***START OF THE PROJECT GUTENBERG E-BOOK ...": case, spacing, the "E-BOOK"
 # spelling and the number of asterisks vary between releases, so the pattern is forgiving.
-_MARKER = r"^[ \t]*\*{{3}}[ \t]*{kind}[ \t]+OF[ \t]+(?:THE|THIS)[ \t]+PROJECT[ \t]+GUTENBERG[ \t]+E-?BOOK\b.*$"
+# A long title may continue on the next line ("... EBOOK THE ADVENTURES\nOF TOM SAWYER ***");
+# the optional second line, which then ends in "***", belongs to the marker.
+_MARKER = (r"^[ \t]*\*{{3,}}[ \t]*{kind}[ \t]+OF[ \t]+(?:THE|THIS)[ \t]+PROJECT[ \t]+GUTENBERG[ \t]+E-?BOOK\b"
+           r"(?:.*\*{{3}}[ \t]*$|.*$(?:\n[^\n*]{{0,80}}\*{{3,}}[ \t]*$)?)")
 START_RE = re.compile(_MARKER.format(kind="START"), re.IGNORECASE | re.MULTILINE)
 END_RE = re.compile(_MARKER.format(kind="END"), re.IGNORECASE | re.MULTILINE)
 HEADER_FIELD_RE = r"^{field}:[ \t]*(.+(?:\n[ \t]+\S.*)*)"  # a value may continue on indented lines
+# Gutenberg's own lines just inside the markers: the transcribers' credits as the first paragraph,
+# "End of (the) Project Gutenberg('s) EBook of ..." as the last line.
+CREDITS_RE = re.compile(r"\A(?:Produced|Prepared|Transcribed)\b[^\n]*\b(?:by|from)\b.*?\n[ \t]*\n", re.DOTALL | re.IGNORECASE)
+END_LINE_RE = re.compile(r"\n[ \t]*End of (?:the |this )?Project Gutenberg\b[^\n]*(?:\n[ \t]*\S[^\n]*)?\s*\Z", re.IGNORECASE)
+BLANK_EDGES_RE = re.compile(r"\A(?:[ \t]*\n)+|(?:\n[ \t]*)+\Z")  # whitespace-only lines at either end
 
 # Unwrapping: prose was wrapped at some width W (70-75 in Gutenberg files). A line break is a
 # hard wrap when the next word would (nearly) not have fitted on the line; W is estimated per book
@@ -73,8 +87,9 @@ class RawBook:
     """The bytes of one source file and where they came from."""
 
     data: bytes
-    location: str  # the file path or URL, for messages and meta.json
+    location: str  # the file it was read from (a mirror file or the download cache)
     sha256: str
+    url: str | None = None  # where a downloaded book came from
 
 
 # ---------------------------------------------------------------------------------------------
@@ -91,17 +106,28 @@ def book_path(book_id: int) -> str:
     return f"cache/epub/{book_id}/pg{book_id}.txt"
 
 
+def book_url(mirror: str, book_id: int) -> str:
+    return f"{mirror.rstrip('/')}/{book_path(book_id)}"
+
+
+def cache_path(raw_dir: Path, book_id: int) -> Path:
+    """Where a downloaded book is cached: `<data_dir>/raw/pg<ID>.txt`."""
+    return raw_dir / f"pg{book_id}.txt"
+
+
 def fetch_book(book_id: int, mirror: str, raw_dir: Path, show_progress: bool = True) -> RawBook:
     """The raw bytes of book `book_id`: from a mirror directory, the download cache, or the web."""
     if is_url(mirror):
-        url = f"{mirror.rstrip('/')}/{book_path(book_id)}"
-        cached = raw_dir / f"pg{book_id}.txt"
+        url = book_url(mirror, book_id)
+        cached = cache_path(raw_dir, book_id)
         if not cached.is_file():
             data = download(url, book_id, show_progress)
             decode_text(data, url)  # raises before a broken download reaches the cache
             check_markers(data.decode("utf-8-sig", errors="replace"), url)
             write_atomic(cached, data)
-        return read_raw(cached)
+        raw = read_raw(cached)
+        raw.url = url
+        return raw
     root = Path(mirror)
     if not root.is_dir():
         raise DataError(f"--mirror {mirror!r} is neither an http(s) URL nor an existing directory")
@@ -112,12 +138,20 @@ def fetch_book(book_id: int, mirror: str, raw_dir: Path, show_progress: bool = T
 
 
 def read_raw(path: Path) -> RawBook:
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise DataError(f"cannot read {path}: {error.strerror or error}") from None
     return RawBook(data=data, location=str(path), sha256=hashlib.sha256(data).hexdigest())
 
 
 def download(url: str, book_id: int, show_progress: bool = True) -> bytes:
-    """GET `url` with retries and exponential backoff; 404 and other 4xx fail at once."""
+    """GET `url` with retries and exponential backoff; 404 and other 4xx fail at once.
+
+    Retried: no connection, a timeout, a connection that breaks or ends before Content-Length
+    bytes arrived, and 5xx answers. The worst case is bounded: (RETRIES + 1) attempts of at most
+    DEADLINE_S each, plus the backoff waits.
+    """
     request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
     for attempt in range(RETRIES + 1):
         try:
@@ -128,11 +162,11 @@ def download(url: str, book_id: int, show_progress: bool = True) -> bytes:
                 raise DataError(f"book {book_id} not found at {url}") from None
             if error.code < 500 or attempt == RETRIES:
                 raise DataError(f"downloading book {book_id} failed: HTTP {error.code} {error.reason} at {url}") from None
-        except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
+        except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as error:
             if attempt == RETRIES:
                 reason = getattr(error, "reason", error)
                 raise DataError(
-                    f"cannot reach {url} ({reason}); check the internet connection, or use "
+                    f"cannot download {url} ({reason}; {RETRIES + 1} attempts); check the internet connection, or use "
                     f"--mirror DIR_OR_URL (a local Gutenberg mirror) or --input FILES (your own .txt files)"
                 ) from None
         time.sleep(BACKOFF_BASE_S * 2**attempt)
@@ -140,15 +174,19 @@ def download(url: str, book_id: int, show_progress: bool = True) -> bytes:
 
 
 def _read_with_progress(response, label: str, show_progress: bool) -> bytes:
-    total = response.headers.get("Content-Length")
-    chunks = []
-    with tqdm(
-        total=int(total) if total else None, unit="B", unit_scale=True, desc=f"download {label}",
-        disable=not show_progress, leave=False,
-    ) as bar:
+    header = response.headers.get("Content-Length")
+    total = int(header) if header and header.isdigit() else None
+    deadline = time.monotonic() + DEADLINE_S
+    chunks, received = [], 0
+    with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {label}", disable=not show_progress, leave=False) as bar:
         while chunk := response.read(CHUNK_BYTES):
             chunks.append(chunk)
+            received += len(chunk)
             bar.update(len(chunk))
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no complete file after {DEADLINE_S:.0f} s")
+    if total is not None and received < total:  # urllib returns a cut-off body without complaint
+        raise ConnectionError(f"connection closed after {received} of {total} bytes")
     return b"".join(chunks)
 
 
@@ -159,6 +197,7 @@ def write_atomic(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a cache file is an ordinary readable file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -213,9 +252,11 @@ def check_markers(text: str, source: str) -> tuple[re.Match, re.Match]:
 
 
 def strip_gutenberg(text: str, source: str) -> str:
-    """The book between the START and END markers, without surrounding blank lines."""
+    """The book between the START and END markers, without Gutenberg's credits and closing line
+    and without surrounding blank lines."""
     start, end = check_markers(text, source)
-    body = text[start.end() : end.start()].strip("\n")
+    body = BLANK_EDGES_RE.sub("", text[start.end() : end.start()])
+    body = BLANK_EDGES_RE.sub("", END_LINE_RE.sub("", CREDITS_RE.sub("", body)))
     if not body.strip():
         raise DataError(f"{source} has no text between its START and END markers")
     return body + "\n"

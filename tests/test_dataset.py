@@ -4,6 +4,8 @@ and one clear error line (exit code 2, nothing half-written) for every kind of b
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import unicodedata
 from pathlib import Path
 
@@ -43,8 +45,7 @@ def config(mirror: Path, tmp_path: Path, **kw) -> DataConfig:
 
 
 def nothing_written(data_dir: Path) -> bool:
-    processed = data_dir / "processed"
-    return not processed.exists() or not list(processed.iterdir())
+    return not (data_dir / "processed").exists()  # not even an empty folder
 
 
 # --- cleaning -------------------------------------------------------------------------------
@@ -62,6 +63,19 @@ def test_marker_variants_are_recognised():
     text = ("Title: X\n\n***START OF THE PROJECT GUTENBERG E-BOOK X***\nBody line.\n"
             "            *** end of the project gutenberg ebook x ***\nlicence\n")
     assert strip_gutenberg(text, "x.txt") == "Body line.\n"
+
+
+def test_odd_marker_variants_credits_and_closing_line_are_removed():
+    body = "Chapter 1\n\nIt was a dark night.\n"
+    text = ("Title: Tom\n\n**** START OF THIS PROJECT GUTENBERG EBOOK THE ADVENTURES\nOF TOM SAWYER ****\n\n"
+            "   \n\nProduced by Jane Doe and the Online Distributed\nProofreading Team at http://www.pgdp.net\n\n\n"
+            + body + "\n\n\nEnd of the Project Gutenberg EBook of The Adventures of\nTom Sawyer, by Mark Twain\n"
+            "        \n*** END OF THIS PROJECT GUTENBERG EBOOK THE ADVENTURES OF TOM SAWYER ***\nlicence\n")
+    assert strip_gutenberg(text, "pg74.txt") == body
+    # a paragraph that merely mentions production, later in the book, stays
+    kept = "Produced by a storm, the wave rose.\n\nMore text.\n"
+    assert strip_gutenberg(f"*** START OF THE PROJECT GUTENBERG EBOOK X ***\nIntro.\n\n{kept}*** END OF THE PROJECT GUTENBERG EBOOK X ***",
+                           "x") == "Intro.\n\n" + kept
 
 
 def test_missing_markers_name_the_file():
@@ -161,6 +175,39 @@ def test_holdout_book_goes_wholly_to_validation(mirror, tmp_path):
     assert meta["sources"][0]["train"]["characters"] > 0
 
 
+def test_val_fraction_zero_with_holdout_keeps_the_other_books_wholly_in_training(mirror, tmp_path):
+    meta = prepare_dataset(config(mirror, tmp_path, val_fraction=0.0, holdout_books=(3,)), show_progress=False).meta
+    assert [s["val"]["characters"] for s in meta["sources"]] == [0, 0, len(STORIES[3])]
+    assert [s["train"]["characters"] for s in meta["sources"]] == [len(STORIES[1]), len(STORIES[2]), 0]
+
+
+@pytest.mark.parametrize("fraction", [0.001, 0.5, 0.95])
+def test_val_fraction_edge_values_split_every_book(mirror, tmp_path, fraction):
+    meta = prepare_dataset(config(mirror, tmp_path, val_fraction=fraction), show_progress=False).meta
+    for source in meta["sources"]:
+        total = len(STORIES[source["id"]])
+        assert source["train"]["characters"] + source["val"]["characters"] == total
+        assert source["val"]["characters"] > 0 and source["train"]["characters"] > 0
+        assert abs(source["val"]["characters"] / total - fraction) < 0.05
+
+
+def test_reuse_compares_the_source_files_not_the_mirror_string(mirror, tmp_path, monkeypatch):
+    first = prepare_dataset(config(mirror, tmp_path), show_progress=False)
+    copy = tmp_path / "elsewhere"
+    shutil.copytree(mirror, copy)
+    assert prepare_dataset(config(copy, tmp_path), show_progress=False).reused  # same files, other mirror
+    monkeypatch.chdir(tmp_path)
+    assert prepare_dataset(config(Path("elsewhere"), tmp_path), show_progress=False).reused  # relative path
+    book2 = copy / "cache" / "epub" / "2" / "pg2.txt"
+    book2.write_bytes(gutenberg_file(2, wrap_paragraphs(make_story(30, seed=9)), title="Book 2"))  # a newer edition
+    with pytest.raises(DataError, match=r"other versions of book\(s\) 2 than .*elsewhere.*--force"):
+        prepare_dataset(config(copy, tmp_path), show_progress=False)
+    rebuilt = prepare_dataset(config(copy, tmp_path, force=True), show_progress=False)
+    assert rebuilt.path == first.path and rebuilt.meta["sources"][1]["sha256"] != first.meta["sources"][1]["sha256"]
+    with pytest.raises(DataError, match="book\\(s\\) 2 than"):  # and the old mirror is now the mismatch
+        prepare_dataset(config(mirror, tmp_path), show_progress=False)
+
+
 def test_rebuild_is_reused_and_force_rebuilds(mirror, tmp_path):
     first = prepare_dataset(config(mirror, tmp_path, name="set"), show_progress=False)
     again = prepare_dataset(config(mirror, tmp_path, name="set"), show_progress=False)
@@ -193,8 +240,26 @@ def test_input_folder_uses_the_files_as_they_are(tmp_path):
     with pytest.raises(DataError, match="input file contents differ"):
         prepare_dataset(DataConfig(input=(str(folder),), data_dir=tmp_path / "d"), show_progress=False)
     assert [s["language"] for s in prepared.meta["sources"]] == [None, None]
+    assert all(s["path"] == str((folder / f"{s['title']}.txt").resolve()) and "url" not in s for s in prepared.meta["sources"])
     assert prepared.meta["splits"]["train"]["characters"] + prepared.meta["splits"]["val"]["characters"] == sum(
         len(make_story(20, seed=s)) for s in (5, 6))
+
+
+def test_input_mixes_files_folders_and_globs_once_each_skipping_hidden(tmp_path):
+    texts = tmp_path / "texts"
+    (texts / "more").mkdir(parents=True)
+    (texts / ".ipynb_checkpoints").mkdir()
+    for path, seed in ((texts / "a.txt", 1), (texts / "more" / "a.txt", 2), (texts / "b.txt", 3),
+                       (texts / ".ipynb_checkpoints" / "a-checkpoint.txt", 1), (tmp_path / "c.txt", 4)):
+        path.write_text(make_story(10, seed=seed), encoding="utf-8")
+    inputs = (str(texts), str(tmp_path / "*.txt"), str(texts / "b.txt"))  # b.txt twice: once in the folder
+    meta = prepare_dataset(DataConfig(books=(), input=inputs, data_dir=tmp_path / "d"), show_progress=False).meta
+    assert [s["title"] for s in meta["sources"]] == ["a", "b", "a", "c"]  # folder sorted, then the glob
+    ids = [s["id"] for s in meta["sources"]]
+    assert ids[1] == "b.txt" and ids[3] == "c.txt" and ids[0] == str((texts / "a.txt").resolve())  # a.txt twice: paths
+    assert len(set(ids)) == 4
+    assert meta["splits"]["train"]["characters"] + meta["splits"]["val"]["characters"] == sum(
+        len(make_story(10, seed=s)) for s in (1, 2, 3, 4))
 
 
 # --- loading for training -------------------------------------------------------------------
@@ -267,6 +332,27 @@ def test_dataloader_accepts_a_distributed_sampler_and_workers(tmp_path):
     assert ds._ids is not None and ds.__getstate__()["_ids"] is None  # a memmap never travels to workers
 
 
+class WhoReads(TokenDataset):
+    """Also returns which process read the window and whether its memmap was open before."""
+
+    def __getitem__(self, index):
+        was_open = self._ids is not None
+        x, y = super().__getitem__(index)
+        return x, y, os.getpid(), was_open
+
+
+def test_two_workers_each_open_their_own_memmap(tmp_path):
+    ds = WhoReads(write_positions(tmp_path, 1000), "train", block_size=8, seed=4)
+    batches = list(make_dataloader(ds, 4, shuffle=True, seed=5, num_workers=2))
+    pids = {int(p) for _, _, pid, _ in batches for p in pid}
+    assert len(pids) == 2 and os.getpid() not in pids  # both workers read, the main process did not
+    assert ds._ids is None  # nothing was opened in the parent (so nothing could leak into workers)
+    first_reads = [bool(w) for _, _, _, was_open in batches for w in was_open].count(False)
+    assert first_reads == 2  # each worker opened the file exactly once
+    x = torch.cat([xb for xb, _, _, _ in batches])
+    assert sorted(x[:, 0].tolist()) == [ds.offset + i * 8 for i in range(len(ds))]  # every window once
+
+
 # --- command line and bad input ---------------------------------------------------------------
 
 
@@ -333,6 +419,23 @@ def test_vocabulary_below_minimum_and_gutenberg_file_without_markers(mirror, tmp
 def test_invalid_settings_fail_with_one_line(tmp_path, capsys):
     expect_one_line_error(capsys, tmp_path, "--val-fraction", "1.5", match="val_fraction must lie in")
     expect_one_line_error(capsys, tmp_path, "--books", "1", "--holdout-book", "2", match="holdout_books [2] are not among")
+    text = tmp_path / "own.txt"
+    text.write_text(make_story(20), encoding="utf-8")
+    expect_one_line_error(capsys, tmp_path, "--input", str(text), "--holdout-book", "11",
+                          match="--holdout-book takes whole Gutenberg books; it cannot be combined with --input")
+    for bad in ("../escape", "a/b", "", ".hidden"):
+        expect_one_line_error(capsys, tmp_path, "--input", str(text), "--name", bad, match=f"--name {bad!r}: use letters")
+    assert not (tmp_path.parent / "escape").exists()
+    code, err = run_cli(capsys, "--input", str(text), "--name", "own-1.0", "--data-dir", str(tmp_path), "--block-size", "8")
+    assert code == 0 and (tmp_path / "processed" / "own-1.0" / "meta.json").is_file(), err
+
+
+def test_unwritable_data_dir_fails_with_one_line(tmp_path, capsys):
+    text = tmp_path / "own.txt"
+    text.write_text(make_story(20), encoding="utf-8")
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    expect_one_line_error(capsys, blocker / "data", "--input", str(text), match=f"cannot write {blocker / 'data' / 'processed'}")
 
 
 # --- the real corpus ------------------------------------------------------------------------

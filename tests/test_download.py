@@ -6,8 +6,12 @@ the requests, which proves the cache: a second build must not download anything.
 
 from __future__ import annotations
 
+import json
+import shutil
 import socket
+import stat
 import threading
+import time
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -80,6 +84,10 @@ def test_download_writes_the_cache_and_a_second_build_makes_no_request(mirror, t
     assert (data / "raw" / "pg1.txt").read_bytes() == served  # the cache holds the file as served
     assert not list((data / "raw").glob(".*"))  # no temporary .part files left
     assert all(agent == gutenberg.USER_AGENT for _, agent in mirror.requests)
+    assert stat.S_IMODE((data / "raw" / "pg1.txt").stat().st_mode) == 0o644  # not mkstemp's private 0600
+    meta = json.loads(next((data / "processed").glob("*/meta.json")).read_text())
+    assert [s["url"] for s in meta["sources"]] == [f"{mirror.url}/cache/epub/{i}/pg{i}.txt" for i in (1, 2)]
+    assert [s["path"] for s in meta["sources"]] == [str(data / "raw" / f"pg{i}.txt") for i in (1, 2)]
 
     assert build(mirror.url, data, "--force") == 0  # rebuilds the data set from the cache
     assert len(mirror.requests) == 2
@@ -155,3 +163,89 @@ def test_directory_mirror_is_read_in_place(tmp_path, monkeypatch):
     data = tmp_path / "data"
     assert main(["--books", "3", "--data-dir", str(data), "--block-size", "8", "--quiet"]) == 0
     assert not (data / "raw").exists()  # nothing copied or downloaded
+
+
+class BadServer:
+    """A raw TCP server that answers every request the same broken way: it never answers
+    ("hang"), or promises 100000 bytes and closes after 10 ("truncated")."""
+
+    def __init__(self, mode: str):
+        self.connections = 0
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.open: list[socket.socket] = []
+        self.mode = mode
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            self.open.append(conn)
+            if self.mode == "truncated":
+                conn.recv(4096)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\nConnection: close\r\n\r\n" + b"x" * 10)
+                conn.close()
+
+    def close(self):
+        self.sock.close()
+        for conn in self.open:
+            conn.close()
+
+
+@pytest.mark.parametrize("mode", ["hang", "truncated"])
+def test_a_hanging_or_truncating_server_fails_in_bounded_time(mode, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(gutenberg, "TIMEOUT_S", 0.3)
+    server = BadServer(mode)
+    try:
+        start = time.monotonic()
+        code = main(["--books", "1", "--mirror", server.url, "--data-dir", str(tmp_path), "--quiet"])
+        elapsed = time.monotonic() - start
+    finally:
+        server.close()
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    reason = "timed out" if mode == "hang" else "connection closed after 10 of 100000 bytes"
+    assert f"cannot download {server.url}/cache/epub/1/pg1.txt ({reason}; 4 attempts)" in err, err
+    assert server.connections == gutenberg.RETRIES + 1
+    assert elapsed < (gutenberg.RETRIES + 1) * 0.3 + 3.0  # timeouts plus some slack, no endless wait
+    assert not (tmp_path / "raw").exists() or not list((tmp_path / "raw").iterdir())  # nothing cached
+
+
+def test_a_trickling_download_hits_the_deadline(mirror, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(gutenberg, "DEADLINE_S", 0.0)  # every file takes longer than that
+    monkeypatch.setattr(gutenberg, "CHUNK_BYTES", 1000)
+    code = main(["--books", "1", "--mirror", mirror.url, "--data-dir", str(tmp_path), "--quiet"])
+    assert code == 2 and "no complete file after 0 s" in capsys.readouterr().err
+    assert len(mirror.requests) == gutenberg.RETRIES + 1
+
+
+def test_switching_from_a_mirror_folder_to_a_url_checks_the_files(mirror, tmp_path, capsys):
+    data = tmp_path / "data"
+    folder = tmp_path / "mirror"
+    assert build(str(folder), data) == 0
+    assert not mirror.requests
+    capsys.readouterr()
+    assert build(mirror.url, data) == 0  # the same files on the server: downloaded once, compared, reused
+    assert "reused" in capsys.readouterr().out and len(mirror.requests) == 2
+    assert build(mirror.url, data) == 0 and len(mirror.requests) == 2  # now from the cache
+
+    other = tmp_path / "newer"  # a server with a newer edition of book 2
+    write_gutenberg_mirror(other, {1: wrap_paragraphs(make_story(30, seed=1)), 2: wrap_paragraphs(make_story(30, seed=5))},
+                           crlf=True, bom=True)
+    server = MirrorServer(other)
+    server.thread.start()
+    fresh = tmp_path / "fresh"  # the same data set copied to a machine without the download cache
+    shutil.copytree(data / "processed", fresh / "processed")
+    try:
+        code = build(server.url, fresh)
+    finally:
+        server.httpd.shutdown()
+        server.httpd.server_close()
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "was built from other versions of book(s) 2 than" in err and "--force" in err
+    assert len(server.requests) == 2
