@@ -15,10 +15,11 @@ How BPE training stays fast (seconds for ~7 MB of text, pure Python):
 1. A regex splits the text into chunks (words with their leading space, numbers, punctuation,
    whitespace), like GPT-4's cl100k pattern. Merges never cross a chunk border, so " the" can
    become one token but "the cat" cannot. `\\p{L}` keeps words with umlauts and ß together.
-2. Training works on the *distinct* chunks weighted by how often they occur: a book has ~1.5 M
-   chunks but only ~50 k distinct ones.
+2. Training works on the *distinct* chunks weighted by how often they occur: the 12 default
+   books (7.85 MB) have ~1.75 M chunks but only ~57 k distinct ones.
 3. Pair counts are updated incrementally: an index pair -> chunks containing it tells which
    chunks a merge touches, and only their pair counts change. A heap finds the best pair.
+   Training state for those books peaks at ~28 MB (~3.5x the text; the text itself not counted).
 Encoding applies the learned merges in the order they were learned (lowest rank first) and
 caches the result for each distinct chunk.
 
@@ -288,10 +289,10 @@ class BPETokenizer(_TokenizerBase):
             raise ValueError("the split pattern must match every character (its chunks must join to the text)")
         # pair -> id of the merged token; a lower id means it was learned earlier (lower rank)
         self._merge_ids = {pair: 256 + rank for rank, pair in enumerate(self.merges)}
-        self._token_bytes = [bytes([b]) for b in range(256)]
         if len(self._merge_ids) != len(self.merges):
             duplicate = next(pair for pair, n in Counter(self.merges).items() if n > 1)
             raise ValueError(f"the merge {list(duplicate)} appears more than once")
+        self._token_bytes = [bytes([b]) for b in range(256)]
         for rank, (a, b) in enumerate(self.merges):
             if not (0 <= a < 256 + rank and 0 <= b < 256 + rank):
                 raise ValueError(f"merge {rank} {[a, b]} refers to a token that does not exist yet")
