@@ -438,8 +438,8 @@ class SignalStop(Callback):
         if self.signum is not None:
             raise Interrupted(signum)  # second signal: stop now, without saving
         self.signum = signum
-        print(f"\n{signal.Signals(signum).name} received: finishing this step and saving "
-              "checkpoints/last.pt (press Ctrl-C again to quit at once)", file=sys.stderr, flush=True)
+        print(f"\n{signal.Signals(signum).name} received: finishing this step and saving checkpoints/last.pt "
+              "(press Ctrl-C again to quit at once, without saving)", file=sys.stderr, flush=True)
         if self.ctx is not None:
             self.ctx.request_stop("interrupted", signal.Signals(signum).name)
 

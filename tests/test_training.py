@@ -304,3 +304,47 @@ def test_interrupt_before_the_first_step_then_the_same_command_starts_clean(tmp_
     assert main(command) == 0  # the same command again: a clean run, no leftovers of the first attempt
     assert eval_steps(run) == ([0, 2, 4], [0, 2, 4])
     assert (run / "samples.md").read_text().count("## Step 0 ") == 1
+
+
+def test_interrupt_during_evaluation_stops_it_midway(tmp_path):
+    """Ctrl-C during a long evaluation (minutes on a CPU for the default model) must not wait for
+    all --eval-batches: the evaluation is abandoned and no half-measured loss is recorded."""
+    from src.config import DataConfig, ModelConfig
+    from src.dataset import TokenDataset, prepare_dataset
+    from src.training.train_loop import train
+    from src.training.utils import Precision
+
+    class InterruptAfterReads(TokenDataset):
+        """Validation windows; the `limit`-th read asks the loop to stop, as the SIGINT handler does."""
+
+        def __init__(self, *args, holder: dict, limit: int) -> None:
+            super().__init__(*args)
+            self.holder, self.limit, self.reads = holder, limit, 0
+
+        def __getitem__(self, index):
+            self.reads += 1
+            if self.reads == self.limit:
+                self.holder["ctx"].request_stop("interrupted", "test")
+            return super().__getitem__(index)
+
+    class Remember(Callback):
+        def __init__(self, holder: dict) -> None:
+            self.holder = holder
+
+        def on_train_start(self, ctx) -> None:
+            self.holder["ctx"] = ctx
+
+    text_file = tmp_path / "story.txt"
+    text_file.write_text(make_story(n_paragraphs=20), encoding="utf-8")
+    prepared = prepare_dataset(DataConfig(input=(str(text_file),), data_dir=tmp_path / "data"), show_progress=False)
+    holder: dict = {}
+    val_set = InterruptAfterReads(prepared.path, "val", 8, holder=holder, limit=3)
+    cfg = TrainConfig(batch_size=2, eval_batches=20, max_steps=5, sample_tokens=0)
+    model = MiniTransformer(ModelConfig(vocab_size=prepared.meta["tokenizer"]["vocab_size"], block_size=8, n_layer=1,
+                                        n_head=2, n_embd=16))
+    history = train(model, build_optimizer(model, cfg, torch.device("cpu")),
+                    TokenDataset(prepared.path, "train", 8), val_set, cfg, device=torch.device("cpu"),
+                    precision=Precision("fp32", None, False), callbacks=[Remember(holder)])
+    assert len(val_set) >= 2 * 20  # a full evaluation would read 40 windows ...
+    assert val_set.reads <= 2 * 2  # ... it stopped within the batch after the request
+    assert history.evals == [] and history.stop_reason == "interrupted" and history.state.step == 0

@@ -134,6 +134,9 @@ class RunLogger(Callback):
              "epoch": record.epoch, "train/loss_mean": record.train_loss, "improved": record.improved,
              "overfitting": record.overfitting}
         )
+        if ctx.stop_reason == "interrupted":  # Ctrl-C: save and stop soon, skip the slow extras
+            self.writer.flush()
+            return
         if ctx.config.sample_tokens > 0:
             self._write_samples(ctx, record)
         if self.eval_hooks:

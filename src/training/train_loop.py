@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -185,8 +185,12 @@ def estimate_loss(
     max_batches: int,
     device: torch.device,
     precision: Precision | None = None,
-) -> float:
-    """Mean cross-entropy per token over the first `max_batches` validation batches (fixed order)."""
+    should_stop: Callable[[], bool] | None = None,
+) -> float | None:
+    """Mean cross-entropy per token over the first `max_batches` validation batches (fixed order).
+
+    Returns None when `should_stop()` turns true midway (Ctrl-C need not wait for a long evaluation).
+    """
     from src.dataset import make_dataloader
 
     precision = precision or Precision("fp32", None, False)
@@ -198,6 +202,9 @@ def estimate_loss(
         for i, (x, y) in enumerate(loader):
             if i >= max_batches:
                 break
+            if should_stop is not None and should_stop():
+                model.train(was_training)
+                return None
             x, y = x.to(device), y.to(device)
             with precision.autocast(device):
                 _, loss = model(x, y)
@@ -266,7 +273,10 @@ def train(
             getattr(callback, hook)(ctx, *args)
 
     def run_eval() -> None:
-        val_loss = estimate_loss(model, val_set, config.batch_size, config.eval_batches, device, precision)
+        val_loss = estimate_loss(model, val_set, config.batch_size, config.eval_batches, device, precision,
+                                 should_stop=lambda: ctx.stop_reason == "interrupted")
+        if val_loss is None:  # interrupted midway: log no half-measured number
+            return
         train_loss = sum(train_losses_since_eval) / len(train_losses_since_eval) if train_losses_since_eval else None
         train_losses_since_eval.clear()
         previous = history.evals[-1] if history.evals else None
