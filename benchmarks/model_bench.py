@@ -1,0 +1,392 @@
+"""Benchmark our MiniTransformer against Hugging Face `GPT2LMHeadModel` of exactly the same shape.
+
+Both are GPT-2: learned positions, pre-LN blocks, GELU (tanh approximation), fused q/k/v projection,
+LM head tied to the token embedding. We build the HF model from the same numbers (n_layer, n_head,
+n_embd, block_size, vocab_size, dropout 0), copy our weights into it and check that both give the
+same logits, so every difference in speed comes from the implementation, not from the model.
+
+Measured side by side in one run (repetitions interleaved, medians reported, because a shared
+machine is noisy and numbers from different runs are not comparable):
+
+1. Training step throughput: tokens/s for forward + cross-entropy + backward + AdamW step, ours with
+   attention="sdpa" and "manual" vs HF with attn_implementation "sdpa" and "eager", same batch.
+   From it the achieved FLOP/s (`MiniTransformer.flops_per_token()` x tokens/s) and, with
+   --peak-tflops, the MFU (model FLOPs utilisation, PaLM paper, Chowdhery et al. 2022, appendix B).
+2. Greedy generation of N tokens from the same prompt: ours with and without the KV cache vs HF
+   `generate` with and without its cache; tokens/s.
+
+    python -m benchmarks.model_bench [--device cpu|cuda] [--preset tiny|small|default] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from src.config import ModelConfig, TrainConfig
+from src.main import PRESETS
+from src.model import MiniTransformer
+
+DEFAULT_BATCH_SIZE = next(f.default for f in fields(TrainConfig) if f.name == "batch_size")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Building the two models
+# ---------------------------------------------------------------------------------------------------
+
+def model_config(preset: str, vocab_size: int, attention: str, block_size: int | None) -> ModelConfig:
+    """The preset's shape from src/main.py with dropout 0 (HF and we then compute the same thing)."""
+    shape = {k: v for k, v in PRESETS[preset].items() if k in ("n_layer", "n_head", "n_embd", "block_size")}
+    if block_size is not None:
+        shape["block_size"] = block_size
+    return ModelConfig(vocab_size=vocab_size, dropout=0.0, attention=attention, **shape)
+
+
+def import_transformers():
+    try:
+        import transformers
+    except ImportError:
+        sys.exit("error: this benchmark needs Hugging Face transformers: pip install -r requirements-dev.txt")
+    return transformers
+
+
+def build_hf(config: ModelConfig, attn_implementation: str) -> nn.Module:
+    """GPT2LMHeadModel with our shape: GELU-tanh (fused kernel, like our nn.GELU), no dropout, tied head."""
+    transformers = import_transformers()
+    hf_config = transformers.GPT2Config(
+        vocab_size=config.vocab_size, n_positions=config.block_size, n_embd=config.n_embd,
+        n_layer=config.n_layer, n_head=config.n_head, n_inner=4 * config.n_embd,
+        activation_function="gelu_pytorch_tanh", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        layer_norm_epsilon=1e-5, tie_word_embeddings=True, bos_token_id=None, eos_token_id=None,
+        pad_token_id=None, attn_implementation=attn_implementation,
+    )
+    return transformers.GPT2LMHeadModel(hf_config)
+
+
+@torch.no_grad()
+def copy_weights_to_hf(ours: MiniTransformer, hf: nn.Module) -> None:
+    """Our nn.Linear stores (out, in), HF's Conv1D (in, out): the same matrices, transposed."""
+    t = hf.transformer
+    t.wte.weight.copy_(ours.embeddings.token_embedding.weight)  # the tied LM head follows
+    t.wpe.weight.copy_(ours.embeddings.position_embedding.weight)
+    for ours_block, hf_block in zip(ours.blocks, t.h, strict=True):
+        pairs = [(ours_block.ln_1, hf_block.ln_1), (ours_block.ln_2, hf_block.ln_2)]
+        linears = [(ours_block.attn.c_attn, hf_block.attn.c_attn), (ours_block.attn.c_proj, hf_block.attn.c_proj),
+                   (ours_block.mlp.c_fc, hf_block.mlp.c_fc), (ours_block.mlp.c_proj, hf_block.mlp.c_proj)]
+        for src, dst in pairs:
+            dst.weight.copy_(src.weight)
+            dst.bias.copy_(src.bias)
+        for src, dst in linears:
+            dst.weight.copy_(src.weight.t())
+            dst.bias.copy_(src.bias)
+    t.ln_f.weight.copy_(ours.ln_f.weight)
+    t.ln_f.bias.copy_(ours.ln_f.bias)
+
+
+@torch.no_grad()
+def max_logit_difference(ours: MiniTransformer, hf: nn.Module, idx: torch.Tensor) -> float:
+    ours.eval()
+    hf.eval()
+    return (ours(idx)[0] - hf(input_ids=idx).logits).abs().max().item()  # (B, T, V) each
+
+
+# ---------------------------------------------------------------------------------------------------
+# Timing
+# ---------------------------------------------------------------------------------------------------
+
+@dataclass
+class Variant:
+    """One row of a table: a name and a function doing one unit of work (`work` tokens)."""
+
+    name: str
+    run: Callable[[], object]
+    work: int  # tokens processed (training) or generated (inference) per call
+    seconds: list[float] = field(default_factory=list)
+
+    @property
+    def median_seconds(self) -> float:
+        return statistics.median(self.seconds)
+
+    @property
+    def tokens_per_sec(self) -> float:
+        return self.work / self.median_seconds
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_interleaved(variants: list[Variant], repeats: int, calls: int, warmup: int, device: torch.device) -> None:
+    """Time every variant `repeats` times (`calls` calls each), rotating the order each round.
+
+    Interleaving spreads slow phases of a shared machine over all variants instead of hitting the
+    one that happened to run during them; the median then ignores the outliers.
+    """
+    for variant in variants:
+        for _ in range(warmup):
+            variant.run()
+    for r in range(repeats):
+        for variant in variants[r % len(variants):] + variants[: r % len(variants)]:
+            synchronize(device)
+            start = time.perf_counter()
+            for _ in range(calls):
+                variant.run()
+            synchronize(device)
+            variant.seconds.append((time.perf_counter() - start) / calls)
+
+
+# ---------------------------------------------------------------------------------------------------
+# 1. Training step
+# ---------------------------------------------------------------------------------------------------
+
+def make_train_step(model: nn.Module, is_hf: bool, x: torch.Tensor, y: torch.Tensor, dtype: torch.dtype | None,
+                    device: torch.device) -> Callable[[], torch.Tensor]:
+    """forward + mean cross-entropy over all B*T positions + backward + AdamW, identically for both.
+
+    The loss is computed here for HF as well (not via `labels=`, which drops the last position), so
+    both do exactly the same work.
+    """
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+    model.train()
+
+    def loss_fn() -> torch.Tensor:
+        if is_hf:
+            logits = model(input_ids=x).logits  # (B, T, V)
+            return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+        return model(x, y)[1]
+
+    def step() -> torch.Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            loss = loss_fn()
+        loss.backward()
+        optimizer.step()
+        return loss
+
+    return step
+
+
+# ---------------------------------------------------------------------------------------------------
+# 2. Generation
+# ---------------------------------------------------------------------------------------------------
+
+def make_hf_generate(
+    hf: nn.Module, prompt: torch.Tensor, new_tokens: int, use_cache: bool
+) -> Callable[[], torch.Tensor]:
+    transformers = import_transformers()
+    generation_config = transformers.GenerationConfig(
+        max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, use_cache=use_cache,
+        pad_token_id=0, eos_token_id=None, bos_token_id=None,
+    )
+    attention_mask = torch.ones_like(prompt)
+    return lambda: hf.generate(prompt, attention_mask=attention_mask, generation_config=generation_config)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reporting
+# ---------------------------------------------------------------------------------------------------
+
+def machine_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"GPU {torch.cuda.get_device_name(device)}"
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    return f"CPU {cpu}, {os.cpu_count()} logical cores"
+
+
+def format_si(value: float, unit: str) -> str:
+    for prefix, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if value >= scale:
+            return f"{value / scale:.2f} {prefix}{unit}"
+    return f"{value:.1f} {unit}"
+
+
+def training_table(rows: list[tuple[Variant, Variant | None]], flops_per_token: int, peak_tflops: float | None) -> str:
+    head = "| training step | tokens/s | ms/step | achieved FLOP/s |"
+    sep = "|---|---|---|---|"
+    if peak_tflops:
+        head, sep = head + " MFU |", sep + "---|"
+    head, sep = head + " ours / HF |", sep + "---|"
+    lines = [head, sep]
+    for variant, reference in rows:
+        flops = variant.tokens_per_sec * flops_per_token
+        line = (f"| {variant.name} | {variant.tokens_per_sec:,.0f} | {1000 * variant.median_seconds:.1f} | "
+                f"{format_si(flops, 'FLOP/s')} |")
+        if peak_tflops:
+            line += f" {100 * flops / (peak_tflops * 1e12):.1f} % |"
+        ratio = f"{variant.tokens_per_sec / reference.tokens_per_sec:.2f}x {reference.name}" if reference else ""
+        lines.append(line + f" {ratio} |")
+    return "\n".join(lines)
+
+
+def generation_table(rows: list[tuple[Variant, Variant | None]]) -> str:
+    lines = ["| greedy generation | tokens/s | ms/token | ours / HF |", "|---|---|---|---|"]
+    for variant, reference in rows:
+        ratio = f"{variant.tokens_per_sec / reference.tokens_per_sec:.2f}x {reference.name}" if reference else ""
+        lines.append(f"| {variant.name} | {variant.tokens_per_sec:,.0f} | "
+                     f"{1000 * variant.median_seconds / variant.work:.2f} | {ratio} |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Main
+# ---------------------------------------------------------------------------------------------------
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="where to run (default: auto = cuda if available, else cpu)")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny",
+                        help="model shape from src/main.py PRESETS (default: tiny; 'default' = RTX 4080 shape)")
+    parser.add_argument("--vocab-size", type=int, default=121, help="vocabulary size V (default: 121, a char vocab)")
+    parser.add_argument("--block-size", type=int, default=None, help="override the preset's block size T")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help=f"training batch B (default: the preset's, else {DEFAULT_BATCH_SIZE})")
+    parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
+                        help="autocast dtype for the training step, the same for both models (default: fp32)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch.set_num_threads for CPU runs (default: 1, the most reproducible on a shared "
+                             f"machine; this one has {os.cpu_count()} logical cores)")
+    parser.add_argument("--repeats", type=int, default=7,
+                        help="interleaved timing rounds; medians reported (default: 7)")
+    parser.add_argument("--steps", type=int, default=3, help="training steps per round and variant (default: 3)")
+    parser.add_argument("--new-tokens", type=int, default=200,
+                        help="tokens to generate (default: 200, capped so prompt + new tokens fit in block_size)")
+    parser.add_argument("--prompt-length", type=int, default=8, help="prompt tokens for generation (default: 8)")
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="the device's peak TFLOP/s for the dtype used, to print MFU (e.g. RTX 4080: "
+                             "~48.7 fp32, ~97.5 dense bf16 with fp32 accumulate on the spec sheet)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    for name in ("vocab_size", "threads", "repeats", "steps", "new_tokens", "prompt_length", "batch_size"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
+    if args.peak_tflops is not None and not args.peak_tflops > 0:
+        parser.error(f"--peak-tflops must be a positive number, got {args.peak_tflops}")
+    return args
+
+
+def bench_training(ours: dict[str, MiniTransformer], hf: dict[str, nn.Module], batch: int,
+                   args: argparse.Namespace, device: torch.device) -> None:
+    """Table 1: training steps of all four models on the same random batch."""
+    cfg = ours["sdpa"].config
+    dtype = torch.bfloat16 if args.dtype == "bf16" else None
+    x = torch.randint(cfg.vocab_size, (batch, cfg.block_size), device=device)  # (B, T)
+    y = torch.randint(cfg.vocab_size, (batch, cfg.block_size), device=device)  # (B, T)
+    tokens = batch * cfg.block_size
+    ours_sdpa, ours_manual, hf_sdpa, hf_eager = (
+        Variant(name, make_train_step(model, is_hf, x, y, dtype, device), tokens)
+        for name, model, is_hf in (("ours sdpa", ours["sdpa"], False), ("ours manual", ours["manual"], False),
+                                   ("HF sdpa", hf["sdpa"], True), ("HF eager", hf["eager"], True))
+    )
+    start = time.perf_counter()
+    measure_interleaved([ours_sdpa, ours_manual, hf_sdpa, hf_eager], args.repeats, args.steps, warmup=2, device=device)
+    print(f"## Training step: B={batch}, T={cfg.block_size}, {tokens:,} tokens/step, AdamW, {args.dtype}; "
+          f"median of {args.repeats} interleaved rounds x {args.steps} steps "
+          f"({time.perf_counter() - start:.0f} s)\n")
+    rows = [(ours_sdpa, hf_sdpa), (ours_manual, hf_eager), (hf_sdpa, None), (hf_eager, None)]
+    print(training_table(rows, ours["sdpa"].flops_per_token(), args.peak_tflops))
+
+
+def bench_generation(model: MiniTransformer, hf: nn.Module, args: argparse.Namespace, device: torch.device) -> None:
+    """Table 2: greedy generation from the same prompt, with and without a KV cache."""
+    cfg = model.config
+    prompt_length = min(args.prompt_length, cfg.block_size - 1)
+    new_tokens = min(args.new_tokens, cfg.block_size - prompt_length)  # HF has no sliding window
+    prompt = torch.randint(cfg.vocab_size, (1, prompt_length), device=device)  # (1, T)
+    ours_cache = Variant("ours, KV cache", lambda: model.generate(prompt, new_tokens, temperature=0.0), new_tokens)
+    ours_plain = Variant("ours, no cache",
+                         lambda: model.generate(prompt, new_tokens, temperature=0.0, use_cache=False), new_tokens)
+    hf_cache = Variant("HF generate, cache", make_hf_generate(hf, prompt, new_tokens, True), new_tokens)
+    hf_plain = Variant("HF generate, no cache", make_hf_generate(hf, prompt, new_tokens, False), new_tokens)
+    variants = [ours_cache, ours_plain, hf_cache, hf_plain]
+    same_ours = torch.equal(ours_cache.run(), ours_plain.run())
+    same_hf = torch.equal(ours_cache.run(), hf_cache.run())
+    start = time.perf_counter()
+    with torch.no_grad():
+        measure_interleaved(variants, args.repeats, 1, warmup=1, device=device)
+    capped = " (capped: prompt + new tokens must fit in block_size)" if new_tokens < args.new_tokens else ""
+    print(f"\n## Greedy generation: batch 1, prompt {prompt_length} tokens, {new_tokens} new tokens{capped}, "
+          f"sdpa attention, fp32; median of {args.repeats} interleaved rounds "
+          f"({time.perf_counter() - start:.0f} s)\n")
+    print(generation_table([(ours_cache, hf_cache), (ours_plain, hf_plain), (hf_cache, None), (hf_plain, None)]))
+    print(f"\nsame tokens: ours with vs without cache: {'yes' if same_ours else 'NO'}; ours vs HF: "
+          f"{'yes' if same_hf else 'no (float rounding can flip an argmax of near-equal logits)'}")
+    print(f"KV cache speed-up: ours {ours_cache.tokens_per_sec / ours_plain.tokens_per_sec:.2f}x, "
+          f"HF {hf_cache.tokens_per_sec / hf_plain.tokens_per_sec:.2f}x")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda but no CUDA GPU is available; use --device cpu", file=sys.stderr)
+        return 2
+    if args.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(args.device)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    transformers = import_transformers()
+    transformers.logging.set_verbosity_error()
+    try:
+        configs = {a: model_config(args.preset, args.vocab_size, a, args.block_size) for a in ("sdpa", "manual")}
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    cfg = configs["sdpa"]
+    batch = args.batch_size or PRESETS[args.preset].get("batch_size", DEFAULT_BATCH_SIZE)
+
+    # Identical starting weights everywhere: ours manual loads ours sdpa, HF gets a transposed copy.
+    ours = {a: MiniTransformer(c).to(device) for a, c in configs.items()}
+    ours["manual"].load_state_dict(ours["sdpa"].state_dict())
+    hf = {impl: build_hf(cfg, impl).to(device) for impl in ("sdpa", "eager")}
+    for model in hf.values():
+        copy_weights_to_hf(ours["sdpa"], model)
+    probe = torch.randint(cfg.vocab_size, (4, cfg.block_size), device=device)  # (B, T)
+    diffs = {impl: max_logit_difference(ours["sdpa"], model, probe) for impl, model in hf.items()}
+
+    threads = f", torch.set_num_threads({args.threads})" if device.type == "cpu" else ""
+    print(f"# model_bench {datetime.date.today().isoformat()}")
+    print(f"machine: {machine_description(device)}, torch {torch.__version__}, "
+          f"transformers {transformers.__version__}{threads}")
+    print(f"model: preset {args.preset}: n_layer={cfg.n_layer} n_head={cfg.n_head} n_embd={cfg.n_embd} "
+          f"block_size={cfg.block_size} vocab_size={cfg.vocab_size} dropout=0; "
+          f"{ours['sdpa'].num_parameters():,} parameters (HF: {sum(p.numel() for p in hf['sdpa'].parameters()):,})")
+    print("same logits as HF after copying the weights: max |difference| "
+          + ", ".join(f"{d:.1e} ({impl})" for impl, d in diffs.items()))
+    print(f"flops_per_token() = {ours['sdpa'].flops_per_token():,} (training, forward + backward)")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    if device.type == "cpu" and args.threads > 1 and load > (os.cpu_count() or 1):
+        print(f"note: the machine is busy (load average {load:.1f} on {os.cpu_count()} cores); with more threads "
+              "than free cores every parallel operation waits for a descheduled thread - try --threads 1")
+    print()
+
+    bench_training(ours, hf, batch, args, device)
+    # Training changed the weights differently in each model: copy ours into HF again.
+    copy_weights_to_hf(ours["sdpa"], hf["sdpa"])
+    ours["sdpa"].eval()
+    hf["sdpa"].eval()
+    bench_generation(ours["sdpa"], hf["sdpa"], args, device)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
