@@ -25,6 +25,7 @@ import datetime as dt
 import difflib
 import json
 import math
+import os
 import shlex
 import signal
 import sys
@@ -373,7 +374,7 @@ class ProgressBar(Callback):
         self.bar = None
 
     def on_epoch_start(self, ctx, epoch: int) -> None:
-        from tqdm.auto import tqdm
+        from tqdm import tqdm
 
         done = ctx.state.batch_in_epoch // ctx.config.grad_accum
         total = min(ctx.steps_per_epoch, done + ctx.total_steps - ctx.state.step)
@@ -406,7 +407,7 @@ class ProgressBar(Callback):
         self.on_epoch_end(ctx, -1)
 
     def _write(self, line: str) -> None:
-        from tqdm.auto import tqdm
+        from tqdm import tqdm
 
         if self.enabled:
             tqdm.write(line, file=sys.stderr)
@@ -538,6 +539,10 @@ def run_train(args: argparse.Namespace, flags: dict[str, str], callbacks: Sequen
 
     _, steps_per_epoch = count_steps(len(train_set), train_cfg)
     total_steps = total_steps_for(max(steps_per_epoch, 1), train_cfg)
+    if train_cfg.warmup_steps >= total_steps:
+        print(f"warning: --warmup-steps {train_cfg.warmup_steps} is not shorter than the run ({total_steps} "
+              f"steps): the learning rate never reaches --lr {train_cfg.lr:g}; use a smaller --warmup-steps",
+              file=sys.stderr)
     splits = prepared.meta.get("splits", {}).get("val", {})
     tokens_per_char = splits.get("tokens", 1) / max(splits.get("characters", 1), 1)
     static = {
@@ -818,7 +823,7 @@ def run_explain(args: argparse.Namespace, flags: dict[str, str]) -> int:
 def run_evaluate(args: argparse.Namespace, flags: dict[str, str]) -> int:
     """By default the validation split of the data set the model was trained on; with data flags
     (--input, --books, ...) that text instead, read and encoded with the model's own tokenizer."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     from src.dataset import load_documents, load_tokens, prepare_dataset, split_documents
     from src.training.evaluation import CountBaselines, SplitScore, encode_documents, model_nll, source_slices
@@ -912,6 +917,9 @@ def main(argv: Sequence[str] | None = None, *, callbacks: Sequence[Any] = ()) ->
         signum = getattr(stop, "signum", signal.SIGINT)
         print(f"\ninterrupted ({signal.Signals(signum).name})", file=sys.stderr)
         return EXIT_SIGNAL.get(signum, 130)
+    except BrokenPipeError:  # e.g. `python -m src.main --generate ... | head`: the reader has left
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return EXIT_OK
     finally:
         if installed:
             signal.signal(signal.SIGTERM, previous_sigterm or signal.SIG_DFL)
@@ -938,8 +946,8 @@ def _run(argv: list[str], parser: argparse.ArgumentParser, flags: dict[str, str]
         if mode == "train":
             return handler(args, flags, callbacks)
         return handler(args, flags)
-    except ValueError as err:  # UsageError, DataError, CheckpointError and bad values from library code
-        if debug:
+    except (ValueError, OSError) as err:  # UsageError, DataError, CheckpointError, bad values, file system
+        if debug or isinstance(err, BrokenPipeError):
             raise
         message = " ".join(str(err).split("\n")).strip() or type(err).__name__
         print(f"error: {message}", file=sys.stderr)

@@ -130,3 +130,45 @@ def test_generate_check_memorization_reports_the_longest_verbatim_piece(trained_
     (training_text,) = training_texts(data_path).values()
     assert int(note.group(1)) == brute_force_longest_common(generated, training_text) > 0
 
+
+
+def test_generate_into_a_closed_pipe_stops_quietly(trained_run):
+    """`--generate ... | head -c 5`: the reader leaves early; no traceback, exit 0."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT
+
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "src.main", "--generate", "--checkpoint", str(trained_run),
+                             "--max-new-tokens", "5000", "--prompt", "The"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    assert len(proc.stdout.read(5)) == 5  # the first bytes arrive while generation goes on
+    proc.stdout.close()
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0, stderr
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr
+
+
+def test_warmup_longer_than_the_run_is_warned_about(tmp_path, capsys):
+    story = tmp_path / "story.txt"
+    story.write_text(make_story(n_paragraphs=10), encoding="utf-8")
+    code = main(["--train", "--input", str(story), *SHAPE, "--max-steps", "3", "--warmup-steps", "100",
+                 "--batch-size", "4", "--data-dir", str(tmp_path / "data"), "--logdir", str(tmp_path / "run"),
+                 "--quiet", "--sample-tokens", "0"])
+    assert code == 0
+    assert "warning: --warmup-steps 100 is not shorter than the run (3 steps)" in capsys.readouterr().err
+
+
+def test_an_unwritable_logdir_is_one_line_exit_2(tmp_path, capsys):
+    story = tmp_path / "story.txt"
+    story.write_text(make_story(n_paragraphs=10), encoding="utf-8")
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder", encoding="utf-8")
+    code = main(["--train", "--input", str(story), *SHAPE, "--max-steps", "3", "--batch-size", "4",
+                 "--warmup-steps", "1", "--data-dir", str(tmp_path / "data"), "--logdir", str(blocker / "run"),
+                 "--quiet"])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "a_file" in err[0]
