@@ -151,7 +151,9 @@ def _add_dataclass_flags(group: argparse._ArgumentGroup, cls: type, names: Seque
             continue
         flag = "--" + f.name.replace("_", "-")
         default = defaults[f.name]
-        help_text = f"{f.metadata['help']} (default: {'off' if default is None else default})"
+        help_text = f.metadata["help"]
+        if "default" not in help_text:  # e.g. --logdir explains its own default
+            help_text += f" (default: {'off' if default is None else default})"
         kind = _field_type(str(f.type))
         if kind is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
