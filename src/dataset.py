@@ -621,7 +621,7 @@ def summary_table(prepared: PreparedDataset) -> str:
         f"tokenizer: {tok['type']}, vocabulary {tok['vocab_size']}, dtype {meta['dtype']}, "
         f"OOV rate (validation) {meta['oov_rate']:.4%}"
     )
-    lines.append(f"written to {prepared.path}")
+    lines.append(f"{'reused' if prepared.reused else 'written to'} {prepared.path}")
     return "\n".join(lines)
 
 
@@ -654,9 +654,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; nothing was written", file=sys.stderr)
         return 130
-    if prepared.reused:
-        print(f"reused {prepared.path} (use --force to rebuild)")
     print(summary_table(prepared))
+    if prepared.reused:
+        print("(nothing was rebuilt: same settings and source files; use --force to rebuild)")
     return 0
 
 
