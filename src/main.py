@@ -465,6 +465,16 @@ def _resume_checkpoint(resume: Path) -> tuple[Path, Path]:
     return resume, last
 
 
+def _check_can_create(folder: Path, flag: str) -> None:
+    """UsageError unless `folder` exists as a writable folder or could be created."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK):
+        what = "is not a folder" if not existing.is_dir() else "is not writable"
+        raise UsageError(f"{flag}: cannot create {folder}: {existing} {what}; choose another {flag}")
+
+
 def _default_run_dir() -> Path:
     return Path("runs") / dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
 
@@ -507,6 +517,7 @@ def run_train(args: argparse.Namespace, flags: dict[str, str], callbacks: Sequen
         if (run_dir / "checkpoints").exists():
             raise UsageError(f"--logdir: {run_dir} already holds a run; continue it with --resume {run_dir} "
                              "or choose another --logdir")
+        _check_can_create(run_dir, "--logdir")  # fail now, not after building the data set
     try:
         device = resolve_device(train_cfg.device)
         precision = resolve_precision(train_cfg.dtype, device)
@@ -517,6 +528,11 @@ def run_train(args: argparse.Namespace, flags: dict[str, str], callbacks: Sequen
     prepared = prepare_dataset(data_cfg, block_size=settings.model.get("block_size", 256),
                                show_progress=not args.quiet)
     tokenizer = load_tokenizer(prepared.path / "tokenizer.json")
+    splits = prepared.meta.get("splits", {})
+    print(f"Data set {prepared.path} ({'reused' if prepared.reused else 'built'}): "
+          f"{splits.get('train', {}).get('tokens', 0):,} training and {splits.get('val', {}).get('tokens', 0):,} "
+          f"validation tokens, {tokenizer.kind} tokenizer with {tokenizer.vocab_size} tokens",
+          file=sys.stderr, flush=True)
     if stored is not None and tokenizer.fingerprint() != stored.get("tokenizer_fingerprint"):
         raise CheckpointError(f"{last}: the data set {prepared.path} has a different tokenizer than the run; "
                               "it was rebuilt differently - resume with the original data")
@@ -545,8 +561,8 @@ def run_train(args: argparse.Namespace, flags: dict[str, str], callbacks: Sequen
         print(f"warning: --warmup-steps {train_cfg.warmup_steps} is not shorter than the run ({total_steps} "
               f"steps): the learning rate never reaches --lr {train_cfg.lr:g}; use a smaller --warmup-steps",
               file=sys.stderr)
-    splits = prepared.meta.get("splits", {}).get("val", {})
-    tokens_per_char = splits.get("tokens", 1) / max(splits.get("characters", 1), 1)
+    val_split = splits.get("val", {})
+    tokens_per_char = val_split.get("tokens", 1) / max(val_split.get("characters", 1), 1)
     static = {
         "model_config": config_to_dict(model_cfg),
         "train_config": config_to_dict(train_cfg),

@@ -161,7 +161,7 @@ def test_warmup_longer_than_the_run_is_warned_about(tmp_path, capsys):
     assert "warning: --warmup-steps 100 is not shorter than the run (3 steps)" in capsys.readouterr().err
 
 
-def test_an_unwritable_logdir_is_one_line_exit_2(tmp_path, capsys):
+def test_an_impossible_logdir_is_refused_before_any_work(tmp_path, capsys):
     story = tmp_path / "story.txt"
     story.write_text(make_story(n_paragraphs=10), encoding="utf-8")
     blocker = tmp_path / "a_file"
@@ -171,4 +171,5 @@ def test_an_unwritable_logdir_is_one_line_exit_2(tmp_path, capsys):
                  "--quiet"])
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: ") and "a_file" in err[0]
+    assert len(err) == 1 and err[0].startswith("error: --logdir: ") and "a_file is not a folder" in err[0]
+    assert not (tmp_path / "data").exists()  # refused before any work was done
