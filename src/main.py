@@ -5,6 +5,7 @@
     python -m src.main --train --resume runs/NAME                 # continue exactly where it stopped
     python -m src.main --generate --checkpoint runs/NAME --prompt "Alice was" --temperature 0.8
     python -m src.main --evaluate --checkpoint runs/NAME          # loss per book vs. baselines
+    python -m src.main --export --checkpoint runs/NAME            # weights as runs/NAME/model.safetensors
 
 This is the only module that parses arguments and prints. The flags are built from the fields of
 `ModelConfig`, `TrainConfig` (src/config.py) and `DataConfig` (via `src.dataset.add_data_arguments`),
@@ -130,6 +131,8 @@ def _modes() -> dict[str, Mode]:
                           "--prompt, per-token surprisal, embeddings, training curves (--out)", run_visualize),
         "explain": Mode("run one forward pass on --prompt and print every stage with its tensor shape "
                         "(--checkpoint, or a fresh model from the model flags)", run_explain),
+        "export": Mode("write the weights of a trained model (--checkpoint) as a .safetensors file, with its "
+                       "config and tokenizer as JSON in the header (--out)", run_export),
     }
 
 
@@ -190,8 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", type=Path, metavar="RUN_DIR", default=None,
                      help="continue a run exactly from RUN_DIR/checkpoints/last.pt (implies --train)")
     run.add_argument("--checkpoint", metavar="PATH_OR_RUN_DIR", default=None,
-                     help="model for --generate/--evaluate/--visualize/--explain: a .pt file or a run "
-                          "directory (best.pt, else last.pt)")
+                     help="model for --generate/--evaluate/--visualize/--explain/--export: a .pt file, a "
+                          "run directory (best.pt, else last.pt) or a .safetensors file from --export")
     run.add_argument("--quiet", action="store_true", help="no progress bars (default: off)")
     run.add_argument("--debug", action="store_true", help="show full tracebacks on errors (default: off)")
 
@@ -216,9 +219,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "training text, and from which book (default: off)")
 
     inside = parser.add_argument_group("seeing inside (--visualize, --explain)")
-    inside.add_argument("--out", type=Path, metavar="DIR", default=None,
+    inside.add_argument("--out", type=Path, metavar="PATH", default=None,
                         help="folder for the --visualize PNGs (default: RUN_DIR/visualizations for a run's "
-                             "checkpoint, else ./visualizations)")
+                             "checkpoint, else ./visualizations); file for --export (default: "
+                             "RUN_DIR/model.safetensors, or the .pt file's name with .safetensors)")
     return parser
 
 
@@ -720,7 +724,8 @@ def _load_for_inference(args: argparse.Namespace, flags: dict[str, str]):
         resolve_device, tokenizer_from_checkpoint
 
     if not args.checkpoint:
-        raise UsageError("--checkpoint: required with --generate/--evaluate/--visualize (a run directory or a .pt file)")
+        raise UsageError("--checkpoint: required with --generate/--evaluate/--visualize/--export "
+                         "(a run directory or a .pt file)")
     try:
         device = resolve_device(args.device or "auto")
     except ValueError as err:
@@ -832,6 +837,29 @@ def run_explain(args: argparse.Namespace, flags: dict[str, str]) -> int:
     prompt = INSPECT_PROMPT if args.prompt is None else args.prompt
     print(f"Explaining {origin}, prompt {prompt!r}\n")
     print(format_explanation(explain_forward(model, tokenizer, prompt, top_k=5)))
+    return EXIT_OK
+
+
+# --- --export ---------------------------------------------------------------------------------
+
+
+def run_export(args: argparse.Namespace, flags: dict[str, str]) -> int:
+    """Weights only, as safetensors: safe to share and to load anywhere (no pickle, no optimizer)."""
+    from src.training.utils import export_safetensors
+
+    out = args.out
+    if out is None and args.checkpoint:
+        source = Path(args.checkpoint)
+        out = source / "model.safetensors" if source.is_dir() else source.with_suffix(".safetensors")
+    if out is not None and out.suffix != ".safetensors":  # load_model recognises the format by it
+        raise UsageError(f"--out: the export file must end in .safetensors, got {out}")
+    path, _, model, tokenizer, _ = _load_for_inference(args, flags)
+    if out.resolve() == path.resolve():
+        raise UsageError(f"--out: {path} is already the export; give another --out to copy it")
+    written = export_safetensors(model, tokenizer, out)
+    size = written.stat().st_size
+    shown = f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.1f} kB"
+    print(f"Wrote {written} ({shown}, {model.num_parameters():,} parameters) from {path}")
     return EXIT_OK
 
 

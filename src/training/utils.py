@@ -12,11 +12,17 @@ they load with `torch.load(..., weights_only=True)`, which cannot execute code h
 (see the PyTorch "Serialization semantics" notes). They are written atomically: to a temporary file
 in the same folder, flushed to disk (fsync) and then renamed over the old file (`os.replace`), so a
 crash or Ctrl-C while saving never leaves a half-written `last.pt` behind.
+
+For sharing a trained model there is also an export to safetensors (`export_safetensors`): only the
+weights, plus the model config and tokenizer as JSON in the file header. The format is a JSON header
+followed by raw tensor bytes, so reading it can never run code, and other tools (e.g. Hugging Face)
+can open it too (https://huggingface.co/docs/safetensors).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import platform
 import random
@@ -28,11 +34,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from src.config import ModelConfig, config_from_dict
+from src.config import ModelConfig, config_from_dict, config_to_dict
 
 CHECKPOINT_FORMAT_VERSION = 1
 CHECKPOINT_DIR = "checkpoints"
 REQUIRED_KEYS = ("format_version", "model", "model_config", "tokenizer")
+PROJECT_NAME = "mini_transformer"
+SAFETENSORS_FORMAT_VERSION = 1
+# Weight tying (Press & Wolf 2017): lm_head.weight *is* the token embedding. safetensors refuses to
+# store one tensor under two names, so the export stores it once and the header names the alias.
+TIED_WEIGHTS = {"lm_head.weight": "embeddings.token_embedding.weight"}
 
 
 class CheckpointError(ValueError):
@@ -221,8 +232,13 @@ def find_checkpoint(path_or_run_dir: str | Path) -> Path:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint safely (`weights_only=True`) and check that it has our layout."""
+    """Read a checkpoint safely (`weights_only=True`) and check that it has our layout.
+
+    A `.safetensors` file from `export_safetensors` is read with `load_safetensors` instead.
+    """
     path = Path(path)
+    if path.suffix == ".safetensors":
+        return load_safetensors(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
@@ -288,7 +304,8 @@ def tokenizer_from_checkpoint(payload: dict[str, Any], path: str | Path):
 def load_model(path_or_run_dir: str | Path, device: str | torch.device = "cpu"):
     """Load a trained model and its tokenizer: `model, tokenizer = load_model("runs/x")`.
 
-    Accepts a `.pt` file or a run directory (then `checkpoints/best.pt`, else `last.pt`). The model
+    Accepts a `.pt` file, a run directory (then `checkpoints/best.pt`, else `last.pt`) or a
+    `.safetensors` file written by `export_safetensors`. The model
     is returned in `eval()` mode on `device`. Raises `CheckpointError` naming the file and problem.
     """
     path = find_checkpoint(path_or_run_dir)
@@ -302,3 +319,76 @@ def load_model(path_or_run_dir: str | Path, device: str | torch.device = "cpu"):
         )
     model.eval()
     return model, tokenizer
+
+
+# --- export to safetensors --------------------------------------------------------------------
+
+
+def export_safetensors(model: torch.nn.Module, tokenizer: Any, path: str | Path) -> Path:
+    """Write the model's weights as a safetensors file; `load_model(path)` reads it back.
+
+    The header metadata (str -> str) holds the model config and the tokenizer as JSON, so the file
+    alone is enough to generate text. A tied weight (see `TIED_WEIGHTS`) is stored once. Written
+    atomically like `save_checkpoint`. Example: `export_safetensors(model, tok, "runs/x/model.safetensors")`.
+    """
+    from safetensors.torch import save
+
+    path = Path(path)
+    model = getattr(model, "_orig_mod", model)  # torch.compile wrapper -> the module with the weights
+    state = model.state_dict()
+    tied = {alias: source for alias, source in TIED_WEIGHTS.items()
+            if alias in state and source in state and state[alias].data_ptr() == state[source].data_ptr()}
+    tensors = {name: t.detach().cpu().contiguous() for name, t in state.items() if name not in tied}
+    metadata = {
+        "format": "pt",  # the safetensors convention for PyTorch tensors
+        "project": PROJECT_NAME,
+        "format_version": str(SAFETENSORS_FORMAT_VERSION),
+        "model_config": json.dumps(config_to_dict(model.config)),
+        "tokenizer": json.dumps(tokenizer.to_dict(), ensure_ascii=False),
+        "tokenizer_fingerprint": tokenizer.fingerprint(),
+        "tied_weights": json.dumps(tied),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(save(tensors, metadata=metadata))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def load_safetensors(path: str | Path) -> dict[str, Any]:
+    """Read a file from `export_safetensors` into the layout of a checkpoint (`model`, `model_config`,
+    `tokenizer`, `tokenizer_fingerprint`), so `model_from_checkpoint` and friends work on it."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such safetensors file")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{path}: cannot read safetensors file (corrupt or truncated?): {err}") from err
+    if metadata.get("project") != PROJECT_NAME:
+        raise CheckpointError(f"{path}: not a {PROJECT_NAME} export (its header has no project={PROJECT_NAME} "
+                              "metadata); export a run with: python -m src.main --export --checkpoint RUN_DIR")
+    if metadata.get("format_version") != str(SAFETENSORS_FORMAT_VERSION):
+        raise CheckpointError(f"{path}: export format version {metadata.get('format_version')!r} is not supported "
+                              f"(this code reads version {SAFETENSORS_FORMAT_VERSION})")
+    try:
+        model_config, tokenizer = json.loads(metadata["model_config"]), json.loads(metadata["tokenizer"])
+        tied = json.loads(metadata.get("tied_weights", "{}"))
+    except (KeyError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path}: header metadata is incomplete or not valid JSON: {err!r}") from err
+    if not isinstance(tied, dict) or not all(isinstance(src, str) and src in tensors for src in tied.values()):
+        raise CheckpointError(f"{path}: header metadata 'tied_weights' names tensors the file does not hold")
+    for alias, source in tied.items():
+        tensors[alias] = tensors[source]  # load_state_dict copies it into the one shared parameter
+    return {"model": tensors, "model_config": model_config, "tokenizer": tokenizer,
+            "tokenizer_fingerprint": metadata.get("tokenizer_fingerprint")}
