@@ -120,3 +120,26 @@ def write_gutenberg_mirror(root: Path, books: dict[int, str], **kwargs) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(gutenberg_file(book_id, body, title=f"Book {book_id}", **kwargs))
     return root
+
+
+# The shape of the tiny run below; tests that check shapes read them from here.
+TINY_RUN_SHAPE = {"n_layer": 2, "n_head": 2, "n_embd": 16, "block_size": 32}
+TINY_RUN_STEPS, TINY_RUN_EVAL_INTERVAL = 30, 15
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """One real training run through the CLI (a tiny model on a synthetic story), shared by the tests
+    that only read a run: --visualize, --explain, --generate, --export. Do not modify it in a test."""
+    from src.main import main
+
+    root = tmp_path_factory.mktemp("tiny_run")
+    story = root / "story.txt"
+    story.write_text(make_story(n_paragraphs=30), encoding="utf-8")
+    run = root / "runs" / "tiny"
+    shape = [arg for name, value in TINY_RUN_SHAPE.items() for arg in (f"--{name.replace('_', '-')}", str(value))]
+    code = main(["--train", "--input", str(story), *shape, "--max-steps", str(TINY_RUN_STEPS),
+                 "--eval-interval", str(TINY_RUN_EVAL_INTERVAL), "--batch-size", "8",
+                 "--data-dir", str(root / "data"), "--logdir", str(run), "--quiet", "--sample-tokens", "40"])
+    assert code == 0
+    return run

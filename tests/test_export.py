@@ -13,23 +13,18 @@ from safetensors.torch import load_file, save_file
 from src.config import config_to_dict
 from src.main import main
 from src.training.utils import CheckpointError, load_checkpoint, load_model
-from tests.conftest import make_story
 
-SHAPE = ["--n-layer", "2", "--n-head", "2", "--n-embd", "16", "--block-size", "32"]
 PROMPT = "The "
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("export")
-    story = root / "story.txt"
-    story.write_text(make_story(n_paragraphs=30), encoding="utf-8")
-    run = root / "runs" / "tiny"
-    code = main(["--train", "--input", str(story), *SHAPE, "--max-steps", "20", "--eval-interval", "20",
-                 "--warmup-steps", "2", "--batch-size", "8", "--data-dir", str(root / "data"),
-                 "--logdir", str(run), "--quiet", "--sample-tokens", "10"])
-    assert code == 0
-    return run
+def run_dir(tiny_run, tmp_path_factory):
+    """A copy of the shared tiny run: the export writes model.safetensors into the run folder."""
+    import shutil
+
+    copy = tmp_path_factory.mktemp("export") / "tiny"
+    shutil.copytree(tiny_run, copy)
+    return copy
 
 
 @pytest.fixture(scope="module")

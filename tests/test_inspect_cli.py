@@ -10,24 +10,16 @@ import pytest
 from src.analysis import training_texts
 from src.main import INSPECT_PROMPT, main
 from src.training.utils import load_checkpoint
-from tests.conftest import make_story
+from tests.conftest import TINY_RUN_EVAL_INTERVAL, TINY_RUN_SHAPE, TINY_RUN_STEPS, make_story
 
-N_LAYER, N_HEAD, N_EMBD, BLOCK = 2, 2, 16, 32
+N_LAYER, N_HEAD, N_EMBD, BLOCK = (TINY_RUN_SHAPE[k] for k in ("n_layer", "n_head", "n_embd", "block_size"))
 SHAPE = ["--n-layer", str(N_LAYER), "--n-head", str(N_HEAD), "--n-embd", str(N_EMBD), "--block-size", str(BLOCK)]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("inspect")
-    story = root / "story.txt"
-    story.write_text(make_story(n_paragraphs=30), encoding="utf-8")
-    run = root / "runs" / "tiny"
-    code = main(["--train", "--input", str(story), *SHAPE, "--max-steps", "30", "--eval-interval", "15",
-                 "--batch-size", "8", "--data-dir", str(root / "data"), "--logdir", str(run), "--quiet",
-                 "--sample-tokens", "40"])
-    assert code == 0
-    return run
+@pytest.fixture
+def trained_run(tiny_run):
+    return tiny_run
 
 
 def test_training_logs_attention_of_first_and_last_layer_at_every_evaluation(trained_run):
@@ -36,7 +28,7 @@ def test_training_logs_attention_of_first_and_last_layer_at_every_evaluation(tra
     events = EventAccumulator(str(trained_run), size_guidance={"images": 0})
     events.Reload()
     eval_steps = [e.step for e in events.Scalars("val/loss")]
-    assert eval_steps == [0, 15, 30]
+    assert eval_steps == list(range(0, TINY_RUN_STEPS + 1, TINY_RUN_EVAL_INTERVAL))
     for tag in ("attention/layer_0", f"attention/layer_{N_LAYER - 1}"):
         images = events.Images(tag)
         assert [image.step for image in images] == eval_steps
