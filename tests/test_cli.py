@@ -40,6 +40,25 @@ def story(tmp_path):
     return path
 
 
+def signal_when_ready(args: list[str], cwd, ready, signum: int, poll_s: float = 0.1) -> tuple[int, str]:
+    """Start `python -m src.main ARGS`, wait (at most 90 s) until `ready()` is true, send `signum`.
+
+    Returns the exit code and stderr; the process is killed in any case.
+    """
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "src.main", *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and proc.poll() is None and not ready():
+            time.sleep(poll_s)
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    return proc.returncode, err
+
+
 def one_error_line(text: str) -> str:
     lines = [line for line in text.splitlines() if line.strip()]
     assert len(lines) == 1, text
@@ -104,23 +123,13 @@ def test_users_command_then_generate_then_evaluate(tmp_path, story):
 
 def test_sigint_saves_and_resume_finishes(tmp_path, story):
     run = tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     args = ["--train", "--input", str(story), "--data-dir", str(tmp_path / "data"), *TINY, "--epochs", "1000",
             "--max-steps", "1000000", "--eval-interval", "1000000", "--log-interval", "1", "--logdir", str(run)]
-    proc = subprocess.Popen([sys.executable, "-m", "src.main", *args], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 90
-        metrics = run / "metrics.jsonl"
-        while time.monotonic() < deadline and proc.poll() is None:
-            if metrics.is_file() and '"train/loss"' in metrics.read_text():
-                break
-            time.sleep(0.1)
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
-    assert proc.returncode == 130, err
+    metrics = run / "metrics.jsonl"
+    returncode, err = signal_when_ready(
+        args, tmp_path, lambda: metrics.is_file() and '"train/loss"' in metrics.read_text(), signal.SIGINT
+    )
+    assert returncode == 130, err
     assert f"--resume {run}" in err
     stopped = load_checkpoint(run / "checkpoints" / "last.pt")
     step = stopped["state"]["step"]
@@ -256,22 +265,14 @@ def test_sigterm_while_the_data_set_is_built_exits_143_and_leaves_nothing_behind
     big = tmp_path / "big.txt"
     big.write_text(make_story(n_paragraphs=600, seed=1), encoding="utf-8")
     processed = tmp_path / "data" / "processed"
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "src.main", "--train", "--input", str(big), "--data-dir",
-                             str(tmp_path / "data"), "--tokenizer", "bpe", "--max-vocab-size", "400", *TINY,
-                             "--logdir", str(tmp_path / "run")],
-                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and proc.poll() is None:
-            if processed.is_dir() and any(p.name.startswith(".") for p in processed.iterdir()):
-                break  # the build has begun writing into its temporary folder
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
-    assert proc.returncode == 143, err
+    args = ["--train", "--input", str(big), "--data-dir", str(tmp_path / "data"), "--tokenizer", "bpe",
+            "--max-vocab-size", "400", *TINY, "--logdir", str(tmp_path / "run")]
+    # ready once the build has begun writing into its temporary folder
+    returncode, err = signal_when_ready(
+        args, tmp_path, lambda: processed.is_dir() and any(p.name.startswith(".") for p in processed.iterdir()),
+        signal.SIGTERM, poll_s=0.02,
+    )
+    assert returncode == 143, err
     assert "interrupted (SIGTERM)" in err and "Traceback" not in err
     assert not processed.exists() or not any(processed.iterdir())  # no temporary folder, no data set
 
