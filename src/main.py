@@ -30,7 +30,6 @@ import os
 import shlex
 import signal
 import sys
-import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -47,6 +46,11 @@ from src.config import (
     config_to_dict,
 )
 from src.training.train_loop import Callback
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10 (Ubuntu 22.04): the same parser, published as tomli
+    import tomli as tomllib
 
 EXIT_OK, EXIT_USAGE, EXIT_DIVERGED = 0, 2, 3
 # What --visualize/--explain look at by default, and what TensorBoard's attention images show.
