@@ -48,9 +48,24 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from src.config import (
-    DEFAULT_BOOKS, DEFAULT_MIRROR, MIRROR_ENV_VAR, TOKENIZER_CHOICES, DataConfig, ModelConfig, config_to_dict,
+    DEFAULT_BOOKS,
+    DEFAULT_MIRROR,
+    MIRROR_ENV_VAR,
+    TOKENIZER_CHOICES,
+    DataConfig,
+    ModelConfig,
+    config_to_dict,
 )
-from src.gutenberg import DataError, book_url, cache_path, clean_book, fetch_book, is_url, parse_header, read_raw
+from src.gutenberg import (
+    DataError,
+    book_url,
+    cache_path,
+    clean_book,
+    fetch_book,
+    is_url,
+    parse_header,
+    read_raw,
+)
 from src.tokenizer import train_tokenizer
 
 __all__ = [

@@ -29,9 +29,7 @@ from __future__ import annotations
 import codecs
 import hashlib
 import http.client
-import os
 import re
-import tempfile
 import time
 import unicodedata
 import urllib.error
@@ -40,6 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
+
+from src.fileio import atomic_write
 
 USER_AGENT = "mini_transformer/0.1 (educational GPT; python-urllib; one request per book, cached)"
 TIMEOUT_S = 30.0  # seconds one network operation (connect, one read) may take
@@ -124,7 +124,7 @@ def fetch_book(book_id: int, mirror: str, raw_dir: Path, show_progress: bool = T
             data = download(url, book_id, show_progress)
             decode_text(data, url)  # raises before a broken download reaches the cache
             check_markers(data.decode("utf-8-sig", errors="replace"), url)
-            write_atomic(cached, data)
+            atomic_write(cached, data)
         raw = read_raw(cached)
         raw.url = url
         return raw
@@ -188,20 +188,6 @@ def _read_with_progress(response, label: str, show_progress: bool) -> bytes:
     if total is not None and received < total:  # urllib returns a cut-off body without complaint
         raise ConnectionError(f"connection closed after {received} of {total} bytes")
     return b"".join(chunks)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary file next to `path`, then rename: readers see all or nothing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a cache file is an ordinary readable file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ---------------------------------------------------------------------------------------------

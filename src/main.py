@@ -463,7 +463,7 @@ class SignalStop(Callback):
 
 def _resume_checkpoint(resume: Path) -> tuple[Path, Path]:
     """(run dir, last.pt) for --resume RUN_DIR (or a .pt file inside RUN_DIR/checkpoints)."""
-    from src.training.utils import CHECKPOINT_DIR, CheckpointError
+    from src.training.checkpoints import CHECKPOINT_DIR, CheckpointError
 
     if resume.is_file():
         return resume.parent.parent, resume
@@ -494,12 +494,11 @@ def run_train(args: argparse.Namespace, flags: dict[str, str], callbacks: Sequen
     from src.model import MiniTransformer
     from src.tokenizer import load_tokenizer
     from src.training.callbacks import CheckpointSaver, RunLogger
+    from src.training.checkpoints import CheckpointError, load_checkpoint
     from src.training.train_loop import TrainState, build_optimizer, count_steps, total_steps_for, train
     from src.training.utils import (
-        CheckpointError,
         enable_tf32,
         library_versions,
-        load_checkpoint,
         resolve_device,
         resolve_precision,
         restore_rng_state,
@@ -724,8 +723,13 @@ def _divergence_advice(history: Any, last: Path, saved_step: int | None, train_c
 
 
 def _load_for_inference(args: argparse.Namespace, flags: dict[str, str]):
-    from src.training.utils import enable_tf32, find_checkpoint, load_checkpoint, model_from_checkpoint, \
-        resolve_device, tokenizer_from_checkpoint
+    from src.training.checkpoints import (
+        find_checkpoint,
+        load_checkpoint,
+        model_from_checkpoint,
+        tokenizer_from_checkpoint,
+    )
+    from src.training.utils import enable_tf32, resolve_device
 
     if not args.checkpoint:
         raise UsageError("--checkpoint: required with --generate/--evaluate/--visualize/--export "
@@ -849,7 +853,7 @@ def run_explain(args: argparse.Namespace, flags: dict[str, str]) -> int:
 
 def run_export(args: argparse.Namespace, flags: dict[str, str]) -> int:
     """Weights only, as safetensors: safe to share and to load anywhere (no pickle, no optimizer)."""
-    from src.training.utils import export_safetensors
+    from src.training.checkpoints import export_safetensors
 
     out = args.out
     if out is None and args.checkpoint:
@@ -876,8 +880,8 @@ def run_evaluate(args: argparse.Namespace, flags: dict[str, str]) -> int:
     from tqdm import tqdm
 
     from src.dataset import load_documents, load_tokens, prepare_dataset, split_documents
+    from src.training.checkpoints import CheckpointError
     from src.training.evaluation import CountBaselines, SplitScore, encode_documents, model_nll, source_slices
-    from src.training.utils import CheckpointError
 
     path, payload, model, tokenizer, device = _load_for_inference(args, flags)
     data_flags = {name: getattr(args, name) for name in DATA_FIELDS if getattr(args, name, None) is not None}

@@ -47,6 +47,8 @@ from pathlib import Path
 import numpy as np
 import regex
 
+from src.fileio import atomic_write_text
+
 UNK_TOKEN = "<unk>"
 EOT_TOKEN = "<|endoftext|>"
 FORMAT_VERSION = 1
@@ -137,7 +139,7 @@ def _canonical_json(data: dict) -> str:
 def _write_json(path: str | Path, data: dict) -> None:
     """One top-level key per line (long lists stay on one line), keys sorted: a stable, diffable file."""
     lines = [f"  {json.dumps(key)}: {json.dumps(data[key], ensure_ascii=False)}" for key in sorted(data)]
-    Path(path).write_text("{\n" + ",\n".join(lines) + "\n}\n", encoding="utf-8")
+    atomic_write_text(path, "{\n" + ",\n".join(lines) + "\n}\n")
 
 
 class _TokenizerBase:

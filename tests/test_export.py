@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from src.config import config_to_dict
 from src.main import main
-from src.training.utils import CheckpointError, load_checkpoint, load_model
+from src.training.checkpoints import CheckpointError, load_checkpoint, load_model
 
 PROMPT = "The "
 

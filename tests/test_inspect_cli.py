@@ -8,8 +8,8 @@ import re
 import pytest
 
 from src.analysis import training_texts
-from src.main import INSPECT_PROMPT, main
-from src.training.utils import load_checkpoint
+from src.main import main
+from src.training.checkpoints import load_checkpoint
 from tests.conftest import TINY_RUN_EVAL_INTERVAL, TINY_RUN_SHAPE, TINY_RUN_STEPS, make_story
 
 N_LAYER, N_HEAD, N_EMBD, BLOCK = (TINY_RUN_SHAPE[k] for k in ("n_layer", "n_head", "n_embd", "block_size"))

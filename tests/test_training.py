@@ -16,15 +16,9 @@ import torch
 from src.config import TrainConfig
 from src.main import main
 from src.model import MiniTransformer
+from src.training.checkpoints import CheckpointError, load_checkpoint, load_model, save_checkpoint
 from src.training.train_loop import Callback, build_optimizer, lr_at
-from src.training.utils import (
-    CheckpointError,
-    capture_rng_state,
-    load_checkpoint,
-    load_model,
-    restore_rng_state,
-    save_checkpoint,
-)
+from src.training.utils import capture_rng_state, restore_rng_state
 from tests.conftest import make_story
 
 PATTERN = "the quick brown fox jumps over the lazy dog. "

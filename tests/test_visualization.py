@@ -284,7 +284,7 @@ def test_attention_hook_logs_first_and_last_layer_to_tensorboard(model, tokenize
 def test_training_curves_of_a_real_training_run(tmp_path):
     """A tiny run of the real CLI writes the event files; the plotted points are its logged losses."""
     from src.main import main
-    from src.training.utils import load_model
+    from src.training.checkpoints import load_model
     from tests.conftest import wrap_paragraphs, write_gutenberg_mirror
 
     mirror = write_gutenberg_mirror(tmp_path / "mirror", {11: wrap_paragraphs(make_story(20, seed=1)),

@@ -22,14 +22,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from src.training.checkpoints import CHECKPOINT_DIR, CHECKPOINT_FORMAT_VERSION, save_checkpoint
 from src.training.train_loop import Callback, EvalRecord, History, LoopContext, StepRecord
-from src.training.utils import (
-    CHECKPOINT_DIR,
-    CHECKPOINT_FORMAT_VERSION,
-    capture_rng_state,
-    preserved_rng,
-    save_checkpoint,
-)
+from src.training.utils import capture_rng_state, preserved_rng
 
 SAMPLE_PROMPTS: tuple[str, ...] = ("The ", "Once upon a time")
 SAMPLE_TEMPERATURE = 0.8
