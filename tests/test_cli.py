@@ -18,7 +18,7 @@ import torch
 from src.config import DataConfig, ModelConfig, TrainConfig
 from src.main import main
 from src.training.checkpoints import load_checkpoint, load_model
-from src.training.train_loop import Callback
+from src.training.trainer import Callback
 from tests.conftest import REPO_ROOT, make_story
 
 USER_COMMAND = ["--train", "--epochs", "5", "--batch-size", "32", "--max-vocab-size", "256",

@@ -17,7 +17,8 @@ from src.config import TrainConfig
 from src.main import main
 from src.model import MiniTransformer
 from src.training.checkpoints import CheckpointError, load_checkpoint, load_model, save_checkpoint
-from src.training.train_loop import Callback, build_optimizer, lr_at
+from src.training.train_loop import LRSchedule, build_optimizer, lr_at
+from src.training.trainer import Callback
 from src.training.utils import capture_rng_state, restore_rng_state
 from tests.conftest import make_story
 
@@ -41,7 +42,7 @@ class StopAtStep(Callback):
 
     def on_step(self, ctx, record) -> None:
         if record.step == self.step:
-            ctx.request_stop("interrupted", "test")
+            ctx.request_stop("interrupted")
 
 
 # --- learning-rate schedule ---------------------------------------------------------------------
@@ -49,29 +50,46 @@ class StopAtStep(Callback):
 
 def test_lr_schedule_docstring_example():
     cfg = TrainConfig(lr=1e-3, min_lr=1e-4, warmup_steps=10)
-    assert lr_at(0, cfg, 110) == pytest.approx(1e-4)
-    assert lr_at(9, cfg, 110) == pytest.approx(1e-3)
-    assert lr_at(10, cfg, 110) == pytest.approx(1e-3)
-    assert lr_at(60, cfg, 110) == pytest.approx(5.5e-4)
-    assert lr_at(110, cfg, 110) == pytest.approx(1e-4)
-    assert lr_at(500, cfg, 110) == pytest.approx(1e-4)
+    assert lr_at(0, LRSchedule.plan(cfg, 110)) == pytest.approx(1e-4)
+    assert lr_at(9, LRSchedule.plan(cfg, 110)) == pytest.approx(1e-3)
+    assert lr_at(10, LRSchedule.plan(cfg, 110)) == pytest.approx(1e-3)
+    assert lr_at(60, LRSchedule.plan(cfg, 110)) == pytest.approx(5.5e-4)
+    assert lr_at(110, LRSchedule.plan(cfg, 110)) == pytest.approx(1e-4)
+    assert lr_at(500, LRSchedule.plan(cfg, 110)) == pytest.approx(1e-4)
 
 
 def test_lr_schedule_rises_linearly_then_falls_monotonically():
     cfg = TrainConfig(lr=3e-3, min_lr=3e-4, warmup_steps=20)
-    lrs = [lr_at(s, cfg, 200) for s in range(200)]
+    lrs = [lr_at(s, LRSchedule.plan(cfg, 200)) for s in range(200)]
     warmup, decay = lrs[:20], lrs[19:]
     assert np.allclose(np.diff(warmup), 3e-3 / 20)  # linear
     assert all(a >= b for a, b in zip(decay, decay[1:]))
     assert max(lrs) == pytest.approx(3e-3) and min(decay) > 3e-4 and decay[-1] == pytest.approx(3e-4, rel=0.01)
     with pytest.raises(ValueError, match="step"):
-        lr_at(-1, cfg, 200)
+        lr_at(-1, LRSchedule.plan(cfg, 200))
+
+
+@pytest.mark.parametrize(("at_step", "new_total"), [(5, 150), (40, 150), (40, 300), (40, 90), (100, 300),
+                                                  (110, 300), (130, 300), (100, 105)])
+def test_replanned_schedule_never_jumps(at_step, new_total):
+    """Extending (or shortening) a run re-plans the cosine from the current rate: continuous at the
+    resume step, never above the rate reached there, and at --min-lr at the new end."""
+    cfg = TrainConfig(lr=1e-3, min_lr=1e-4, warmup_steps=10)
+    old = LRSchedule.plan(cfg, 110)
+    new = old.replanned(at_step, new_total)
+    before, after = lr_at(at_step - 1, old), lr_at(at_step, new)
+    assert after == pytest.approx(lr_at(at_step, old))  # the step the run resumes at keeps its rate
+    assert abs(after - before) <= 1e-3 / 10 + 1e-12  # no larger change than one warm-up increment
+    rates = [lr_at(s, new) for s in range(max(at_step, 10), new_total + 5)]
+    assert all(a >= b - 1e-15 for a, b in zip(rates, rates[1:]))  # after warm-up: only falls
+    assert lr_at(new_total, new) == pytest.approx(1e-4)
+    assert old.replanned(at_step, 110) is old  # the same length: exactly the stored schedule
 
 
 def test_lr_schedule_without_warmup_starts_at_peak():
     cfg = TrainConfig(lr=1e-3, min_lr=0.0, warmup_steps=0)
-    assert lr_at(0, cfg, 100) == pytest.approx(1e-3)
-    assert lr_at(50, cfg, 100) == pytest.approx(5e-4)
+    assert lr_at(0, LRSchedule.plan(cfg, 100)) == pytest.approx(1e-3)
+    assert lr_at(50, LRSchedule.plan(cfg, 100)) == pytest.approx(5e-4)
 
 
 # --- optimiser ----------------------------------------------------------------------------------
@@ -305,8 +323,7 @@ def test_interrupt_during_evaluation_stops_it_midway(tmp_path):
     all --eval-batches: the evaluation is abandoned and no half-measured loss is recorded."""
     from src.config import DataConfig, ModelConfig
     from src.dataset import TokenDataset, prepare_dataset
-    from src.training.train_loop import train
-    from src.training.utils import Precision
+    from src.training.trainer import run_training
 
     class InterruptAfterReads(TokenDataset):
         """Validation windows; the `limit`-th read asks the loop to stop, as the SIGINT handler does."""
@@ -318,7 +335,7 @@ def test_interrupt_during_evaluation_stops_it_midway(tmp_path):
         def __getitem__(self, index):
             self.reads += 1
             if self.reads == self.limit:
-                self.holder["ctx"].request_stop("interrupted", "test")
+                self.holder["ctx"].request_stop("interrupted")
             return super().__getitem__(index)
 
     class Remember(Callback):
@@ -336,9 +353,9 @@ def test_interrupt_during_evaluation_stops_it_midway(tmp_path):
     cfg = TrainConfig(batch_size=2, eval_batches=20, max_steps=5, sample_tokens=0)
     model = MiniTransformer(ModelConfig(vocab_size=prepared.meta["tokenizer"]["vocab_size"], block_size=8, n_layer=1,
                                         n_head=2, n_embd=16))
-    history = train(model, build_optimizer(model, cfg, torch.device("cpu")),
-                    TokenDataset(prepared.path, "train", 8), val_set, cfg, device=torch.device("cpu"),
-                    precision=Precision("fp32", None, False), callbacks=[Remember(holder)])
+    history = run_training(model, build_optimizer(model, cfg, torch.device("cpu")),
+                           TokenDataset(prepared.path, "train", 8), val_set, cfg, device=torch.device("cpu"),
+                           callbacks=[Remember(holder)])
     assert len(val_set) >= 2 * 20  # a full evaluation would read 40 windows ...
     assert val_set.reads <= 2 * 2  # ... it stopped within the batch after the request
     assert history.evals == [] and history.stop_reason == "interrupted" and history.state.step == 0

@@ -1,4 +1,4 @@
-"""Callbacks that turn the training loop's reports into files: logs, samples and checkpoints.
+"""Callbacks of a training run: files (logs, samples, checkpoints), the progress bar and Ctrl-C.
 
 * `RunLogger` writes TensorBoard event files (scalars `train/loss`, `val/loss`, `val/perplexity`,
   `val/bpc`, `lr`, `grad_norm`, `tokens_per_sec`, `epoch`; text samples; hyperparameters with the
@@ -7,14 +7,19 @@
   write, and calls the `eval_hooks` (e.g. to add attention images).
 * `CheckpointSaver` writes `checkpoints/last.pt` at every evaluation and at the end, and
   `checkpoints/best.pt` whenever the validation loss improves.
+* `ProgressBar` draws a tqdm bar per epoch and one line per evaluation (stderr).
+* `SignalStop` turns SIGINT (Ctrl-C) and SIGTERM into "finish this step, save, stop".
 
 Neither draws from the global random generators, so they never change what the model learns.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import signal
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,8 +28,8 @@ import torch
 from torch import nn
 
 from src.training.checkpoints import CHECKPOINT_DIR, CHECKPOINT_FORMAT_VERSION, save_checkpoint
-from src.training.train_loop import Callback, EvalRecord, History, LoopContext, StepRecord
-from src.training.utils import capture_rng_state, preserved_rng
+from src.training.trainer import Callback, EvalRecord, History, LoopContext, StepRecord
+from src.training.utils import capture_rng_state, evaluating
 
 SAMPLE_PROMPTS: tuple[str, ...] = ("The ", "Once upon a time")
 SAMPLE_TEMPERATURE = 0.8
@@ -48,11 +53,8 @@ def sample_text(
     ids = tokenizer.encode(prompt) or [tokenizer.eot_id]
     idx = torch.tensor([ids], dtype=torch.long, device=device)  # (1, T)
     generator = torch.Generator(device=device).manual_seed(seed)
-    was_training = model.training
-    model.eval()
-    with preserved_rng(device), torch.no_grad():
+    with evaluating(model):
         out = model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k, generator=generator)
-    model.train(was_training)
     return tokenizer.decode(out[0].tolist())
 
 
@@ -135,12 +137,9 @@ class RunLogger(Callback):
         if ctx.config.sample_tokens > 0:
             self._write_samples(ctx, record)
         if self.eval_hooks:
-            was_training = ctx.model.training
-            ctx.model.eval()
-            with preserved_rng(ctx.device), torch.no_grad():  # hooks must not change the training run
+            with evaluating(ctx.model):  # hooks must not change the training run
                 for hook in self.eval_hooks:
                     hook(record.step, ctx.model, self.writer)
-            ctx.model.train(was_training)
         self.writer.flush()
 
     def on_train_end(self, ctx: LoopContext, history: History) -> None:
@@ -219,7 +218,7 @@ def checkpoint_payload(ctx: LoopContext, static: dict[str, Any]) -> dict[str, An
         "model": ctx.model.state_dict(),  # the unwrapped module: no `_orig_mod.` keys
         "optimizer": ctx.optimizer.state_dict(),
         "scaler": ctx.scaler.state_dict(),
-        "lr_schedule": {"step": ctx.state.step, "total_steps": ctx.total_steps},
+        "schedule": dataclasses.asdict(ctx.schedule),  # a resumed run continues on the same curve
         "state": ctx.state.to_dict(),
         "rng": capture_rng_state(),
     }
@@ -261,3 +260,93 @@ def _tensorboard_hparams(values: dict[str, Any]) -> dict[str, Any]:
         else:
             plain[key] = str(value)
     return plain
+
+
+class ProgressBar(Callback):
+    """A tqdm bar per epoch (loss, lr, tokens/s, ETA) and one line per evaluation, on stderr."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bar = None
+
+    def on_step(self, ctx: LoopContext, record: StepRecord) -> None:
+        from tqdm import tqdm
+
+        epoch, done = divmod(record.step - 1, ctx.steps_per_epoch)  # the epoch this step belongs to
+        if self.bar is None:
+            total = min(ctx.steps_per_epoch, done + ctx.total_steps - record.step + 1)
+            self.bar = tqdm(total=total, initial=done, desc=f"epoch {epoch + 1}/{ctx.config.epochs}", unit="step",
+                            disable=not self.enabled, dynamic_ncols=True, file=sys.stderr, leave=True)
+        self.bar.update(1)
+        self.bar.set_postfix_str(f"loss {record.loss:.3f}, lr {record.lr:.2e}, {record.tokens_per_sec:,.0f} tok/s",
+                                 refresh=False)
+        if done + 1 == ctx.steps_per_epoch or record.step == ctx.total_steps:
+            self._close()
+
+    def on_eval(self, ctx: LoopContext, record: EvalRecord) -> None:
+        train = f", train loss {record.train_loss:.4f}" if record.train_loss is not None else ""
+        mark = "  (best)" if record.improved and record.step > 0 else ""
+        self._write(f"step {record.step}: val loss {record.val_loss:.4f}, perplexity {record.perplexity:.2f}, "
+                    f"{record.bpc:.3f} bits/char{train}{mark}")
+        if record.overfitting:
+            self._write("warning: validation loss rose while training loss fell - the model starts to "
+                        "memorise the training text; consider more --dropout, fewer --epochs or --early-stopping")
+
+    def on_train_end(self, ctx: LoopContext, history: History) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def _write(self, line: str) -> None:
+        from tqdm import tqdm
+
+        if self.enabled:
+            tqdm.write(line, file=sys.stderr)
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+
+class Interrupted(KeyboardInterrupt):
+    """A signal that ends the command at once (outside the training steps, or a second Ctrl-C)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class SignalStop(Callback):
+    """SIGINT/SIGTERM: finish the current step, save, stop. A second signal stops at once, unsaved."""
+
+    def __init__(self) -> None:
+        self.ctx: LoopContext | None = None
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[signum] = signal.signal(signum, self._handle)
+            except ValueError:  # not the main thread (e.g. some notebook setups): keep the default
+                pass
+
+    def uninstall(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:
+            raise Interrupted(signum)  # second signal: stop now, without saving
+        self.signum = signum
+        print(f"\n{signal.Signals(signum).name} received: finishing this step and saving checkpoints/last.pt "
+              "(press Ctrl-C again to quit at once, without saving)", file=sys.stderr, flush=True)
+        if self.ctx is not None:
+            self.ctx.request_stop("interrupted")
+
+    def on_train_start(self, ctx: LoopContext) -> None:
+        self.ctx = ctx
+        if self.signum is not None:
+            ctx.request_stop("interrupted")

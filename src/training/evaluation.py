@@ -1,4 +1,11 @@
-"""Evaluation on a whole split, per source book, next to simple baselines.
+"""Evaluation: the quick estimate during training, and the whole split per book next to baselines.
+
+During training (`estimate_loss`) the validation loss is measured on a fixed sample of validation
+windows spread evenly over the whole split (`validation_sample`). `val.bin` holds the books one after
+another, so an even spread gives every book a share in proportion to its validation text; reading
+the first windows instead would measure the first book or two only. The sample is the same at every
+evaluation and after a resume, so the curve's ups and downs come from the model, not from the sample.
+With `--evaluate` every window of the split counts (`model_nll`), per book.
 
 A loss of 1.5 nats per token means little on its own. Three count-based baselines give it a scale:
 
@@ -19,6 +26,7 @@ Each book's slice of `val.bin` (offsets from meta.json) is cut into non-overlapp
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,7 +34,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from src.training.utils import Precision
+from src.training.utils import FP32, Precision, evaluating
 
 
 @dataclass
@@ -48,40 +56,90 @@ class SplitScore:
 
     def bpc(self, tokens: int) -> float:
         """Bits per character, scaling by this slice's tokens per character."""
-        return self.loss / math.log(2) * tokens / max(self.characters, 1)
+        return bits_per_character(self.loss, tokens / max(self.characters, 1))
 
 
-@torch.no_grad()
+def validation_sample(num_windows: int, max_windows: int, seed: int) -> np.ndarray:
+    """Indices of `max_windows` windows spread evenly over `num_windows` (all of them if that is fewer).
+
+    One random offset (from `seed`) shifts an even grid, so every stretch of the split - every book -
+    is represented in proportion to its length: `validation_sample(10, 4, 0)` -> e.g. [1, 4, 6, 9].
+    """
+    if num_windows <= max_windows:
+        return np.arange(num_windows)
+    stride = num_windows / max_windows
+    offset = np.random.default_rng(seed).random()  # in [0, 1): where inside its stride each pick falls
+    return np.minimum(((np.arange(max_windows) + offset) * stride).astype(np.int64), num_windows - 1)
+
+
+def estimate_loss(
+    model: nn.Module,
+    val_set: torch.utils.data.Dataset,
+    indices: np.ndarray,
+    batch_size: int,
+    precision: Precision = FP32,
+    should_stop: Callable[[], bool] | None = None,
+) -> float | None:
+    """Mean cross-entropy per token over the validation windows `indices` (see `validation_sample`).
+
+    Returns None when `should_stop()` turns true midway (Ctrl-C need not wait for a long evaluation).
+    """
+    if len(indices) == 0:
+        raise ValueError("the validation split has no complete window; use a smaller --block-size or more text")
+    device = next(model.parameters()).device
+    total_loss, total_tokens = 0.0, 0
+    with evaluating(model):
+        for first in range(0, len(indices), batch_size):
+            if should_stop is not None and should_stop():
+                return None
+            windows = [val_set[int(i)] for i in indices[first : first + batch_size]]
+            x = torch.stack([w[0] for w in windows]).to(device)  # (B, T)
+            y = torch.stack([w[1] for w in windows]).to(device)  # (B, T)
+            with precision.autocast(device):
+                _, loss = model(x, y)
+            total_loss += loss.float().item() * y.numel()
+            total_tokens += y.numel()
+    return total_loss / total_tokens
+
+
+def bits_per_character(loss: float, tokens_per_char: float) -> float:
+    """Nats per token -> bits per character: `bits_per_character(math.log(2), 0.5)` -> 0.5.
+
+    Dividing by ln 2 turns nats into bits; multiplying by tokens per character spreads them over the
+    characters, which makes models with different tokenizers comparable.
+    """
+    return loss / math.log(2) * tokens_per_char
+
+
 def model_nll(
     model: nn.Module,
     ids: np.ndarray,
     block_size: int,
     batch_size: int,
     device: torch.device,
-    precision: Precision | None = None,
+    precision: Precision = FP32,
 ) -> tuple[float, int]:
     """(summed NLL in nats, number of predicted tokens) of `ids` (1-D) under `model`."""
-    precision = precision or Precision("fp32", None, False)
     ids = np.asarray(ids, dtype=np.int64)
     n_targets = len(ids) - 1
     if n_targets <= 0:
         return 0.0, 0
     starts = list(range(0, n_targets, block_size))
     total = 0.0
-    model.eval()
-    for first in range(0, len(starts), batch_size):
-        group = starts[first : first + batch_size]
-        full = [s for s in group if s + block_size <= n_targets]
-        rest = [s for s in group if s + block_size > n_targets]  # at most one: the tail window
-        for batch_starts, length in ((full, block_size), *(([s], n_targets - s) for s in rest)):
-            if not batch_starts:
-                continue
-            window = np.stack([ids[s : s + length + 1] for s in batch_starts])  # (B, T+1)
-            x = torch.from_numpy(window[:, :-1]).to(device)  # (B, T)
-            y = torch.from_numpy(window[:, 1:]).to(device)  # (B, T)
-            with precision.autocast(device):
-                logits, _ = model(x)
-            total += F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), reduction="sum").item()
+    with evaluating(model):
+        for first in range(0, len(starts), batch_size):
+            group = starts[first : first + batch_size]
+            full = [s for s in group if s + block_size <= n_targets]
+            rest = [s for s in group if s + block_size > n_targets]  # at most one: the tail window
+            for batch_starts, length in ((full, block_size), *(([s], n_targets - s) for s in rest)):
+                if not batch_starts:
+                    continue
+                window = np.stack([ids[s : s + length + 1] for s in batch_starts])  # (B, T+1)
+                x = torch.from_numpy(window[:, :-1]).to(device)  # (B, T)
+                y = torch.from_numpy(window[:, 1:]).to(device)  # (B, T)
+                with precision.autocast(device):
+                    logits, _ = model(x)
+                total += F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), reduction="sum").item()
     return total, n_targets
 
 

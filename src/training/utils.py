@@ -82,6 +82,20 @@ def preserved_rng(device: torch.device):
         yield
 
 
+@contextlib.contextmanager
+def evaluating(model: torch.nn.Module):
+    """Run a block with `model.eval()` (dropout off), no gradients and the global RNG untouched; the
+    model's previous train/eval mode is restored afterwards, even after an exception."""
+    was_training = model.training
+    device = next(model.parameters()).device
+    model.eval()
+    try:
+        with preserved_rng(device), torch.no_grad():
+            yield model
+    finally:
+        model.train(was_training)
+
+
 # --- devices and numeric precision ------------------------------------------------------------
 
 
@@ -126,6 +140,9 @@ class Precision:
         return torch.autocast(device_type=device.type, dtype=self.autocast_dtype)
 
 
+FP32 = Precision("fp32", None, False)
+
+
 def resolve_precision(name: str, device: torch.device) -> Precision:
     """'auto': bf16 autocast on CUDA GPUs that support it, else fp16 + GradScaler; fp32 elsewhere."""
     if name == "auto":
@@ -134,7 +151,7 @@ def resolve_precision(name: str, device: torch.device) -> Precision:
         else:
             name = "fp32"
     if name == "fp32":
-        return Precision("fp32", None, False)
+        return FP32
     if name == "bf16":
         if device.type == "cuda" and not torch.cuda.is_bf16_supported():
             raise ValueError("dtype: this GPU does not support bf16; use --dtype fp16 or fp32")

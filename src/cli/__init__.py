@@ -1,0 +1,1 @@
+"""The command line `python -m src.main`: one module per mode, the parser and the settings beside them."""

@@ -1,0 +1,49 @@
+"""What every mode of the command line shares: exit codes, the usage error, naming the flag in an
+error message, and loading a trained model for inference."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+
+EXIT_OK, EXIT_USAGE, EXIT_DIVERGED = 0, 2, 3
+EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
+# What --visualize/--explain look at by default, and what TensorBoard's attention images show.
+INSPECT_PROMPT = "The cat sat on the mat."
+
+
+class UsageError(ValueError):
+    """A bad flag or flag combination (exit code 2)."""
+
+def name_the_flag(message: str, flags: dict[str, str]) -> str:
+    """'n_embd (384) must be ...' -> '--n-embd: n_embd (384) must be ...'."""
+    words = message.split(maxsplit=1)
+    if not words or words[0].rstrip(":,") not in flags:
+        return message
+    flag = flags[words[0].rstrip(":,")]
+    if words[0].endswith(":"):  # "device: cuda was requested ..." -> "--device: cuda was requested ..."
+        return f"{flag}: {words[1] if len(words) > 1 else ''}"
+    return f"{flag}: {message}"
+
+def load_for_inference(args: argparse.Namespace, flags: dict[str, str]):
+    from src.training.checkpoints import (
+        find_checkpoint,
+        load_checkpoint,
+        model_from_checkpoint,
+        tokenizer_from_checkpoint,
+    )
+    from src.training.utils import enable_tf32, resolve_device
+
+    if not args.checkpoint:
+        raise UsageError("--checkpoint: required with --generate/--evaluate/--visualize/--export "
+                         "(a run directory or a .pt file)")
+    try:
+        device = resolve_device(args.device or "auto")
+    except ValueError as err:
+        raise UsageError(name_the_flag(str(err), flags)) from None
+    enable_tf32(device)
+    path = find_checkpoint(args.checkpoint)
+    payload = load_checkpoint(path)
+    model = model_from_checkpoint(payload, path, device).eval()
+    tokenizer = tokenizer_from_checkpoint(payload, path)
+    return path, payload, model, tokenizer, device

@@ -1,0 +1,48 @@
+"""--visualize and --explain: pictures of a trained model, and one forward pass stage by stage."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from src.cli.common import EXIT_OK, INSPECT_PROMPT, load_for_inference
+from src.cli.settings import resolve_settings
+from src.config import ModelConfig
+
+
+def run_visualize(args: argparse.Namespace, flags: dict[str, str]) -> int:
+    from src.visualization import write_visualizations
+
+    path, _, model, tokenizer, _ = load_for_inference(args, flags)
+    run_dir = path.parent.parent if path.parent.name == "checkpoints" else None
+    out = args.out or ((run_dir or Path(".")) / "visualizations")
+    prompt = INSPECT_PROMPT if args.prompt is None else args.prompt
+    written = write_visualizations(model, tokenizer, prompt, out, run_dir=run_dir)
+    print(f"Wrote {len(written)} picture(s) for the prompt {prompt!r}:")
+    for picture in written:
+        print(f"  {picture}")
+    return EXIT_OK
+
+def run_explain(args: argparse.Namespace, flags: dict[str, str]) -> int:
+    """One forward pass, stage by stage. Without --checkpoint: a fresh (untrained) model whose
+    vocabulary is the 256 byte values, shaped by the model flags (--n-layer, --preset, ...)."""
+    import torch
+
+    from src.analysis import explain_forward, format_explanation
+
+    if args.checkpoint:
+        _, _, model, tokenizer, _ = load_for_inference(args, flags)
+        origin = f"checkpoint {args.checkpoint}"
+    else:
+        from src.analysis import ByteTokenizer
+        from src.model import MiniTransformer
+
+        settings = resolve_settings(args, flags)
+        torch.manual_seed(settings.train.seed)
+        model = MiniTransformer(ModelConfig(vocab_size=ByteTokenizer.vocab_size, **settings.model)).eval()
+        tokenizer = None
+        origin = "a fresh, untrained model (no --checkpoint), one token per UTF-8 byte"
+    prompt = INSPECT_PROMPT if args.prompt is None else args.prompt
+    print(f"Explaining {origin}, prompt {prompt!r}\n")
+    print(format_explanation(explain_forward(model, tokenizer, prompt, top_k=5)))
+    return EXIT_OK

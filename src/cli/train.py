@@ -1,0 +1,312 @@
+"""--train: build (or reuse) the data set, build the model, and run the training with its callbacks."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import os
+import shlex
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from src.cli.common import EXIT_DIVERGED, EXIT_OK, EXIT_SIGNAL, INSPECT_PROMPT, UsageError, name_the_flag
+from src.cli.settings import resolve_settings
+from src.config import ModelConfig, TrainConfig, config_to_dict
+
+
+def eval_hooks(args: argparse.Namespace, tokenizer: Any) -> list[Callable[[int, Any, Any], None]]:
+    """Functions called after every evaluation as hook(step, model, writer) (writer: SummaryWriter).
+
+    Here: the attention of the first and the last layer for a fixed prompt, as images.
+    """
+    from src.visualization import AttentionImageHook
+
+    return [AttentionImageHook(tokenizer, INSPECT_PROMPT, layers=(0, -1))]
+
+def _resume_checkpoint(resume: Path) -> tuple[Path, Path]:
+    """(run dir, last.pt) for --resume RUN_DIR (or a .pt file inside RUN_DIR/checkpoints)."""
+    from src.training.checkpoints import CHECKPOINT_DIR, CheckpointError
+
+    if resume.is_file():
+        return resume.parent.parent, resume
+    last = resume / CHECKPOINT_DIR / "last.pt"
+    if not last.is_file():
+        raise CheckpointError(f"{last}: no checkpoint to resume from (is {resume} a run directory?)")
+    return resume, last
+
+def _check_can_create(folder: Path, flag: str) -> None:
+    """UsageError unless `folder` exists as a writable folder or could be created."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK):
+        what = "is not a folder" if not existing.is_dir() else "is not writable"
+        raise UsageError(f"{flag}: cannot create {folder}: {existing} {what}; choose another {flag}")
+
+def _default_run_dir() -> Path:
+    return Path("runs") / dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+
+def run_train(args: argparse.Namespace, flags: dict[str, str], callbacks: Sequence[Any] = ()) -> int:
+    import torch
+
+    from src.analysis import memorization_note
+    from src.dataset import TokenDataset, prepare_dataset
+    from src.model import MiniTransformer
+    from src.tokenizer import load_tokenizer
+    from src.training.callbacks import CheckpointSaver, ProgressBar, RunLogger, SignalStop
+    from src.training.checkpoints import CheckpointError, load_checkpoint
+    from src.training.train_loop import LRSchedule, build_optimizer
+    from src.training.trainer import TrainState, run_training, steps_per_epoch_for, total_steps_for
+    from src.training.utils import (
+        enable_tf32,
+        library_versions,
+        resolve_device,
+        resolve_precision,
+        restore_rng_state,
+        set_seed,
+    )
+
+    stored = None
+    if args.resume:
+        run_dir, last = _resume_checkpoint(args.resume)
+        stored = load_checkpoint(last)
+        for key in ("train_config", "data_config", "optimizer", "state", "rng"):
+            if key not in stored:
+                raise CheckpointError(f"{last}: cannot resume: the checkpoint has no {key!r}")
+    settings = resolve_settings(args, flags, stored)
+    train_cfg, data_cfg = settings.train, settings.data
+    if stored is not None:
+        if args.logdir is not None and Path(args.logdir).resolve() != run_dir.resolve():
+            raise UsageError(f"--logdir: a resumed run stays in {run_dir}; drop --logdir")
+        train_cfg.logdir = run_dir
+    else:
+        run_dir = train_cfg.logdir or _default_run_dir()
+        train_cfg.logdir = run_dir
+        if (run_dir / "checkpoints").exists():
+            raise UsageError(f"--logdir: {run_dir} already holds a run; continue it with --resume {run_dir} "
+                             "or choose another --logdir")
+        _check_can_create(run_dir, "--logdir")  # fail now, not after building the data set
+    try:
+        device = resolve_device(train_cfg.device)
+        precision = resolve_precision(train_cfg.dtype, device)
+    except ValueError as err:
+        raise UsageError(name_the_flag(str(err), flags)) from None
+    enable_tf32(device)
+
+    prepared = prepare_dataset(data_cfg, block_size=settings.model.get("block_size", 256),
+                               show_progress=not args.quiet)
+    tokenizer = load_tokenizer(prepared.path / "tokenizer.json")
+    splits = prepared.meta.get("splits", {})
+    print(f"Data set {prepared.path} ({'reused' if prepared.reused else 'built'}): "
+          f"{splits.get('train', {}).get('tokens', 0):,} training and {splits.get('val', {}).get('tokens', 0):,} "
+          f"validation tokens, {tokenizer.kind} tokenizer with {tokenizer.vocab_size} tokens",
+          file=sys.stderr, flush=True)
+    if stored is not None and tokenizer.fingerprint() != stored.get("tokenizer_fingerprint"):
+        raise CheckpointError(f"{last}: the data set {prepared.path} has a different tokenizer than the run; "
+                              "it was rebuilt differently - resume with the original data")
+    model_cfg = ModelConfig(vocab_size=tokenizer.vocab_size, **settings.model)
+
+    set_seed(train_cfg.seed)
+    model = MiniTransformer(model_cfg).to(device)
+    train_set = TokenDataset(prepared.path, "train", model_cfg.block_size, seed=train_cfg.seed)
+    val_set = TokenDataset(prepared.path, "val", model_cfg.block_size)
+    optimizer = build_optimizer(model, train_cfg, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision.use_grad_scaler)
+    state = TrainState()
+    if stored is not None:
+        try:
+            model.load_state_dict(stored["model"])
+            optimizer.load_state_dict(stored["optimizer"])
+            if stored.get("scaler") and precision.use_grad_scaler:
+                scaler.load_state_dict(stored["scaler"])
+            state = TrainState.from_dict(stored["state"])
+        except (RuntimeError, ValueError, TypeError, KeyError) as err:
+            raise CheckpointError(f"{last}: cannot resume: {str(err).splitlines()[0]}") from None
+
+    steps_per_epoch = steps_per_epoch_for(len(train_set), train_cfg)
+    total_steps = total_steps_for(steps_per_epoch, train_cfg)
+    schedule = LRSchedule.plan(train_cfg, total_steps)
+    if stored is not None:
+        schedule = _resumed_schedule(stored, schedule, state.step, last)
+    if train_cfg.warmup_steps >= total_steps:
+        print(f"warning: --warmup-steps {train_cfg.warmup_steps} is not shorter than the run ({total_steps} "
+              f"steps): the learning rate never reaches --lr {train_cfg.lr:g}; use a smaller --warmup-steps",
+              file=sys.stderr)
+    val_split = splits.get("val", {})
+    tokens_per_char = val_split.get("tokens", 1) / max(val_split.get("characters", 1), 1)
+    static = {
+        "model_config": config_to_dict(model_cfg),
+        "train_config": config_to_dict(train_cfg),
+        "data_config": config_to_dict(data_cfg),
+        "data_path": str(prepared.path),
+        "preset": settings.preset,
+        "tokenizer": tokenizer.to_dict(),
+        "tokenizer_fingerprint": tokenizer.fingerprint(),
+    }
+    _write_run_files(run_dir, args, static, tokenizer, model, device, precision.name,
+                     steps_per_epoch, schedule, state.step, library_versions())
+
+    compiled = _maybe_compile(model, train_cfg, device)
+    hparams = {**static["model_config"], **{k: v for k, v in static["train_config"].items() if k != "logdir"},
+               "preset": settings.preset or "none", "tokenizer": tokenizer.kind,
+               "books": len(data_cfg.books) or len(data_cfg.input)}
+    stopper = SignalStop()
+    saver = CheckpointSaver(run_dir, static)
+    all_callbacks = [
+        stopper,
+        RunLogger(run_dir, tokenizer, hparams=hparams, eval_hooks=eval_hooks(args, tokenizer),
+                  describe_sample=memorization_note(prepared.path)),
+        saver,
+        ProgressBar(enabled=not args.quiet),
+        *callbacks,
+    ]
+    n_params = model.num_parameters()
+    verb = f"Resuming at step {state.step}" if stored is not None else "Training"
+    print(f"{verb}: {n_params / 1e6:.2f} M parameters, {model.flops_per_token() / 1e6:.1f} MFLOPs/token, "
+          f"device {device.type} ({precision.name}), {steps_per_epoch} steps/epoch, {total_steps} steps in all; "
+          f"run directory {run_dir}", file=sys.stderr, flush=True)
+    if stored is not None:
+        restore_rng_state(stored["rng"])  # last: everything above may have drawn random numbers
+    stopper.install()
+    try:
+        history = run_training(model, optimizer, train_set, val_set, train_cfg, device=device, precision=precision,
+                               scaler=scaler, state=state, schedule=schedule, callbacks=all_callbacks,
+                               compiled=compiled, tokens_per_char=tokens_per_char)
+    finally:
+        stopper.uninstall()
+    return _report(history, run_dir, train_cfg, precision.name, stopper, saver)
+
+
+def _resumed_schedule(stored: dict[str, Any], planned: Any, step: int, path: Path) -> Any:
+    """The learning-rate schedule a resumed run continues on.
+
+    Same settings: the stored schedule, unchanged (exact resume). A new end (a larger or smaller
+    --epochs/--max-steps): the stored schedule re-planned at the current step, so the cosine decays
+    from the rate reached so far to --min-lr at the new end - the rate never jumps up.
+    """
+    from src.training.checkpoints import CheckpointError
+    from src.training.train_loop import LRSchedule
+
+    values = stored.get("schedule")
+    if values is None:  # a checkpoint from before schedules were stored: its plan was the planned one
+        schedule = LRSchedule(**{**planned.__dict__, "total_steps": stored.get("lr_schedule", {}).get(
+            "total_steps", planned.total_steps)})
+    else:
+        try:
+            schedule = LRSchedule(**values)
+        except TypeError as err:
+            raise CheckpointError(f"{path}: stored learning-rate schedule is not usable: {err}") from None
+    if schedule.total_steps != planned.total_steps:
+        replanned = schedule.replanned(step, planned.total_steps)
+        print(f"note: the run's length changes from {schedule.total_steps} to {planned.total_steps} steps; the "
+              f"learning rate decays from its current {replanned.decay_from_lr:.3g} to --min-lr "
+              f"{replanned.min_lr:g} over the remaining steps (no jump)", file=sys.stderr)
+        schedule = replanned
+    return schedule
+
+def _write_run_files(run_dir: Path, args: argparse.Namespace, static: dict[str, Any], tokenizer: Any,
+                     model: Any, device: Any, dtype: str, steps_per_epoch: int, schedule: Any,
+                     start_step: int, versions: dict[str, Any]) -> None:
+    """config.json (resolved settings, command line, versions) and tokenizer.json."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_path = run_dir / "config.json"
+    segments = []
+    if start_step > 0 and config_path.is_file():
+        try:  # config.json only documents the run (last.pt holds what resuming needs): never fail on it
+            segments = list(json.loads(config_path.read_text(encoding="utf-8")).get("segments", []))
+        except (ValueError, AttributeError, TypeError):
+            print(f"warning: {config_path} was unreadable; writing it anew (earlier segments are not listed)",
+                  file=sys.stderr)
+    segments.append({"argv": list(args.argv), "started": dt.datetime.now().isoformat(timespec="seconds"),
+                     "from_step": start_step})
+    config = {
+        "command": "python -m src.main " + shlex.join(args.argv),
+        "preset": static["preset"],
+        "model": static["model_config"],
+        "train": static["train_config"],
+        "data": static["data_config"],
+        "data_path": static["data_path"],
+        "tokenizer": {"kind": tokenizer.kind, "vocab_size": tokenizer.vocab_size,
+                      "fingerprint": static["tokenizer_fingerprint"]},
+        "device": str(device),
+        "dtype": dtype,
+        "parameters": model.num_parameters(),
+        "flops_per_token": model.flops_per_token(),
+        "steps_per_epoch": steps_per_epoch,
+        "total_steps": schedule.total_steps,
+        "lr_schedule": dict(schedule.__dict__),
+        "versions": versions,
+        "segments": segments,
+    }
+    tmp = config_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(config_path)
+    tokenizer.save(run_dir / "tokenizer.json")
+
+def _maybe_compile(model: Any, train_cfg: TrainConfig, device: Any) -> Any:
+    """torch.compile where it works (CUDA on Linux); otherwise a warning and eager mode."""
+    import torch
+
+    if not train_cfg.compile:
+        return None
+    if sys.platform == "win32" or device.type != "cuda":
+        print(f"warning: --compile is used only on CUDA under Linux (here: {sys.platform}, {device.type}); "
+              "running eagerly", file=sys.stderr)
+        return None
+    return torch.compile(model)
+
+def _report(history: Any, run_dir: Path, train_cfg: TrainConfig, dtype: str, stopper: Any,
+            saver: Any) -> int:
+    """The end-of-run summary; returns the exit code."""
+    state = history.state
+    last, best = run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt"
+    minutes, seconds = divmod(int(state.elapsed_s), 60)
+    lines = [
+        f"\nStopped: {history.stop_reason} after {state.step} step(s) ({state.tokens_seen:,} tokens) in {minutes}m{seconds:02d}s.",
+    ]
+    if math.isfinite(state.best_val_loss):
+        lines.append(f"Best val loss {state.best_val_loss:.4f} (perplexity {math.exp(state.best_val_loss):.2f}) "
+                     f"at step {state.best_step}; {state.clipped_steps} steps had their gradient clipped.")
+    saved = [str(p) for p in (best, last) if p.is_file()]
+    if saved:
+        lines.append("Checkpoints: " + ", ".join(saved))
+    lines.append(f"TensorBoard: tensorboard --logdir {run_dir.parent}")
+    if history.stop_reason == "non_finite_loss":
+        print("\n".join(lines), file=sys.stderr)
+        print(f"error: training stopped: {_divergence_advice(history, last, saver.saved_step, train_cfg, dtype)}", file=sys.stderr)
+        return EXIT_DIVERGED
+    if history.stop_reason == "interrupted":
+        if last.is_file():
+            lines.append(f"Resume with: python -m src.main --train --resume {shlex.quote(str(run_dir))}")
+        else:
+            lines.append("Nothing was trained yet, so there is nothing to resume: run the same command again.")
+        print("\n".join(lines), file=sys.stderr, flush=True)
+        return EXIT_SIGNAL.get(stopper.signum, 130)
+    if history.stop_reason == "completed" and not history.steps and state.step > 0:
+        lines.append("This run had already finished; to train on, pass a larger --epochs or --max-steps "
+                     "with --resume.")
+    lines.append(f"Sample: python -m src.main --generate --checkpoint {shlex.quote(str(run_dir))} --prompt \"The \"")
+    print("\n".join(lines), file=sys.stderr, flush=True)
+    return EXIT_OK
+
+def _divergence_advice(history: Any, last: Path, saved_step: int | None, train_cfg: TrainConfig, dtype: str) -> str:
+    """What happened after a NaN/inf loss, where the last good weights are, and what to try."""
+    state = history.state
+    if last.is_file():
+        good = f"the last good checkpoint is {last}" + (f" (step {saved_step})" if saved_step else "")
+    else:
+        good = "no checkpoint was written before it"
+    tips = [f"a lower --lr (now {train_cfg.lr:g}, e.g. {train_cfg.lr / 3:.2g})"]
+    if dtype == "fp16":
+        tips.append("--dtype bf16 or fp32")
+    elif dtype == "bf16":
+        tips.append("--dtype fp32")
+    tips.append(f"a longer --warmup-steps (now {train_cfg.warmup_steps})")
+    if not 0 < train_cfg.grad_clip <= 1.0:
+        tips.append("--grad-clip 1.0")
+    return (f"the loss became NaN/inf at step {state.step + 1}; {good}. Try " + ", ".join(tips[:-1])
+            + f" or {tips[-1]}.")

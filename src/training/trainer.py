@@ -1,0 +1,294 @@
+"""A training run around the learner's loop: bookkeeping, exact resume, and callbacks.
+
+`train_loop.train` knows only batches, a learning rate and an evaluation function. A run needs more:
+
+* **Position and exact resume.** A run's position is its step: with `steps_per_epoch` steps per
+  epoch, step s lies in epoch s // steps_per_epoch. `epoch_batches` yields the training batches from
+  any step on in exactly the order an uninterrupted run would see them (the order of an epoch is a
+  pure function of seed and epoch), and creating them never moves the global RNG.
+* **What the numbers mean.** `RunBook` (the loop's `TrainHooks`) counts tokens and clipped steps,
+  keeps the best validation loss, flags overfitting, asks for early stopping and for an evaluation
+  at every epoch end, and turns the loop's reports into `StepRecord`/`EvalRecord`.
+* **Callbacks** (`Callback`) get every record: TensorBoard and metrics.jsonl, checkpoints, the
+  progress bar and Ctrl-C handling live in `src/training/callbacks.py`. A callback must not draw
+  from the global random generators (use a private `torch.Generator`), or exact resume breaks.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from src.config import TrainConfig
+from src.training.evaluation import bits_per_character, estimate_loss, validation_sample
+from src.training.train_loop import LRSchedule, StepReport, TrainHooks, train
+from src.training.utils import FP32, Precision, preserved_rng
+
+OVERFIT_TOLERANCE = 0.01  # nats above the best validation loss before a rise counts as overfitting
+
+
+@dataclass
+class TrainState:
+    """Where a run stands; saved in checkpoints so that a resumed run continues exactly."""
+
+    step: int = 0  # optimiser steps done
+    epoch: int = 0  # current epoch (0-based), derived from step
+    batch_in_epoch: int = 0  # micro-batches of the current epoch already consumed, derived from step
+    tokens_seen: int = 0
+    best_val_loss: float = math.inf
+    best_step: int = -1
+    evals_without_improvement: int = 0
+    clipped_steps: int = 0
+    elapsed_s: float = 0.0  # training wall time over all segments of the run
+    last_eval_step: int = -1  # the step of the last completed evaluation
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainState:
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+@dataclass
+class StepRecord:
+    step: int  # steps done after this one (1 for the first step)
+    epoch: float  # fractional epoch, e.g. 1.25
+    loss: float
+    lr: float
+    grad_norm: float  # before clipping
+    clipped: bool
+    tokens: int  # tokens seen so far
+    tokens_per_sec: float
+    time: float  # seconds of training so far
+
+
+@dataclass
+class EvalRecord:
+    step: int
+    epoch: float
+    val_loss: float
+    perplexity: float
+    bpc: float  # bits per character
+    train_loss: float | None  # mean training loss since the previous evaluation
+    improved: bool
+    overfitting: bool  # validation loss rose while training loss fell
+    tokens: int
+    time: float
+
+
+@dataclass
+class History:
+    steps: list[StepRecord] = field(default_factory=list)
+    evals: list[EvalRecord] = field(default_factory=list)
+    stop_reason: str = "completed"  # completed | early_stopping | interrupted | non_finite_loss
+    state: TrainState = field(default_factory=TrainState)
+    total_steps: int = 0
+
+
+@dataclass
+class LoopContext:
+    """What callbacks see: the unwrapped model, optimiser, state, and a way to ask for a stop."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    config: TrainConfig
+    state: TrainState
+    schedule: LRSchedule
+    steps_per_epoch: int
+    device: torch.device
+    stop_reason: str | None = None
+
+    @property
+    def total_steps(self) -> int:
+        return self.schedule.total_steps
+
+    def request_stop(self, reason: str) -> None:
+        """Finish the current step, then stop (reason e.g. "interrupted" or "early_stopping")."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+
+
+class Callback:
+    """Hooks of a run; override the ones you need."""
+
+    def on_train_start(self, ctx: LoopContext) -> None: ...
+
+    def on_step(self, ctx: LoopContext, record: StepRecord) -> None: ...
+
+    def on_eval(self, ctx: LoopContext, record: EvalRecord) -> None: ...
+
+    def on_train_end(self, ctx: LoopContext, history: History) -> None: ...
+
+
+# --- the run's length and its batches ---------------------------------------------------------
+
+
+def steps_per_epoch_for(num_windows: int, config: TrainConfig) -> int:
+    """Optimiser steps per epoch for a training set of `num_windows` windows (leftover micro-batches
+    that do not fill a whole step are skipped)."""
+    micro_batches = math.ceil(num_windows / config.batch_size)
+    steps = micro_batches // config.grad_accum
+    if steps == 0:
+        raise ValueError(
+            f"the training split gives only {micro_batches} batch(es) of {config.batch_size}, fewer than "
+            f"--grad-accum {config.grad_accum}; use a smaller --grad-accum or more text"
+        )
+    return steps
+
+
+def total_steps_for(steps_per_epoch: int, config: TrainConfig) -> int:
+    """The run's length: `epochs` full epochs, capped by `max_steps` when given."""
+    total = steps_per_epoch * config.epochs
+    return min(total, config.max_steps) if config.max_steps else total
+
+
+def epoch_batches(
+    train_set: torch.utils.data.Dataset, config: TrainConfig, steps_per_epoch: int, start_step: int,
+    device: torch.device,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Training batches from `start_step` on, epoch after epoch, in the order of an uninterrupted run."""
+    from src.dataset import make_dataloader  # the data layer sits beside training, not below it
+
+    epoch, steps_done = divmod(start_step, steps_per_epoch)
+    while True:
+        with preserved_rng(device):  # creating the iterator must not move the global RNG (exact resume)
+            loader = iter(make_dataloader(train_set, config.batch_size, shuffle=True, seed=config.seed, epoch=epoch,
+                                          start_batch=steps_done * config.grad_accum, num_workers=config.num_workers))
+        for _ in range((steps_per_epoch - steps_done) * config.grad_accum):
+            yield next(loader)
+        del loader  # shuts DataLoader workers down before the next epoch starts its own
+        epoch, steps_done = epoch + 1, 0
+
+
+# --- the run ----------------------------------------------------------------------------------
+
+
+class RunBook(TrainHooks):
+    """The loop's hooks for a real run: keeps `TrainState`, makes records, calls the callbacks."""
+
+    def __init__(self, ctx: LoopContext, history: History, callbacks: Sequence[Callback], tokens_per_char: float):
+        self.ctx, self.history, self.callbacks = ctx, history, list(callbacks)
+        self.tokens_per_char = tokens_per_char
+        self.train_losses: list[float] = []  # since the previous evaluation
+        self.segment_start = time.perf_counter() - ctx.state.elapsed_s
+
+    def emit(self, hook: str, *args: Any) -> None:
+        for callback in self.callbacks:
+            getattr(callback, hook)(self.ctx, *args)
+
+    def elapsed(self) -> float:
+        self.ctx.state.elapsed_s = time.perf_counter() - self.segment_start
+        return self.ctx.state.elapsed_s
+
+    def fractional_epoch(self) -> float:
+        return self.ctx.state.step / self.ctx.steps_per_epoch
+
+    def should_stop(self) -> bool:
+        return self.ctx.stop_reason is not None
+
+    def should_evaluate(self, step: int) -> bool:
+        return step % self.ctx.steps_per_epoch == 0  # every epoch end
+
+    def evaluation_was_cut_short(self) -> bool:
+        """True after a resume at a step whose evaluation did not finish (e.g. Ctrl-C during it)."""
+        step, config = self.ctx.state.step, self.ctx.config
+        due = step % config.eval_interval == 0 or step == self.ctx.total_steps or self.should_evaluate(step)
+        return 0 < step and due and self.ctx.state.last_eval_step != step
+
+    def on_step(self, report: StepReport) -> None:
+        state, ctx = self.ctx.state, self.ctx
+        state.step = report.step
+        state.epoch, steps_done = divmod(report.step, ctx.steps_per_epoch)
+        state.batch_in_epoch = steps_done * ctx.config.grad_accum
+        state.tokens_seen += report.tokens
+        state.clipped_steps += int(report.clipped)
+        record = StepRecord(report.step, self.fractional_epoch(), report.loss, report.lr, report.grad_norm,
+                            report.clipped, state.tokens_seen, report.tokens / max(report.seconds, 1e-9), self.elapsed())
+        self.history.steps.append(record)
+        self.train_losses.append(report.loss)
+        self.emit("on_step", record)
+
+    def on_eval(self, step: int, val_loss: float) -> None:
+        state, previous = self.ctx.state, (self.history.evals[-1] if self.history.evals else None)
+        train_loss = sum(self.train_losses) / len(self.train_losses) if self.train_losses else None
+        self.train_losses.clear()
+        # Overfitting: the validation loss climbs (clearly above its best, not just noise) while the
+        # training loss still falls - the model starts to memorise the training text.
+        overfitting = (previous is not None and previous.train_loss is not None and train_loss is not None
+                       and val_loss > previous.val_loss and val_loss > state.best_val_loss + OVERFIT_TOLERANCE
+                       and train_loss < previous.train_loss)
+        improved = val_loss < state.best_val_loss
+        if improved:
+            state.best_val_loss, state.best_step, state.evals_without_improvement = val_loss, step, 0
+        else:
+            state.evals_without_improvement += 1
+        state.last_eval_step = step
+        record = EvalRecord(step, self.fractional_epoch(), val_loss, math.exp(min(val_loss, 700.0)),
+                            bits_per_character(val_loss, self.tokens_per_char),
+                            train_loss, improved, overfitting, state.tokens_seen, self.elapsed())
+        self.history.evals.append(record)
+        self.emit("on_eval", record)
+        patience = self.ctx.config.early_stopping
+        if patience and state.evals_without_improvement >= patience:
+            self.ctx.request_stop("early_stopping")
+
+
+def run_training(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    train_set: torch.utils.data.Dataset,
+    val_set: torch.utils.data.Dataset,
+    config: TrainConfig,
+    *,
+    device: torch.device,
+    precision: Precision = FP32,
+    scaler: torch.amp.GradScaler | None = None,
+    state: TrainState | None = None,
+    schedule: LRSchedule | None = None,
+    callbacks: Sequence[Callback] = (),
+    compiled: nn.Module | None = None,
+    tokens_per_char: float = 1.0,
+) -> History:
+    """Train `model` (already on `device`) with the learner's loop and return the run's history.
+
+    `state` and `schedule` continue a resumed run; the caller restores weights, optimiser, scaler and
+    RNG states before calling. `compiled` is an optional `torch.compile` wrapper used for the forward
+    pass; callbacks always get the unwrapped `model`. `tokens_per_char` turns nats per token into bits
+    per character.
+    """
+    state = state or TrainState()
+    scaler = scaler or torch.amp.GradScaler(device.type, enabled=False)
+    steps_per_epoch = steps_per_epoch_for(len(train_set), config)
+    schedule = schedule or LRSchedule.plan(config, total_steps_for(steps_per_epoch, config))
+    ctx = LoopContext(model, optimizer, scaler, config, state, schedule, steps_per_epoch, device)
+    history = History(state=state, total_steps=schedule.total_steps)
+    book = RunBook(ctx, history, callbacks, tokens_per_char)
+    sample = validation_sample(len(val_set), config.eval_batches * config.batch_size, config.seed)
+
+    def evaluate() -> float | None:
+        return estimate_loss(model, val_set, sample, config.batch_size, precision,
+                             should_stop=lambda: ctx.stop_reason == "interrupted")
+
+    book.emit("on_train_start")
+    if book.evaluation_was_cut_short() and ctx.stop_reason is None:
+        val_loss = evaluate()
+        if val_loss is not None:
+            book.on_eval(state.step, val_loss)
+    reason = "stopped"
+    if ctx.stop_reason is None:
+        batches = epoch_batches(train_set, config, steps_per_epoch, state.step, device)
+        reason = train(model, optimizer, batches, evaluate, config, schedule, start_step=state.step, hooks=book,
+                       precision=precision, scaler=scaler, forward=compiled)
+    book.elapsed()
+    history.stop_reason = ctx.stop_reason or ("completed" if reason == "stopped" else reason)
+    book.emit("on_train_end", history)
+    return history
