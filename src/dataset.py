@@ -535,24 +535,18 @@ def make_dataloader(
     seed: int = 0,
     epoch: int = 0,
     start_batch: int = 0,
-    sampler: Any = None,
     num_workers: int = 0,
     pin_memory: bool | None = None,
-    drop_last: bool = False,
 ) -> DataLoader:
     """A DataLoader whose batch order is a pure function of (seed, epoch).
 
-    It calls `dataset.set_epoch(epoch)` (and `sampler.set_epoch(epoch)` for a DistributedSampler),
-    so the windows and their order are fully determined by the arguments. `start_batch=k` skips
+    It calls `dataset.set_epoch(epoch)`, so the windows and their order are fully determined by the
+    arguments. `start_batch=k` skips
     the first k batches of that order: resuming a run mid-epoch sees exactly the remaining batches.
     """
     if hasattr(dataset, "set_epoch"):
         dataset.set_epoch(epoch)
-    if sampler is not None:
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(epoch)
-        order = list(iter(sampler))
-    elif shuffle:
+    if shuffle:
         generator = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0]))
         order = torch.randperm(len(dataset), generator=generator).tolist()
     else:
@@ -560,7 +554,7 @@ def make_dataloader(
     order = order[start_batch * batch_size :]
     return DataLoader(
         dataset, batch_size=batch_size, sampler=order, num_workers=num_workers,
-        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory, drop_last=drop_last,
+        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
     )
 
 

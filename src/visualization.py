@@ -13,7 +13,7 @@ take tensors, a model or paths; they contain no training logic.
   found surprising, and what it would have written instead.
 * `plot_embeddings` - a 2-D PCA of the token embeddings and the cosine similarity of the position
   embeddings (neighbouring positions should look alike).
-* `plot_lr_schedule` - the learning rate the training loop will use at each step.
+* `plot_lr_schedule` - the learning rate at each step: a run's planned schedule and the logged values.
 
 Shape notation as in `src/model/`: B batch, T time, nh heads, V vocabulary.
 """
@@ -33,7 +33,8 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure  # figures are built without pyplot: no GUI window, no global state
 from matplotlib.patches import Rectangle
 
-from src.analysis import token_surprisal
+from src.analysis import display_token, encode_prompt, quoted_token, token_surprisal  # noqa: F401 - re-exported
+from src.training.utils import evaluating
 
 # Heat-maps over more tokens than this are drawn without tick labels (they would overlap): a grid
 # cell is at most 5 inches wide, a single head 12 inches (8-point labels need ~0.13 inch each).
@@ -41,36 +42,11 @@ MAX_TICK_LABELS = 48
 MAX_TICK_LABELS_SINGLE_HEAD = 90
 ATTENTION_CMAP = "viridis"
 SURPRISAL_CMAP = "YlOrRd"
-VISIBLE_WHITESPACE = {"\n": "↵", "\t": "⇥"}
 
 
 # ---------------------------------------------------------------------------------------------
 # Small helpers
 # ---------------------------------------------------------------------------------------------
-
-
-def display_token(token: str, show_spaces: bool = True) -> str:
-    """A token made visible for labels: ``display_token(" a\\n\\x1c")`` -> ``"␣a↵\\x1c"``.
-
-    Spaces become ␣ (unless `show_spaces` is False), newlines ↵, tabs ⇥; other control characters
-    (single-byte BPE tokens such as 0x1c, or \\r) have no glyph in any font and are written as \\xNN.
-    """
-    shown = []
-    for ch in token:
-        if ch == " ":
-            shown.append("␣" if show_spaces else " ")
-        elif ch in VISIBLE_WHITESPACE:
-            shown.append(VISIBLE_WHITESPACE[ch])
-        elif not ch.isprintable():
-            shown.append(f"\\x{ord(ch):02x}" if ord(ch) < 256 else f"\\u{ord(ch):04x}")
-        else:
-            shown.append(ch)
-    return "".join(shown)
-
-
-def quoted_token(token: str) -> str:
-    """A token in quotes for text lines: ``quoted_token(" a")`` -> ``"'␣a'"`` (no repr: a backslash stays single)."""
-    return f"'{display_token(token)}'"
 
 
 def save_figure(fig: Figure, path: str | Path, dpi: int = 120) -> Path:
@@ -87,10 +63,7 @@ def _device_of(model: torch.nn.Module) -> torch.device:
 
 def prompt_ids(model: torch.nn.Module, tokenizer: Any, prompt: str) -> torch.Tensor:
     """The prompt as a (1, T) LongTensor on the model's device, cropped to the last block_size tokens."""
-    ids = tokenizer.encode(prompt)
-    if not ids:
-        raise ValueError("the prompt is empty after tokenization; pass a non-empty --prompt")
-    ids = ids[-model.config.block_size :]
+    ids = encode_prompt(model, tokenizer, prompt)
     return torch.tensor([ids], dtype=torch.long, device=_device_of(model))
 
 
@@ -104,12 +77,8 @@ def attention_for_prompt(
     `attention_maps`) and the T token strings.
     """
     idx = prompt_ids(model, tokenizer, prompt)
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         maps = model.attention_maps(idx)  # (n_layer, B, nh, T, T)
-    finally:
-        model.train(was_training)
     tokens = [tokenizer.id_to_token(int(i)) for i in idx[0].tolist()]
     return maps[:, 0].float().cpu(), tokens
 
@@ -264,10 +233,7 @@ def _tokens_per_step(run_dir: Path) -> float | None:
 
 
 def _tokens_at(run_dir: Path, scalars: dict[str, list[tuple[int, float, float]]]) -> dict[int, float]:
-    """A map step -> tokens seen, from a 'tokens' scalar, metrics.jsonl or config.json (first that exists)."""
-    for tag in ("tokens", "train/tokens"):
-        if tag in scalars:
-            return {step: value for step, _, value in scalars[tag]}
+    """A map step -> tokens seen, from metrics.jsonl, else estimated from config.json."""
     metrics = run_dir / "metrics.jsonl"
     if metrics.is_file():
         seen: dict[int, float] = {}
@@ -476,25 +442,30 @@ def plot_embeddings(model: torch.nn.Module, tokenizer: Any, *, max_labels: int =
 # ---------------------------------------------------------------------------------------------
 
 
-def plot_lr_schedule(train_config: Any, steps: int) -> Figure:
-    """The learning rate at every optimiser step 0..steps-1 (warm-up, then cosine decay)."""
-    from src.training.train_loop import lr_at  # the schedule lives with the loop; never re-implemented here
+def plot_lr_schedule(
+    planned: Sequence[float], warmup_steps: int = 0, logged: Sequence[tuple[int, float]] = ()
+) -> Figure:
+    """The learning rate at every optimiser step 0..len(planned)-1, and optionally the logged values.
 
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0:
-        raise ValueError(f"steps must be a positive integer, got {steps!r}")
-    xs = list(range(steps))
-    ys = [lr_at(step, train_config, steps) for step in xs]
+    `planned` comes from the schedule a run stores (`lr_at(step, schedule)` for every step, see
+    `src/training/train_loop.py`), `logged` from the run's metrics as (step, lr) pairs: the plot only
+    draws numbers, it never re-computes a schedule.
+    """
+    if len(planned) == 0:
+        raise ValueError("planned must hold the learning rate of at least one step")
+    steps = len(planned)
     fig = Figure(figsize=(8, 4), layout="constrained")
     ax = fig.add_subplot()
-    ax.plot(xs, ys)
-    if 0 < train_config.warmup_steps < steps:
-        ax.axvline(train_config.warmup_steps, color="grey", linestyle=":", label="end of warm-up")
+    ax.plot(range(steps), planned, label="plan")
+    if logged:
+        ax.plot([s for s, _ in logged], [lr for _, lr in logged], ".", color="tab:orange", label="logged")
+    if 0 < warmup_steps < steps:
+        ax.axvline(warmup_steps, color="grey", linestyle=":", label="end of warm-up")
+    if logged or 0 < warmup_steps < steps:
         ax.legend()
     ax.set_xlabel("optimiser step")
     ax.set_ylabel("learning rate")
-    ax.set_title(
-        f"Learning-rate schedule ({steps} steps, peak {train_config.lr:g}, min {train_config.min_lr:g})"
-    )
+    ax.set_title(f"Learning-rate schedule ({steps} steps, peak {max(planned):.3g}, end {planned[-1]:.3g})")
     ax.grid(alpha=0.3)
     return fig
 

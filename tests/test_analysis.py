@@ -11,18 +11,16 @@ import pytest
 import torch
 
 from src.analysis import (
-    ByteTokenizer,
-    VerbatimIndex,
     _word_starts,
+    byte_tokenizer,
     explain_forward,
     format_explanation,
-    format_match,
     head_pattern_scores,
-    longest_verbatim_match,
     parameter_counts,
     token_surprisal,
 )
 from src.config import ModelConfig
+from src.memorization import VerbatimIndex, format_match, longest_verbatim_match
 from src.model import MiniTransformer
 from src.tokenizer import CharTokenizer
 from tests.conftest import make_story
@@ -39,12 +37,11 @@ def byte_model() -> MiniTransformer:
 
 
 def test_byte_tokenizer_docstring_example_and_round_trip():
-    tok = ByteTokenizer()
+    tok = byte_tokenizer()
     assert tok.encode("Hä") == [72, 195, 164]
     assert tok.decode(tok.encode("Grüße, Öl!")) == "Grüße, Öl!"
-    assert tok.id_to_token(72) == "H" and tok.id_to_token(195) == "<0xC3>"
-    with pytest.raises(ValueError, match="0..255"):
-        tok.id_to_token(256)
+    assert tok.id_to_token(72) == "H" and tok.id_to_token(195) == "\\xc3"  # half a character: shown as a byte
+    assert tok.vocab_size == 257 and tok.id_to_token(tok.eot_id) == "<|endoftext|>"
 
 
 def test_explain_has_every_stage_with_shapes_from_the_config(byte_model):
@@ -246,9 +243,9 @@ def test_longest_verbatim_match_is_fast_on_seven_megabytes():
 
 
 def test_training_texts_of_a_prepared_data_set_find_the_planted_book(tmp_path):
-    from src.analysis import training_texts
     from src.config import DataConfig
     from src.dataset import prepare_dataset
+    from src.memorization import training_texts
     from tests.conftest import wrap_paragraphs, write_gutenberg_mirror
 
     planted = "Zebras quietly jump over the lazy fjord at dawn."

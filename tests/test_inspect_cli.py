@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from src.analysis import training_texts
+from src.memorization import training_texts
 from src.main import main
 from src.training.checkpoints import load_checkpoint
 from tests.conftest import TINY_RUN_EVAL_INTERVAL, TINY_RUN_SHAPE, TINY_RUN_STEPS, make_story
@@ -81,7 +81,7 @@ def test_explain_fresh_model_prints_every_stage_with_the_configured_shapes(capsy
     assert shapes["scores q·kᵀ/√hs"] == [f"(1, {n_head}, {T}, {T})"] * n_layer
     assert shapes["softmax"] == [f"(1, {n_head}, {T}, {T})"] * n_layer
     assert shapes["MLP up-projection"] == [f"(1, {T}, {4 * n_embd})"] * n_layer
-    assert shapes["logits"] == [f"(1, {T}, 256)"]  # one token per UTF-8 byte
+    assert shapes["logits"] == [f"(1, {T}, 257)"]  # one token per UTF-8 byte, plus <|endoftext|>
     assert len(re.findall(r"^Block \d+$", out, flags=re.M)) == n_layer
     assert "Most likely next tokens" in out
 

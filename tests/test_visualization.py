@@ -196,8 +196,10 @@ def test_position_vectors_of_a_sinusoidal_model_are_its_table(tokenizer):
 
 
 def test_lr_schedule_plot_shows_warmup_and_decay():
-    config = TrainConfig(lr=1e-3, min_lr=1e-4, warmup_steps=10)
-    fig = plot_lr_schedule(config, 110)
+    from src.training.train_loop import LRSchedule, lr_at
+
+    schedule = LRSchedule.plan(TrainConfig(lr=1e-3, min_lr=1e-4, warmup_steps=10), 110)
+    fig = plot_lr_schedule([lr_at(s, schedule) for s in range(110)], warmup_steps=10, logged=[(5, 6e-4), (50, 7e-4)])
     ax = fig.axes[0]
     steps, lrs = ax.lines[0].get_data()
     assert list(steps) == list(range(110))
@@ -205,8 +207,9 @@ def test_lr_schedule_plot_shows_warmup_and_decay():
     assert np.all(np.diff(lrs[:10]) > 0) and np.all(np.diff(lrs[10:]) <= 0)
     assert lrs[-1] == pytest.approx(1e-4, rel=0.01)
     assert ax.get_xlabel() == "optimiser step" and ax.get_ylabel() == "learning rate"
-    with pytest.raises(ValueError, match="positive integer"):
-        plot_lr_schedule(config, 0)
+    assert [list(v) for v in ax.lines[1].get_data()] == [[5, 50], [6e-4, 7e-4]]  # the logged points
+    with pytest.raises(ValueError, match="at least one step"):
+        plot_lr_schedule([])
 
 
 def _write_run(run_dir, train_points, val_points, tokens_per_step):

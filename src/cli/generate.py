@@ -24,7 +24,7 @@ def run_generate(args: argparse.Namespace, flags: dict[str, str]) -> int:
                            ("top_p", args.top_p is None or 0 < args.top_p <= 1, "in (0, 1]")):
         if not ok:
             raise UsageError(f"{flags[name]}: must be {rule}, got {getattr(args, name)}")
-    from src.analysis import memorization_note
+    from src.memorization import memorization_note
 
     path, payload, model, tokenizer, device = load_for_inference(args, flags)
     prompt = "\n" if args.prompt is None else args.prompt

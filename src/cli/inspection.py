@@ -34,12 +34,12 @@ def run_explain(args: argparse.Namespace, flags: dict[str, str]) -> int:
         _, _, model, tokenizer, _ = load_for_inference(args, flags)
         origin = f"checkpoint {args.checkpoint}"
     else:
-        from src.analysis import ByteTokenizer
+        from src.analysis import byte_tokenizer
         from src.model import MiniTransformer
 
         settings = resolve_settings(args, flags)
         torch.manual_seed(settings.train.seed)
-        model = MiniTransformer(ModelConfig(vocab_size=ByteTokenizer.vocab_size, **settings.model)).eval()
+        model = MiniTransformer(ModelConfig(vocab_size=byte_tokenizer().vocab_size, **settings.model)).eval()
         tokenizer = None
         origin = "a fresh, untrained model (no --checkpoint), one token per UTF-8 byte"
     prompt = INSPECT_PROMPT if args.prompt is None else args.prompt

@@ -53,7 +53,7 @@ def _default_run_dir() -> Path:
 def run_train(args: argparse.Namespace, flags: dict[str, str], callbacks: Sequence[Any] = ()) -> int:
     import torch
 
-    from src.analysis import memorization_note
+    from src.memorization import memorization_note
     from src.dataset import TokenDataset, prepare_dataset
     from src.model import MiniTransformer
     from src.tokenizer import load_tokenizer
