@@ -1,5 +1,6 @@
 """Attention: the step-by-step function against a direct formula and PyTorch's fused kernel,
-the two MultiHeadAttention paths against each other, the KV cache, and causality of the model."""
+splitting and merging heads, the two MultiHeadAttention paths against each other, the
+preallocated KV cache, and causality of the model."""
 
 from __future__ import annotations
 
@@ -12,7 +13,14 @@ import torch.nn.functional as F
 
 from src.config import ModelConfig
 from src.model import MiniTransformer
-from src.model.attention import KVCache, MultiHeadAttention, build_causal_mask, scaled_dot_product_attention
+from src.model.attention import (
+    KVCache,
+    MultiHeadAttention,
+    build_causal_mask,
+    merge_heads,
+    scaled_dot_product_attention,
+    split_heads,
+)
 
 
 def random_qkv(B: int = 2, nh: int = 3, T: int = 5, hs: int = 4, t_key: int | None = None):
@@ -99,16 +107,68 @@ def test_manual_and_sdpa_paths_agree_on_outputs_and_gradients(tiny_config, T):
         torch.testing.assert_close(gp_m[name], gp_s[name], rtol=0, atol=1e-6, msg=name)
 
 
+def test_split_heads_docstring_example_and_channel_order():
+    x = torch.arange(2 * 5 * 12, dtype=torch.float32).view(2, 5, 12)  # (B, T, C)
+    heads = split_heads(x, 3)
+    assert heads.shape == (2, 3, 5, 4)  # (B, nh, T, hs)
+    for h in range(3):  # head h holds channels h*hs .. (h+1)*hs - 1 of every position
+        assert torch.equal(heads[:, h], x[:, :, 4 * h : 4 * (h + 1)])
+
+
+@pytest.mark.parametrize("n_head", [1, 2, 3, 6])
+def test_merge_heads_inverts_split_heads(n_head):
+    x = torch.randn(2, 5, 12)
+    assert torch.equal(merge_heads(split_heads(x, n_head)), x)
+    assert merge_heads(torch.randn(2, n_head, 5, 12 // n_head)).shape == (2, 5, 12)
+
+
+def test_project_qkv_uses_split_heads_on_the_three_thirds_of_c_attn(tiny_config):
+    module = MultiHeadAttention(tiny_config)
+    x = torch.randn(2, 6, tiny_config.n_embd)
+    q, k, v = module.project_qkv(x)
+    qkv = module.c_attn(x)  # (B, T, 3C): queries | keys | values
+    C = tiny_config.n_embd
+    for got, part in zip((q, k, v), (qkv[..., :C], qkv[..., C : 2 * C], qkv[..., 2 * C :]), strict=True):
+        assert torch.equal(got, split_heads(part, tiny_config.n_head))
+
+
 @pytest.mark.parametrize("attention", ["manual", "sdpa"])
 def test_kv_cache_in_chunks_equals_one_full_pass(tiny_config, attention):
     config = replace(tiny_config, attention=attention)
     module = MultiHeadAttention(config).eval()
     x = torch.randn(2, 8, config.n_embd)
     full = module(x)
-    cache = KVCache()
-    chunks = [module(x[:, a:b], kv_cache=cache) for a, b in [(0, 3), (3, 6), (6, 7), (7, 8)]]
-    assert cache.length == 8 and cache.k.shape == (2, config.n_head, 8, config.head_size)
+    cache = KVCache(config.block_size)
+    chunks = [module(x[:, :3], kv_cache=cache)]
+    # The unfilled part of the buffer must never be read: poison it, any read would give nan.
+    cache.k[:, :, 3:] = float("nan")
+    cache.v[:, :, 3:] = float("nan")
+    chunks += [module(x[:, a:b], kv_cache=cache) for a, b in [(3, 6), (6, 7), (7, 8)]]
+    assert cache.length == 8 and cache.k.shape == (2, config.n_head, config.block_size, config.head_size)
     torch.testing.assert_close(torch.cat(chunks, dim=1), full, rtol=0, atol=1e-6)
+
+
+def test_kv_cache_writes_in_place_into_one_buffer_and_returns_the_filled_part():
+    cache = KVCache(max_length=6)
+    k, v = torch.randn(2, 3, 4, 5), torch.randn(2, 3, 4, 5)  # (B, nh, T, hs)
+    keys, values = cache.update(k[:, :, :3], v[:, :, :3])
+    buffers = (cache.k.data_ptr(), cache.v.data_ptr())
+    assert cache.k.shape == cache.v.shape == (2, 3, 6, 5)  # (B, nh, max_length, hs), allocated once
+    assert keys.shape == (2, 3, 3, 5) and torch.equal(keys, k[:, :, :3]) and torch.equal(values, v[:, :, :3])
+    keys, values = cache.update(k[:, :, 3:], v[:, :, 3:])  # one more position
+    assert cache.length == 4 and torch.equal(keys, k) and torch.equal(values, v)
+    assert (cache.k.data_ptr(), cache.v.data_ptr()) == buffers  # the same memory, not a new tensor
+    assert keys.data_ptr() == cache.k.data_ptr() and values.data_ptr() == cache.v.data_ptr()  # views, no copy
+
+
+def test_kv_cache_rejects_overflow_and_a_different_batch():
+    cache = KVCache(max_length=4)
+    cache.update(torch.randn(1, 2, 3, 5), torch.randn(1, 2, 3, 5))
+    with pytest.raises(ValueError, match="3 cached \\+ 2 new positions = 5 > max_length 4"):
+        cache.update(torch.randn(1, 2, 2, 5), torch.randn(1, 2, 2, 5))
+    with pytest.raises(ValueError, match="holds batch 1 x 2 heads .* got 3 x 2"):
+        cache.update(torch.randn(3, 2, 1, 5), torch.randn(3, 2, 1, 5))  # would silently broadcast otherwise
+    assert cache.length == 3  # a refused update changes nothing
 
 
 def test_attention_weights_method_equals_the_function_on_projected_heads(tiny_config):

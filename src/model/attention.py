@@ -20,15 +20,14 @@ Two interchangeable paths, chosen by `ModelConfig.attention`:
   CUDA). Same mathematics, faster, but the weights are never materialised.
 
 KV cache (incremental decoding): when generating one token at a time, the keys and values of earlier
-tokens do not change, so each layer keeps them in a `KVCache` and only the new token's q, k, v are
-computed. Omitted on purpose: cross-attention, grouped-query attention, rotary embeddings.
+tokens do not change, so each layer keeps them in a `KVCache` (one preallocated buffer, written in
+place) and only the new token's q, k, v are computed. Omitted on purpose: cross-attention,
+grouped-query attention, rotary embeddings, paged or quantised caches.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -49,6 +48,27 @@ def build_causal_mask(
     t_key = t_query if t_key is None else t_key
     ones = torch.ones(t_query, t_key, dtype=torch.bool, device=device)
     return torch.tril(ones, diagonal=t_key - t_query)
+
+
+def split_heads(x: torch.Tensor, n_head: int) -> torch.Tensor:
+    """Cut the last dimension into n_head heads of width hs: (B, T, C) -> (B, nh, T, hs).
+
+    Head h gets the channels h*hs .. (h+1)*hs - 1. Moving nh in front of T lets one batched matmul
+    run every head at once. Example: x of shape (2, 5, 12) with n_head=3 -> shape (2, 3, 5, 4).
+    """
+    B, T, C = x.shape
+    return x.view(B, T, n_head, C // n_head).transpose(1, 2)  # (B, T, C) -> (B, T, nh, hs) -> (B, nh, T, hs)
+
+
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """The inverse of `split_heads`: put the heads side by side again, (B, nh, T, hs) -> (B, T, C).
+
+    Example: merge_heads(split_heads(x, n_head)) equals x for any n_head dividing C.
+    """
+    B, nh, T, hs = x.shape
+    # transpose only swaps strides; contiguous() copies into (B, T, nh, hs) order so that view can
+    # glue the heads into one row of width C = nh * hs.
+    return x.transpose(1, 2).contiguous().view(B, T, nh * hs)  # (B, nh, T, hs) -> (B, T, nh, hs) -> (B, T, C)
 
 
 def scaled_dot_product_attention(
@@ -89,28 +109,54 @@ def scaled_dot_product_attention(
     return out, weights
 
 
-@dataclass
 class KVCache:
-    """The keys and values one attention layer has seen so far, for incremental decoding.
+    """A preallocated ("static") cache of one attention layer's keys and values, for generation.
 
-    Start empty, then each forward call appends the new positions' k and v. A model keeps one
-    KVCache per layer (`MiniTransformer.new_kv_cache()`); the position of the next token is `length`.
+    What it buys: when generating token by token, the keys and values of earlier tokens never change
+    (the causal mask keeps earlier positions from seeing later ones), so each layer stores them and
+    every step computes q, k, v for the one new token only - O(T) work per token instead of
+    re-running all T positions.
+
+    Why preallocated: appending with torch.cat would allocate a new (B, nh, length + 1, hs) tensor
+    and copy everything stored so far, in every layer, at every token. Instead the first call
+    allocates one buffer of the largest size the model can use, (B, nh, max_length, hs) with
+    max_length = block_size, and each call writes the new positions into it in place. `length` says
+    how much of it is filled; attention gets a view of the filled part only, so the unwritten rest
+    (left uninitialised) is never read.
+
+    Usage: `model.new_kv_cache()` makes one per layer; `MultiHeadAttention.forward` calls `update`.
     """
 
-    k: torch.Tensor | None = None  # (B, nh, length, hs)
-    v: torch.Tensor | None = None  # (B, nh, length, hs)
+    def __init__(self, max_length: int) -> None:
+        self.max_length = max_length
+        self.k: torch.Tensor | None = None  # (B, nh, max_length, hs), allocated by the first update
+        self.v: torch.Tensor | None = None  # (B, nh, max_length, hs)
+        self.length = 0  # positions 0 .. length - 1 are filled; the next token goes to `length`
 
-    @property
-    def length(self) -> int:
-        return 0 if self.k is None else self.k.size(2)
+    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write the T new positions' keys and values, k and v (B, nh, T, hs), after the stored ones.
 
-    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store the new (B, nh, T, hs) keys/values; return all of them, (B, nh, length + T, hs)."""
-        if self.k is not None and self.v is not None:
-            k = torch.cat([self.k, k], dim=2)
-            v = torch.cat([self.v, v], dim=2)
-        self.k, self.v = k, v
-        return k, v
+        Returns all keys and values so far, (B, nh, length, hs): views into the buffer, no copy.
+        """
+        B, nh, T, hs = k.shape
+        start, end = self.length, self.length + T
+        if self.k is None or self.v is None:
+            # Uninitialised memory is fine: only positions < length are ever read.
+            self.k = k.new_empty(B, nh, self.max_length, hs)  # (B, nh, max_length, hs)
+            self.v = v.new_empty(B, nh, self.max_length, hs)
+        elif self.k.shape[:2] != k.shape[:2] or self.k.dtype != k.dtype:
+            raise ValueError(
+                f"this KVCache holds batch {self.k.size(0)} x {self.k.size(1)} heads ({self.k.dtype}), "
+                f"got {B} x {nh} ({k.dtype}); use a new cache (model.new_kv_cache()) for a new batch"
+            )
+        if end > self.max_length:
+            raise ValueError(
+                f"KVCache is full: {start} cached + {T} new positions = {end} > max_length {self.max_length}"
+            )
+        self.k[:, :, start:end] = k  # written in place: the buffer is never reallocated
+        self.v[:, :, start:end] = v
+        self.length = end
+        return self.k[:, :, :end], self.v[:, :, :end]  # (B, nh, length, hs) each: the filled part only
 
 
 class MultiHeadAttention(nn.Module):
@@ -133,13 +179,9 @@ class MultiHeadAttention(nn.Module):
 
     def project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Queries, keys and values split into heads: (B, T, C) -> 3 x (B, nh, T, hs)."""
-        B, T, C = x.shape
-        hs = C // self.n_head
+        C = x.size(-1)
         q, k, v = self.c_attn(x).split(C, dim=2)  # (B, T, 3C) -> 3 x (B, T, C)
-        q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, T, C) -> (B, T, nh, hs) -> (B, nh, T, hs)
-        k = k.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, T, C) -> (B, nh, T, hs)
-        v = v.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, T, C) -> (B, nh, T, hs)
-        return q, k, v
+        return split_heads(q, self.n_head), split_heads(k, self.n_head), split_heads(v, self.n_head)
 
     def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
         """Args: x (B, T, C); kv_cache: this layer's cache, updated in place. Returns (B, T, C)."""
@@ -149,7 +191,7 @@ class MultiHeadAttention(nn.Module):
         past = 0
         if kv_cache is not None:
             past = kv_cache.length
-            k, v = kv_cache.append(k, v)  # (B, nh, past + T, hs)
+            k, v = kv_cache.update(k, v)  # (B, nh, past + T, hs): the filled part of the cache
         # Query i sits at position past + i and may see keys 0 .. past + i.
         mask = self.causal_mask[past : past + T, : past + T]  # (T, past + T)
         dropout_p = self.dropout_p if self.training else 0.0
@@ -165,8 +207,7 @@ class MultiHeadAttention(nn.Module):
             attn_mask = None if T == 1 else mask
             context = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
         # 7. Merge the heads again and mix them with the output projection.
-        y = context.transpose(1, 2).contiguous()  # (B, nh, T, hs) -> (B, T, nh, hs)
-        y = y.view(B, T, C)  # (B, T, nh, hs) -> (B, T, C)
+        y = merge_heads(context)  # (B, nh, T, hs) -> (B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
     def attention_weights(self, x: torch.Tensor) -> torch.Tensor:

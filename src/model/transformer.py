@@ -13,7 +13,9 @@ Choices from GPT-2 (and why):
 * Architecture and submodule names match Hugging Face's GPT2LMHeadModel, so weights map 1:1.
 
 `generate` samples one token at a time (greedy, temperature, top-k, nucleus/top-p; see sampling.py)
-and uses a KV cache (attention.KVCache) while the sequence fits in block_size.
+and uses a preallocated KV cache (attention.KVCache) while the sequence fits in block_size. Past
+block_size the window slides: every position shifts by one, so every cached key is stale, and each
+step re-runs the last block_size tokens - exactly what the uncached path computes.
 
 Device and precision are the caller's choice: `model.to(device)` moves every weight and buffer (the
 causal mask, the sinusoidal table), forward creates new tensors only on the input's device, and
@@ -88,13 +90,15 @@ class MiniTransformer(nn.Module):
         return logits, loss
 
     def new_kv_cache(self) -> list[KVCache]:
-        """An empty KV cache, one KVCache per layer, for `forward(..., kv_cache=...)`. Usage:
+        """An empty KV cache, one KVCache of block_size positions per layer, for `forward(..., kv_cache=...)`.
 
             cache = model.new_kv_cache()
-            logits, _ = model(prompt, kv_cache=cache)  # positions 0 .. T-1, cache.length becomes T
+            logits, _ = model(prompt, kv_cache=cache)  # positions 0 .. T-1, cache[i].length becomes T
             logits, _ = model(next_token, kv_cache=cache)  # position T, attends to the cached k/v
+
+        The buffers are allocated by the first forward (batch size, dtype and device come from it).
         """
-        return [KVCache() for _ in self.blocks]
+        return [KVCache(self.config.block_size) for _ in self.blocks]
 
     @torch.no_grad()
     def generate(
@@ -151,28 +155,32 @@ class MiniTransformer(nn.Module):
         use_cache: bool,
         generator: torch.Generator | None,
     ) -> Iterator[torch.Tensor]:
+        """The generation loop. The arguments were checked once, by generate_stream."""
         block_size = self.config.block_size
-        cache: list[KVCache] | None = None
+        context = idx[:, -block_size:]  # (B, T) the tokens the model sees, at most block_size
+        cache = self.new_kv_cache() if use_cache else None
+        fresh = context  # tokens not yet in the cache: the whole prompt at first, then one per step
         for _ in range(max_new_tokens):
-            if use_cache and idx.size(1) <= block_size:
-                if cache is None:  # first step: run the whole prompt, filling the cache
-                    cache = self.new_kv_cache()
-                    logits = self._eval_logits(idx, cache)
-                else:  # later steps: only the newest token is new
-                    logits = self._eval_logits(idx[:, -1:], cache)
+            if cache is not None and cache[0].length + fresh.size(1) > block_size:
+                cache = None  # the window slides from now on: stale positions, recompute each step
+            if cache is None:
+                logits = self._eval_logits(context, None)  # (B, T, V), all positions again
             else:
-                logits = self._eval_logits(idx[:, -block_size:], None)  # crop the context to block_size
+                logits = self._eval_logits(fresh, cache)  # (B, T_fresh, V), only the new positions
             next_token = sample_next_token(logits[:, -1, :], temperature, top_k, top_p, generator)  # (B, 1)
-            idx = torch.cat([idx, next_token], dim=1)
             yield next_token
+            context = torch.cat([context, next_token], dim=1)[:, -block_size:]  # (B, <= block_size)
+            fresh = next_token
 
     def _eval_logits(self, idx: torch.Tensor, cache: list[KVCache] | None) -> torch.Tensor:
-        was_training = self.training
+        """Logits (B, T, V) with dropout off. In eval mode (the usual case) no mode switch is needed."""
+        if not self.training:
+            return self(idx, kv_cache=cache)[0]
         self.eval()
         try:
             return self(idx, kv_cache=cache)[0]
         finally:
-            self.train(was_training)
+            self.train()
 
     @torch.no_grad()
     def attention_maps(self, idx: torch.Tensor) -> torch.Tensor:
