@@ -121,7 +121,7 @@ def test_users_command_then_generate_then_evaluate(tmp_path, story):
     assert "story" in evaluate.stdout  # the per-source row
 
 
-def test_sigint_saves_and_resume_finishes(tmp_path, story):
+def test_sigint_saves_and_resume_finishes(tmp_path, story, capsys):
     run = tmp_path / "run"
     args = ["--train", "--input", str(story), "--data-dir", str(tmp_path / "data"), *TINY, "--epochs", "1000",
             "--max-steps", "1000000", "--eval-interval", "1000000", "--log-interval", "1", "--logdir", str(run)]
@@ -137,7 +137,10 @@ def test_sigint_saves_and_resume_finishes(tmp_path, story):
     model, _ = load_model(run)  # loads
     assert sum(p.numel() for p in model.parameters()) > 0
 
-    assert main(["--train", "--resume", str(run), "--max-steps", str(step + 3), "--quiet"]) == 0
+    assert main(["--train", "--resume", str(run), "--max-steps", str(step + 3), "--quiet"]) == 2  # where is the data?
+    assert "pass --data-dir" in one_error_line(capsys.readouterr().err)
+    assert main(["--train", "--resume", str(run), "--data-dir", str(tmp_path / "data"), "--max-steps", str(step + 3),
+                 "--quiet"]) == 0
     assert load_checkpoint(run / "checkpoints" / "last.pt")["state"]["step"] == step + 3
 
 

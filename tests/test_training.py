@@ -202,7 +202,7 @@ def test_resume_is_bit_identical(tmp_path):
     assert stopped["state"]["epoch"] >= 1 and steps_per_epoch < 15  # ... after crossing an epoch boundary
     assert not any(k.startswith("_orig_mod.") for k in stopped["model"])
 
-    assert main(["--train", "--resume", str(tmp_path / "part"), "--quiet"]) == 0
+    assert main(["--train", "--resume", str(tmp_path / "part"), "--data-dir", str(tmp_path / "data"), "--quiet"]) == 0
     resumed = load_checkpoint(tmp_path / "part" / "checkpoints" / "last.pt")
     assert resumed["state"]["step"] == full["state"]["step"] == 30
     for name, tensor in full["model"].items():
@@ -212,7 +212,7 @@ def test_resume_is_bit_identical(tmp_path):
     assert not torch.equal(stopped["model"]["lm_head.weight"], full["model"]["lm_head.weight"])
 
     # Extending the run is allowed; changing the model shape is not.
-    assert main(["--train", "--resume", str(tmp_path / "part"), "--quiet", "--max-steps", "33"]) == 0
+    assert main(["--train", "--resume", str(tmp_path / "part"), "--data-dir", str(tmp_path / "data"), "--quiet", "--max-steps", "33"]) == 0
     assert load_checkpoint(tmp_path / "part" / "checkpoints" / "last.pt")["state"]["step"] == 33
 
 
@@ -222,7 +222,7 @@ def test_resume_refuses_a_different_model_shape(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["--train", *tiny_flags(text_file, tmp_path / "data", "--max-steps", "2"), "--logdir", str(run)]) == 0
     capsys.readouterr()
-    assert main(["--train", "--resume", str(run), "--n-layer", "3", "--quiet"]) == 2
+    assert main(["--train", "--resume", str(run), "--data-dir", str(tmp_path / "data"), "--n-layer", "3", "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: --n-layer: cannot change n_layer from 1 to 3") and "\n" not in err
 
@@ -286,7 +286,7 @@ def test_resume_survives_damaged_logs_and_keeps_the_checkpoint_steps_evaluation(
     (run / "config.json").write_text("{not json", encoding="utf-8")
     capsys.readouterr()
 
-    assert main(["--train", "--resume", str(run), "--max-steps", "9", "--quiet"]) == 0
+    assert main(["--train", "--resume", str(run), "--data-dir", str(tmp_path / "data"), "--max-steps", "9", "--quiet"]) == 0
     assert "config.json was unreadable" in capsys.readouterr().err
     assert eval_steps(run) == ([0, 3, 6, 9], [0, 3, 6, 9])
     config = json.loads((run / "config.json").read_text())

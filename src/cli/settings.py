@@ -94,7 +94,7 @@ def resolve_settings(args: argparse.Namespace, flags: dict[str, str], stored: di
             raise UsageError("--resume uses the run's stored settings; drop --preset/--config and pass single flags")
         values.update({k: v for k, v in stored["model_config"].items() if k != "vocab_size"})
         values.update(stored["train_config"])
-        values.update(stored["data_config"])
+        values.update(data_sources(stored["data_config"], explicit, flags))
         values["force"] = False
         preset = stored.get("preset")
         for name in LOCKED_ON_RESUME:
@@ -127,6 +127,19 @@ def resolve_settings(args: argparse.Namespace, flags: dict[str, str], stored: di
     model = {k: values[k] for k in MODEL_FIELDS if k in values}
     build(ModelConfig, MODEL_FIELDS, {"vocab_size": 1})  # validate the shape before any data work
     return Settings(model, build(TrainConfig, TRAIN_FIELDS), build(DataConfig, DATA_FIELDS), preset)
+
+def data_sources(stored_data: dict[str, Any], explicit: dict[str, Any], flags: dict[str, str],
+                 needs_location: bool = True) -> dict[str, Any]:
+    """A stored data config without its locations: where data lives (--data-dir, --mirror) comes from
+    this command line or the defaults, never from a file being loaded - a checkpoint must not choose
+    where the program reads and writes. A run built elsewhere says which --data-dir to pass."""
+    stored_dir = stored_data.get("data_dir")
+    default_dir = DataConfig.__dataclass_fields__["data_dir"].default
+    if needs_location and "data_dir" not in explicit and stored_dir is not None and Path(str(stored_dir)) != Path(default_dir):
+        raise UsageError(f"{flags.get('data_dir', '--data-dir')}: this run's data set was built under {stored_dir}; "
+                         f"pass --data-dir {stored_dir} (data locations are never taken from a checkpoint)")
+    return {k: v for k, v in stored_data.items() if k not in ("data_dir", "mirror")}
+
 
 def _plain(value: Any) -> Any:
     if isinstance(value, (tuple, list)):

@@ -16,6 +16,7 @@ from typing import Any
 from src.cli.common import EXIT_DIVERGED, EXIT_OK, EXIT_SIGNAL, INSPECT_PROMPT, UsageError, name_the_flag
 from src.cli.settings import resolve_settings
 from src.config import ModelConfig, TrainConfig, config_to_dict
+from src.fileio import atomic_write_text
 
 
 def eval_hooks(args: argparse.Namespace, tokenizer: Any) -> list[Callable[[int, Any, Any], None]]:
@@ -147,8 +148,12 @@ def run_train(args: argparse.Namespace, flags: dict[str, str], callbacks: Sequen
         "tokenizer": tokenizer.to_dict(),
         "tokenizer_fingerprint": tokenizer.fingerprint(),
     }
+    val_windows = (min(train_cfg.eval_batches * train_cfg.batch_size, len(val_set)), len(val_set))
+    val_note = (f"val/loss is measured during training on {val_windows[0]:,} of the {val_windows[1]:,} validation "
+                "windows: a fixed, seeded sample spread evenly over the whole split, so every book counts in "
+                "proportion to its validation text. `--evaluate` measures every window, book by book.")
     _write_run_files(run_dir, args, static, tokenizer, model, device, precision.name,
-                     steps_per_epoch, schedule, state.step, library_versions())
+                     steps_per_epoch, schedule, state.step, library_versions(), val_note)
 
     compiled = _maybe_compile(model, train_cfg, device)
     hparams = {**static["model_config"], **{k: v for k, v in static["train_config"].items() if k != "logdir"},
@@ -159,6 +164,7 @@ def run_train(args: argparse.Namespace, flags: dict[str, str], callbacks: Sequen
     all_callbacks = [
         stopper,
         RunLogger(run_dir, tokenizer, hparams=hparams, eval_hooks=eval_hooks(args, tokenizer),
+                  notes={"about/val_loss": val_note},
                   describe_sample=memorization_note(prepared.path)),
         saver,
         ProgressBar(enabled=not args.quiet),
@@ -210,7 +216,7 @@ def _resumed_schedule(stored: dict[str, Any], planned: Any, step: int, path: Pat
 
 def _write_run_files(run_dir: Path, args: argparse.Namespace, static: dict[str, Any], tokenizer: Any,
                      model: Any, device: Any, dtype: str, steps_per_epoch: int, schedule: Any,
-                     start_step: int, versions: dict[str, Any]) -> None:
+                     start_step: int, versions: dict[str, Any], val_note: str) -> None:
     """config.json (resolved settings, command line, versions) and tokenizer.json."""
     run_dir.mkdir(parents=True, exist_ok=True)
     config_path = run_dir / "config.json"
@@ -239,12 +245,11 @@ def _write_run_files(run_dir: Path, args: argparse.Namespace, static: dict[str, 
         "steps_per_epoch": steps_per_epoch,
         "total_steps": schedule.total_steps,
         "lr_schedule": dict(schedule.__dict__),
+        "validation_estimate": val_note,
         "versions": versions,
         "segments": segments,
     }
-    tmp = config_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(config_path)
+    atomic_write_text(config_path, json.dumps(config, indent=2) + "\n")
     tokenizer.save(run_dir / "tokenizer.json")
 
 def _maybe_compile(model: Any, train_cfg: TrainConfig, device: Any) -> Any:

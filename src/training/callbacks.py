@@ -70,8 +70,10 @@ class RunLogger(Callback):
         eval_hooks: Sequence[EvalHook] = (),
         prompts: Sequence[str] = SAMPLE_PROMPTS,
         describe_sample: Callable[[str], str] | None = None,
+        notes: dict[str, str] | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
+        self.notes = dict(notes or {})  # tag -> text shown once in TensorBoard's Text tab (what a number means)
         self.tokenizer = tokenizer
         self.hparams = hparams
         self.eval_hooks = list(eval_hooks)
@@ -96,6 +98,8 @@ class RunLogger(Callback):
         _truncate_metrics(self.run_dir / "metrics.jsonl", step if step > 0 else -1)
         if step == 0:
             (self.run_dir / "samples.md").unlink(missing_ok=True)
+            for tag, text in self.notes.items():
+                self.writer.add_text(tag, text, 0)
         self._prev_tokens = ctx.state.tokens_seen
 
     def on_step(self, ctx: LoopContext, record: StepRecord) -> None:
@@ -129,7 +133,7 @@ class RunLogger(Callback):
         self._append_metrics(
             {"step": record.step, "tokens": record.tokens, "time": round(record.time, 3), **scalars,
              "epoch": record.epoch, "train/loss_mean": record.train_loss, "improved": record.improved,
-             "overfitting": record.overfitting}
+             "overfitting": record.overfitting, "val/windows": record.windows}
         )
         if ctx.stop_reason == "interrupted":  # Ctrl-C: save and stop soon, skip the slow extras
             self.writer.flush()

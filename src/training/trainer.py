@@ -82,6 +82,7 @@ class EvalRecord:
     overfitting: bool  # validation loss rose while training loss fell
     tokens: int
     time: float
+    windows: int = 0  # validation windows measured (a fixed sample spread over the whole split)
 
 
 @dataclass
@@ -175,9 +176,10 @@ def epoch_batches(
 class RunBook(TrainHooks):
     """The loop's hooks for a real run: keeps `TrainState`, makes records, calls the callbacks."""
 
-    def __init__(self, ctx: LoopContext, history: History, callbacks: Sequence[Callback], tokens_per_char: float):
+    def __init__(self, ctx: LoopContext, history: History, callbacks: Sequence[Callback], tokens_per_char: float,
+                 eval_windows: int):
         self.ctx, self.history, self.callbacks = ctx, history, list(callbacks)
-        self.tokens_per_char = tokens_per_char
+        self.tokens_per_char, self.eval_windows = tokens_per_char, eval_windows
         self.train_losses: list[float] = []  # since the previous evaluation
         self.segment_start = time.perf_counter() - ctx.state.elapsed_s
 
@@ -234,7 +236,7 @@ class RunBook(TrainHooks):
         state.last_eval_step = step
         record = EvalRecord(step, self.fractional_epoch(), val_loss, math.exp(min(val_loss, 700.0)),
                             bits_per_character(val_loss, self.tokens_per_char),
-                            train_loss, improved, overfitting, state.tokens_seen, self.elapsed())
+                            train_loss, improved, overfitting, state.tokens_seen, self.elapsed(), self.eval_windows)
         self.history.evals.append(record)
         self.emit("on_eval", record)
         patience = self.ctx.config.early_stopping
@@ -271,8 +273,8 @@ def run_training(
     schedule = schedule or LRSchedule.plan(config, total_steps_for(steps_per_epoch, config))
     ctx = LoopContext(model, optimizer, scaler, config, state, schedule, steps_per_epoch, device)
     history = History(state=state, total_steps=schedule.total_steps)
-    book = RunBook(ctx, history, callbacks, tokens_per_char)
     sample = validation_sample(len(val_set), config.eval_batches * config.batch_size, config.seed)
+    book = RunBook(ctx, history, callbacks, tokens_per_char, len(sample))
 
     def evaluate() -> float | None:
         return estimate_loss(model, val_set, sample, config.batch_size, precision,
