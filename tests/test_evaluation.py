@@ -93,3 +93,27 @@ def test_estimate_stops_when_asked_and_restores_train_mode(tmp_path):
     assert model.training  # eval mode only for the measurement
     with pytest.raises(ValueError, match="no complete window"):
         estimate_loss(model, val_set, np.arange(0), 2)
+
+
+@pytest.mark.parametrize("length", [2, 17, 48, 50])
+def test_whole_split_nll_scores_every_token_once_with_its_window_context(length):
+    """`model_nll` (what --evaluate sums) against an independent count: token i is predicted from the
+    tokens since the start of its window (windows of block_size, back to back), one forward pass each."""
+    from src.config import ModelConfig
+    from src.model import MiniTransformer
+
+    torch.manual_seed(0)
+    block_size = 16
+    model = MiniTransformer(ModelConfig(vocab_size=11, block_size=block_size, n_layer=1, n_head=2, n_embd=8,
+                                        dropout=0.0)).eval()
+    ids = np.random.default_rng(length).integers(0, 11, size=length)
+    total, count = model_nll(model, ids, block_size, batch_size=2, device=torch.device("cpu"))
+    reference = 0.0
+    with torch.no_grad():
+        for i in range(1, length):
+            start = (i - 1) // block_size * block_size  # the window that holds target i
+            context = torch.from_numpy(ids[start:i]).unsqueeze(0)  # (1, i - start)
+            logits, _ = model(context)
+            reference -= torch.log_softmax(logits[0, -1], dim=-1)[int(ids[i])].item()
+    assert count == length - 1
+    assert total == pytest.approx(reference, rel=1e-5)
