@@ -341,3 +341,16 @@ def test_evaluate_on_other_text_uses_the_models_tokenizer(tmp_path, capsys):
     nll, count = model_nll(model, ids, 16, 32, torch.device("cpu"))
     assert int(rows["second.txt"][2].replace(",", "")) == len(ids)
     assert float(rows["second.txt"][3]) == pytest.approx(nll / count, abs=1e-4)
+
+
+def test_device_auto_says_when_it_falls_back_to_the_cpu(tmp_path, story, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is visible: --device auto does not fall back here")
+    flags = ["--train", "--input", str(story), "--data-dir", str(tmp_path / "data"), *TINY, "--max-steps", "1"]
+    assert main([*flags, "--logdir", str(tmp_path / "auto")]) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if "--device auto chose the CPU" in line]
+    assert len(notes) == 1 and "because" in notes[0]  # once, with the reason
+    assert main([*flags, "--device", "cpu", "--logdir", str(tmp_path / "cpu")]) == 0
+    assert "--device auto chose the CPU" not in capsys.readouterr().err  # chosen on purpose: no note

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+from typing import Any
 
 EXIT_OK, EXIT_USAGE, EXIT_DIVERGED = 0, 2, 3
 EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
@@ -47,3 +48,19 @@ def load_for_inference(args: argparse.Namespace, flags: dict[str, str]):
     model = model_from_checkpoint(payload, path, device).eval()
     tokenizer = tokenizer_from_checkpoint(payload, path)
     return path, payload, model, tokenizer, device
+
+
+def cpu_fallback_note(requested: str, device: Any) -> str | None:
+    """One line when `--device auto` lands on the CPU, saying why, so that a job meant for the GPU
+    does not silently run many times slower; None when the device was chosen explicitly or is a GPU."""
+    import torch
+
+    if requested != "auto" or device.type != "cpu":
+        return None
+    if torch.version.cuda is None:
+        why = f"this PyTorch ({torch.__version__}) is a CPU-only build"
+    else:
+        why = (f"PyTorch {torch.__version__} (built for CUDA {torch.version.cuda}) finds no CUDA GPU (driver "
+               "missing or too old, or CUDA_VISIBLE_DEVICES hides it)")
+    return (f"note: --device auto chose the CPU because {why}. Training runs many times slower than on a GPU; "
+            "README section 'Installation' shows how to check the GPU. --device cpu hides this note.")

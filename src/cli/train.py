@@ -13,7 +13,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from src.cli.common import EXIT_DIVERGED, EXIT_OK, EXIT_SIGNAL, INSPECT_PROMPT, UsageError, name_the_flag
+from src.cli.common import (
+    EXIT_DIVERGED,
+    EXIT_OK,
+    EXIT_SIGNAL,
+    INSPECT_PROMPT,
+    UsageError,
+    cpu_fallback_note,
+    name_the_flag,
+)
 from src.cli.settings import resolve_settings
 from src.config import ModelConfig, TrainConfig, config_to_dict
 from src.fileio import atomic_write_text
@@ -54,8 +62,8 @@ def _default_run_dir() -> Path:
 def run_train(args: argparse.Namespace, flags: dict[str, str], callbacks: Sequence[Any] = ()) -> int:
     import torch
 
-    from src.memorization import memorization_note
     from src.dataset import TokenDataset, prepare_dataset
+    from src.memorization import memorization_note
     from src.model import MiniTransformer
     from src.tokenizer import load_tokenizer
     from src.training.callbacks import CheckpointSaver, ProgressBar, RunLogger, SignalStop
@@ -97,6 +105,8 @@ def run_train(args: argparse.Namespace, flags: dict[str, str], callbacks: Sequen
     except ValueError as err:
         raise UsageError(name_the_flag(str(err), flags)) from None
     enable_tf32(device)
+    if (note := cpu_fallback_note(train_cfg.device, device)) is not None:
+        print(note, file=sys.stderr, flush=True)
 
     prepared = prepare_dataset(data_cfg, block_size=settings.model.get("block_size", 256),
                                show_progress=not args.quiet)
