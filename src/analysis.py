@@ -15,6 +15,9 @@
 The memorisation check (longest verbatim match with the training text) is in `src/memorization.py`.
 
 Shape notation: B batch, T time, C = n_embd, nh heads, hs head size, V vocabulary.
+
+Why one file of ~450 lines: `explain_forward` alone is long because it names and explains every stage
+of the forward pass; the rest are small functions that the playground, the CLI and the pictures share.
 """
 
 from __future__ import annotations
@@ -225,7 +228,7 @@ def explain_forward(model: torch.nn.Module, tokenizer: Any | None, prompt: str, 
         prompt: the text; only its last block_size tokens are used.
         top_k: how many likely next tokens to report.
     """
-    from src.model.attention import build_causal_mask, scaled_dot_product_attention
+    from src.model.attention import build_causal_mask, scaled_dot_product_attention, split_heads
 
     tokenizer = tokenizer if tokenizer is not None else byte_tokenizer()
     config = model.config
@@ -270,7 +273,7 @@ def explain_forward(model: torch.nn.Module, tokenizer: Any | None, prompt: str, 
         block = f"blocks.{i}"
         qkv = captured[f"{i}.c_attn"]  # (B, T, 3C)
         q, k, v = qkv.split(C, dim=2)  # 3 x (B, T, C)
-        q, k, v = (t.view(B, T, nh, hs).transpose(1, 2) for t in (q, k, v))  # (B, T, C) -> (B, nh, T, hs)
+        q, k, v = (split_heads(t, nh) for t in (q, k, v))  # the model's own split: (B, T, C) -> (B, nh, T, hs)
         # The model's own attention function on the captured q, k, v: the weights it used, not a copy.
         context, weights = scaled_dot_product_attention(q, k, v, causal=True)  # (B, nh, T, hs), (B, nh, T, T)
         add(f"block{i}.ln_1", "LayerNorm 1", captured[f"{i}.ln_1"], "(B, T, C)",

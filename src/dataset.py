@@ -23,6 +23,10 @@ renamed at the end, so a failed build leaves nothing half-written behind.
 
 Left out on purpose: sharding for corpora larger than memory-mapped files handle, document
 packing/masking across `<|endoftext|>` (the model simply learns that a new book starts there).
+
+Why one file of ~700 lines: it is the whole pipeline the user runs as `python -m src.dataset`, in
+numbered sections that follow the steps above; downloading and cleaning already live apart in
+`src/gutenberg.py`, and the training loop never imports this module (it receives batches).
 """
 
 from __future__ import annotations

@@ -16,6 +16,9 @@ take tensors, a model or paths; they contain no training logic.
 * `plot_lr_schedule` - the learning rate at each step: a run's planned schedule and the logged values.
 
 Shape notation as in `src/model/`: B batch, T time, nh heads, V vocabulary.
+
+Why one file of ~550 lines: every function draws one kind of picture and reads on its own; they share
+the label helpers and the heat-map drawing, and the user's plan names this one module for pictures.
 """
 
 from __future__ import annotations
