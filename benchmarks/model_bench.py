@@ -12,15 +12,22 @@ machine is noisy and numbers from different runs are not comparable):
    attention="sdpa" and "manual" vs HF with attn_implementation "sdpa" and "eager", same batch.
    From it the achieved FLOP/s (`MiniTransformer.flops_per_token()` x tokens/s) and, with
    --peak-tflops, the MFU (model FLOPs utilisation, PaLM paper, Chowdhery et al. 2022, appendix B).
-2. Greedy generation of N tokens from the same prompt: ours with and without the KV cache vs HF
-   `generate` with and without its cache; tokens/s.
+2. Greedy generation, batch 1, N new tokens (default 200) from the same prompt: ours with the KV
+   cache vs HF `generate` with its cache, in fp32 and with the weights cast to bf16
+   (`model.to(torch.bfloat16)`); tokens/s and ours / HF.
+3. KV cache vs no cache until the sequence fills block_size: ours and HF, the speed-up of each.
+
+Ratios are medians over rounds of the two times measured back to back in the same round (A B A B),
+so a slow phase of a shared machine hits both sides of a ratio alike.
 
     python -m benchmarks.model_bench [--device cpu|cuda] [--preset tiny|small|default] [--threads N]
+    python -m benchmarks.model_bench --preset default --skip-training   # generation only
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import os
 import platform
@@ -34,8 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from src.cli.settings import PRESETS
 from src.config import ModelConfig, TrainConfig
-from src.main import PRESETS
 from src.model import MiniTransformer
 
 DEFAULT_BATCH_SIZE = next(f.default for f in fields(TrainConfig) if f.name == "batch_size")
@@ -147,6 +154,12 @@ def measure_interleaved(variants: list[Variant], repeats: int, calls: int, warmu
             variant.seconds.append((time.perf_counter() - start) / calls)
 
 
+def paired_speedup(variant: Variant, reference: Variant) -> float:
+    """How many times faster `variant` is than `reference`: the median over rounds of the ratio of
+    their times in the same round (measure_interleaved runs them back to back)."""
+    return statistics.median(r / v for v, r in zip(variant.seconds, reference.seconds, strict=True))
+
+
 # ---------------------------------------------------------------------------------------------------
 # 1. Training step
 # ---------------------------------------------------------------------------------------------------
@@ -236,13 +249,20 @@ def training_table(rows: list[tuple[Variant, Variant | None]], flops_per_token: 
     return "\n".join(lines)
 
 
-def generation_table(rows: list[tuple[Variant, Variant | None]]) -> str:
-    lines = ["| greedy generation | tokens/s | ms/token | ours / HF |", "|---|---|---|---|"]
+def generation_table(rows: list[tuple[Variant, Variant | None]], ratio_header: str = "ours / HF") -> str:
+    """One row per variant; the ratio column compares it with its reference, paired per round."""
+    lines = [f"| greedy generation | tokens/s | ms/token | {ratio_header} |", "|---|---|---|---|"]
     for variant, reference in rows:
-        ratio = f"{variant.tokens_per_sec / reference.tokens_per_sec:.2f}x {reference.name}" if reference else ""
+        ratio = f"{paired_speedup(variant, reference):.2f}x {reference.name}" if reference else ""
         lines.append(f"| {variant.name} | {variant.tokens_per_sec:,.0f} | "
                      f"{1000 * variant.median_seconds / variant.work:.2f} | {ratio} |")
     return "\n".join(lines)
+
+
+def same_prefix(a: torch.Tensor, b: torch.Tensor) -> int:
+    """Number of leading positions where two (1, T) token sequences agree."""
+    differ = (a != b).flatten().nonzero()
+    return a.numel() if differ.numel() == 0 else int(differ[0])
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -273,6 +293,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="the device's peak TFLOP/s for the dtype used, to print MFU (e.g. RTX 4080: "
                              "~48.7 fp32, ~97.5 dense bf16 with fp32 accumulate on the spec sheet)")
+    parser.add_argument("--skip-training", action="store_true",
+                        help="only the generation tables (the training table takes minutes at --preset default)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     for name in ("vocab_size", "threads", "repeats", "steps", "new_tokens", "prompt_length", "batch_size"):
@@ -306,31 +328,56 @@ def bench_training(ours: dict[str, MiniTransformer], hf: dict[str, nn.Module], b
 
 
 def bench_generation(model: MiniTransformer, hf: nn.Module, args: argparse.Namespace, device: torch.device) -> None:
-    """Table 2: greedy generation from the same prompt, with and without a KV cache."""
+    """Tables 2 and 3: greedy generation from the same prompt, batch 1, sdpa attention."""
     cfg = model.config
     prompt_length = min(args.prompt_length, cfg.block_size - 1)
-    new_tokens = min(args.new_tokens, cfg.block_size - prompt_length)  # HF has no sliding window
     prompt = torch.randint(cfg.vocab_size, (1, prompt_length), device=device)  # (1, T)
-    ours_cache = Variant("ours, KV cache", lambda: model.generate(prompt, new_tokens, temperature=0.0), new_tokens)
-    ours_plain = Variant("ours, no cache",
-                         lambda: model.generate(prompt, new_tokens, temperature=0.0, use_cache=False), new_tokens)
-    hf_cache = Variant("HF generate, cache", make_hf_generate(hf, prompt, new_tokens, True), new_tokens)
-    hf_plain = Variant("HF generate, no cache", make_hf_generate(hf, prompt, new_tokens, False), new_tokens)
-    variants = [ours_cache, ours_plain, hf_cache, hf_plain]
-    same_ours = torch.equal(ours_cache.run(), ours_plain.run())
-    same_hf = torch.equal(ours_cache.run(), hf_cache.run())
+
+    def greedy(m: MiniTransformer, n: int, use_cache: bool = True) -> Callable[[], torch.Tensor]:
+        return lambda: m.generate(prompt, n, temperature=0.0, use_cache=use_cache)
+
+    # Table 2: ours vs HF generate, both with their KV cache, in fp32 and with bf16 weights.
+    new_tokens = min(args.new_tokens, cfg.block_size - prompt_length)  # HF has no sliding window
+    ours_bf16 = copy.deepcopy(model).to(torch.bfloat16)
+    hf_bf16 = copy.deepcopy(hf).to(torch.bfloat16)
+    ours = Variant("ours, KV cache", greedy(model, new_tokens), new_tokens)
+    ours_b = Variant("ours, KV cache, bf16 weights", greedy(ours_bf16, new_tokens), new_tokens)
+    theirs = Variant("HF generate, cache", make_hf_generate(hf, prompt, new_tokens, True), new_tokens)
+    theirs_b = Variant("HF generate, cache, bf16 weights", make_hf_generate(hf_bf16, prompt, new_tokens, True),
+                       new_tokens)
+    same_hf = torch.equal(ours.run(), theirs.run())
+    bf16_agree = same_prefix(ours_b.run()[:, prompt_length:], ours.run()[:, prompt_length:])
     start = time.perf_counter()
     with torch.no_grad():
-        measure_interleaved(variants, args.repeats, 1, warmup=1, device=device)
+        measure_interleaved([ours, theirs, ours_b, theirs_b], args.repeats, 1, warmup=1, device=device)
     capped = " (capped: prompt + new tokens must fit in block_size)" if new_tokens < args.new_tokens else ""
-    print(f"\n## Greedy generation: batch 1, prompt {prompt_length} tokens, {new_tokens} new tokens{capped}, "
-          f"sdpa attention, fp32; median of {args.repeats} interleaved rounds "
+    print(f"\n## Greedy generation with KV cache: batch 1, prompt {prompt_length} tokens, {new_tokens} new "
+          f"tokens{capped}, sdpa attention; median of {args.repeats} interleaved rounds "
           f"({time.perf_counter() - start:.0f} s)\n")
-    print(generation_table([(ours_cache, hf_cache), (ours_plain, hf_plain), (hf_cache, None), (hf_plain, None)]))
-    print(f"\nsame tokens: ours with vs without cache: {'yes' if same_ours else 'NO'}; ours vs HF: "
-          f"{'yes' if same_hf else 'no (float rounding can flip an argmax of near-equal logits)'}")
-    print(f"KV cache speed-up: ours {ours_cache.tokens_per_sec / ours_plain.tokens_per_sec:.2f}x, "
-          f"HF {hf_cache.tokens_per_sec / hf_plain.tokens_per_sec:.2f}x")
+    print(generation_table([(ours, theirs), (ours_b, theirs), (ours_b, theirs_b), (theirs, None), (theirs_b, None)]))
+    print(f"\nsame tokens, ours vs HF (fp32): "
+          f"{'yes' if same_hf else 'no (float rounding can flip an argmax of near-equal logits)'}; "
+          f"bf16 weights vs fp32: the first {bf16_agree} of {new_tokens} new tokens agree"
+          + (" (an untrained model's logits are nearly tied: rounding can pick another token)"
+             if bf16_agree < new_tokens else ""))
+
+    # Table 3: the cache against recomputing everything, until the sequence fills block_size.
+    long_tokens = cfg.block_size - prompt_length
+    ours_cache = Variant("ours, KV cache", greedy(model, long_tokens), long_tokens)
+    ours_plain = Variant("ours, no cache", greedy(model, long_tokens, use_cache=False), long_tokens)
+    hf_cache = Variant("HF generate, cache", make_hf_generate(hf, prompt, long_tokens, True), long_tokens)
+    hf_plain = Variant("HF generate, no cache", make_hf_generate(hf, prompt, long_tokens, False), long_tokens)
+    same_ours = torch.equal(ours_cache.run(), ours_plain.run())
+    start = time.perf_counter()
+    with torch.no_grad():
+        measure_interleaved([ours_cache, ours_plain, hf_cache, hf_plain], args.repeats, 1, warmup=0, device=device)
+    print(f"\n## KV cache vs no cache: prompt {prompt_length} + {long_tokens} new tokens = block_size "
+          f"{cfg.block_size}, fp32; median of {args.repeats} interleaved rounds "
+          f"({time.perf_counter() - start:.0f} s)\n")
+    print(generation_table([(ours_cache, ours_plain), (ours_plain, None), (hf_cache, hf_plain), (hf_plain, None)],
+                           ratio_header="cache / no cache"))
+    print(f"\nsame tokens, ours with vs without cache: {'yes' if same_ours else 'NO'}; "
+          f"ours with cache vs HF with cache: {paired_speedup(ours_cache, hf_cache):.2f}x")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -379,9 +426,10 @@ def main(argv: list[str] | None = None) -> int:
               "than free cores every parallel operation waits for a descheduled thread - try --threads 1")
     print()
 
-    bench_training(ours, hf, batch, args, device)
-    # Training changed the weights differently in each model: copy ours into HF again.
-    copy_weights_to_hf(ours["sdpa"], hf["sdpa"])
+    if not args.skip_training:
+        bench_training(ours, hf, batch, args, device)
+        # Training changed the weights differently in each model: copy ours into HF again.
+        copy_weights_to_hf(ours["sdpa"], hf["sdpa"])
     ours["sdpa"].eval()
     hf["sdpa"].eval()
     bench_generation(ours["sdpa"], hf["sdpa"], args, device)

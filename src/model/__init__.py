@@ -4,7 +4,13 @@ Files, read in this order: embeddings.py, attention.py, transformer_block.py, tr
 sampling.py holds how `generate` picks each next token (greedy, temperature, top-k, top-p).
 """
 
-from src.model.attention import KVCache, MultiHeadAttention, scaled_dot_product_attention
+from src.model.attention import (
+    KVCache,
+    MultiHeadAttention,
+    merge_heads,
+    scaled_dot_product_attention,
+    split_heads,
+)
 from src.model.embeddings import Embeddings
 from src.model.transformer import MiniTransformer
 from src.model.transformer_block import FeedForward, TransformerBlock
@@ -16,5 +22,7 @@ __all__ = [
     "MiniTransformer",
     "MultiHeadAttention",
     "TransformerBlock",
+    "merge_heads",
     "scaled_dot_product_attention",
+    "split_heads",
 ]

@@ -28,6 +28,7 @@ grouped-query attention, rotary embeddings, paged or quantised caches.
 from __future__ import annotations
 
 import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn

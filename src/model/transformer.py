@@ -19,7 +19,10 @@ step re-runs the last block_size tokens - exactly what the uncached path compute
 
 Device and precision are the caller's choice: `model.to(device)` moves every weight and buffer (the
 causal mask, the sinusoidal table), forward creates new tensors only on the input's device, and
-mixed precision is an outer `torch.autocast` (the training loop's job). Omitted on purpose:
+mixed precision is an outer `torch.autocast` (the training loop's job). For generation only,
+`model.to(torch.bfloat16)` halves the bytes of weights each new token must read (the KV cache
+follows the weights' dtype; sampling still runs in fp32); fp32 stays the default and is what the
+cached and uncached paths agree on token for token. Omitted on purpose:
 gradient checkpointing, torch.compile inside the model, mixture-of-experts and other variants.
 
 Shapes: B batch, T time, C = n_embd, V = vocab_size (legend in attention.py).
