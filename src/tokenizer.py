@@ -76,6 +76,10 @@ _CHAR_SPECIALS = (UNK_TOKEN, EOT_TOKEN)
 _BPE_SPECIALS = (EOT_TOKEN,)
 _BPE_MIN_PAIR_COUNT = 2  # a pair seen only once is memorisation, not a useful subword
 _CACHE_LIMIT = 1 << 20  # distinct chunks kept by the encode cache before it is cleared
+# The bytes of all tokens together; GPT-2's 50,257 tokens hold ~0.3 MB. Each merge can double a token's
+# length, so a few MB of crafted merges could otherwise ask for tens of GB (checked before building).
+_MAX_VOCAB_BYTES = 1 << 26
+_MAX_TOKENIZER_FILE = 256 << 20  # bytes of a tokenizer.json read from disk
 # Letters with umlauts and accents, digits, punctuation, spaces, line breaks, tabs, control
 # characters, combining marks, emoji with joiners, CJK: a split pattern must cover all of them.
 _PATTERN_PROBE = "Es war einmal: Mädchen, STRASSE 1234567.89 -- ok?!\n\r\n\t  x \x00\x1b[0m e\u0301 👨\u200d👩 中文\n\n "
@@ -275,6 +279,26 @@ class CharTokenizer(_TokenizerBase):
                 "special_tokens": list(self.special_tokens), "chars": self.chars}
 
 
+def _check_merges(merges: Sequence[tuple[int, int]]) -> None:
+    """Merges refer only to earlier ids, and the tokens they make fit in `_MAX_VOCAB_BYTES`, computed
+    from lengths alone (linear time, small numbers) before a single byte string is built.
+
+    Example: _check_merges([(256, 256)]) raises - token 256 does not exist before merge 0 makes it.
+    """
+    if len(merges) > _MAX_MERGES:
+        raise ValueError(f"{len(merges):,} merges is more than the {_MAX_MERGES:,} this code reads")
+    lengths, total = [1] * 256, 256
+    for rank, (a, b) in enumerate(merges):
+        if not (0 <= a < 256 + rank and 0 <= b < 256 + rank):
+            raise ValueError(f"merge {rank} {[a, b]} refers to a token that does not exist yet")
+        lengths.append(lengths[a] + lengths[b])
+        total += lengths[-1]
+        if total > _MAX_VOCAB_BYTES:
+            raise ValueError(f"the tokens made by the first {rank + 1:,} merges already hold more than "
+                             f"{_MAX_VOCAB_BYTES >> 20} MB of text (merge {rank} makes a token of "
+                             f"{lengths[-1]:,} bytes); not a real tokenizer - refused before building it")
+
+
 def _code_points(text: str) -> np.ndarray:
     """str -> its code points as int64 (UTF-32 is exactly one 4-byte unit per character)."""
     # surrogatepass: a lone surrogate becomes its code point and then simply an unknown character
@@ -296,6 +320,7 @@ class BPETokenizer(_TokenizerBase):
 
     def __init__(self, merges: Sequence[Sequence[int]], pattern: str = SPLIT_PATTERN):
         self.merges = [(int(a), int(b)) for a, b in merges]
+        _check_merges(self.merges)  # sizes first: a crafted chain of merges would need GBs
         self.pattern = pattern
         self._regex = regex.compile(pattern)
         if "".join(_chunks(self._regex, _PATTERN_PROBE)) != _PATTERN_PROBE:
@@ -384,7 +409,9 @@ class BPETokenizer(_TokenizerBase):
         try:
             return tokenizer_from_gpt2_vocab(vocab, merges, pattern)
         except ValueError as err:
-            raise ValueError(f"{vocab_json} + {merges_txt}: {err}") from None
+            folder = Path(vocab_json).parent
+            where = folder if folder == Path(merges_txt).parent else f"{vocab_json} + {merges_txt}"
+            raise ValueError(f"{where}: {err}") from None
 
     def to_gpt2_vocab(self) -> tuple[dict[str, int], list[tuple[str, str]]]:
         """This tokenizer as GPT-2-format data: ({token text: id}, [(text, text) per merge])."""
@@ -651,7 +678,7 @@ def gpt2_vocab_and_merges(tok: BPETokenizer) -> tuple[dict[str, int], list[tuple
     texts += list(tok.special_tokens)
     file_ids = tok.vocab_ids if isinstance(tok, GPT2BPETokenizer) else range(len(texts))
     vocab: dict[str, int] = {}
-    for text, file_id in zip(texts, file_ids):
+    for text, file_id in zip(texts, file_ids, strict=True):
         if vocab.setdefault(text, file_id) != file_id:
             raise ValueError(f"ids {vocab[text]} and {file_id} are the same token {tok.id_to_token(file_id)!r}; "
                              "GPT-2-format files (vocab.json) cannot hold one token under two ids")
@@ -762,8 +789,11 @@ def load_tokenizer(path: str | Path) -> CharTokenizer | BPETokenizer:
     if not path.exists():
         raise ValueError(f"tokenizer file {path} does not exist")
     try:
+        if path.stat().st_size > _MAX_TOKENIZER_FILE:
+            raise ValueError(f"tokenizer file {path} is {path.stat().st_size / 1e6:,.0f} MB, more than the "
+                             f"{_MAX_TOKENIZER_FILE >> 20} MB this code reads")
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:  # RecursionError: nested too deep
         raise ValueError(f"tokenizer file {path} is not valid JSON: {err}") from None
     except OSError as err:
         raise ValueError(f"cannot read tokenizer file {path}: {err.strerror or err}") from None

@@ -53,8 +53,13 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
 
 
 def find_checkpoint(path_or_run_dir: str | Path) -> Path:
-    """A .pt file as given, or for a run directory its checkpoints/best.pt, else last.pt."""
+    """A .pt file as given, or for a run directory its checkpoints/best.pt, else last.pt.
+    A Hugging Face model folder (config.json with a model_type) is returned as it is."""
+    from src.hf_bridge import is_hf_model_dir  # imported here: hf_bridge imports this module
+
     path = Path(path_or_run_dir)
+    if path.is_dir() and is_hf_model_dir(path):
+        return path
     if path.is_dir():
         for name in ("best.pt", "last.pt"):
             candidate = path / CHECKPOINT_DIR / name
@@ -69,11 +74,16 @@ def find_checkpoint(path_or_run_dir: str | Path) -> Path:
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint safely (`weights_only=True`) and check that it has our layout.
 
-    A `.safetensors` file from `export_safetensors` is read with `load_safetensors` instead.
+    A `.safetensors` file from `export_safetensors` is read with `load_safetensors` instead, a
+    Hugging Face GPT-2 folder with `src.hf_bridge.hf_checkpoint_payload` (into the same layout).
     """
+    from src.hf_bridge import hf_checkpoint_payload, is_hf_model_dir
+
     path = Path(path)
     if path.suffix == ".safetensors":
         return load_safetensors(path)
+    if path.is_dir() and is_hf_model_dir(path):
+        return hf_checkpoint_payload(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
@@ -139,8 +149,8 @@ def tokenizer_from_checkpoint(payload: dict[str, Any], path: str | Path):
 def load_model(path_or_run_dir: str | Path, device: str | torch.device = "cpu"):
     """Load a trained model and its tokenizer: `model, tokenizer = load_model("runs/x")`.
 
-    Accepts a `.pt` file, a run directory (then `checkpoints/best.pt`, else `last.pt`) or a
-    `.safetensors` file written by `export_safetensors`. The model
+    Accepts a `.pt` file, a run directory (then `checkpoints/best.pt`, else `last.pt`), a
+    `.safetensors` file written by `export_safetensors` or a Hugging Face GPT-2 folder. The model
     is returned in `eval()` mode on `device`. Raises `CheckpointError` naming the file and problem.
     """
     path = find_checkpoint(path_or_run_dir)
