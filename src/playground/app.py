@@ -48,6 +48,7 @@ from src.playground.core import (
     read_run_files,
     stage_rows,
     unknown_characters,
+    whole_number,
 )
 from src.playground.figures import candidate_figure, training_figure
 
@@ -159,10 +160,8 @@ class Playground:
         if not state:
             raise gr.Error("Noch kein Text erzeugt: drücke erst »Schreiben«.", print_exception=False)
         steps: list[Step] = state["steps"]
-        number = step_number
-        if isinstance(number, float) and number.is_integer():
-            number = int(number)
-        if isinstance(number, bool) or not isinstance(number, int) or not 1 <= number <= len(steps):
+        number = whole_number(step_number)
+        if number is None or not 1 <= number <= len(steps):
             raise gr.Error(f"Schritt muss eine ganze Zahl von 1 bis {len(steps)} sein, nicht {step_number!r}.",
                            print_exception=False)
         step = steps[number - 1]
@@ -207,7 +206,8 @@ class Playground:
         figure = plot_attention(weights, tokens, layer, head_or_all)
         row = attention_row(weights, layer, head_or_all, query)  # query + 1 weights
         strongest = max(row)
-        highlighted = [(tok, round(w / strongest, 3) if strongest > 0 else 0.0) for tok, w in zip(tokens, row)]
+        highlighted = [(tok, round(w / strongest, 3) if strongest > 0 else 0.0)
+                       for tok, w in zip(tokens[: query + 1], row, strict=True)]
         highlighted += [(tok, None) for tok in tokens[query + 1:]]
         who = "Mittel über alle Köpfe" if head_or_all is None else f"Kopf {head}"
         top = sorted(range(len(row)), key=lambda i: -row[i])[:3]
@@ -222,8 +222,8 @@ class Playground:
 
     @staticmethod
     def _choice(name: str, value: Any, low: int, high: int) -> int:
-        number = int(value) if isinstance(value, float) and value.is_integer() else value
-        if isinstance(number, bool) or not isinstance(number, int) or not low <= number <= high:
+        number = whole_number(value)
+        if number is None or not low <= number <= high:
             raise gr.Error(f"{name} muss eine ganze Zahl von {low} bis {high} sein, nicht {value!r}.",
                            print_exception=False)
         return number
@@ -319,11 +319,14 @@ def build_app(model: torch.nn.Module, tokenizer: Any, *, run_dir: Path | None, c
                             stop_button = gr.Button("Stopp", elem_id="stop-button")
                     with gr.Column(scale=2):
                         temperature = gr.Slider(0, 2, value=0.8, step=0.05, label="Temperatur",
-                                                info="0 = greedy: immer das wahrscheinlichste Token")
-                        top_k = gr.Slider(0, cfg.vocab_size, value=0, step=1, label="top-k", info="0 = aus")
-                        top_p = gr.Slider(0.05, 1, value=1, step=0.05, label="top-p", info="1 = aus")
-                        n_tokens = gr.Slider(1, MAX_NEW_TOKENS, value=200, step=1, label="Anzahl Tokens")
-                        seed = gr.Number(42, precision=0, minimum=0, maximum=MAX_SEED, label="Seed")
+                                                info="0 = greedy: immer das wahrscheinlichste Token",
+                                                elem_id="temperature")
+                        top_k = gr.Slider(0, cfg.vocab_size, value=0, step=1, label="top-k", info="0 = aus",
+                                          elem_id="top-k")
+                        top_p = gr.Slider(0.05, 1, value=1, step=0.05, label="top-p", info="1 = aus", elem_id="top-p")
+                        n_tokens = gr.Slider(1, MAX_NEW_TOKENS, value=200, step=1, label="Anzahl Tokens",
+                                             elem_id="n-tokens")
+                        seed = gr.Number(42, precision=0, minimum=0, maximum=MAX_SEED, label="Seed", elem_id="seed")
                 generated = gr.HighlightedText(label="Text (Farbe: Wahrscheinlichkeit des Tokens laut Modell)",
                                                color_map=colours, show_legend=True, show_inline_category=False,
                                                elem_id="generated")

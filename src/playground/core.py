@@ -125,12 +125,22 @@ class Settings:
         return f"Temperatur {self.temperature:g}, top-k {top_k}, top-p {top_p}, Seed {self.seed}"
 
 
+def whole_number(value: Any) -> int | None:
+    """The value as an int if it is a whole number (a slider delivers 5.0), else None.
+
+    Example: ``whole_number(5.0)`` -> ``5``, ``whole_number(2.5)``, ``whole_number(True)`` -> ``None``.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(value, float) and not (math.isfinite(value) and value % 1 == 0):
+        return None
+    return int(value)
+
+
 def _integer(name: str, value: Any, low: int, high: int) -> int:
-    """A whole number in [low, high] (a slider may deliver 5.0), else PlaygroundInputError."""
-    number = value
-    if isinstance(value, float) and value.is_integer():
-        number = int(value)
-    if isinstance(number, bool) or not isinstance(number, int) or not low <= number <= high:
+    """A whole number in [low, high], else PlaygroundInputError."""
+    number = whole_number(value)
+    if number is None or not low <= number <= high:
         raise PlaygroundInputError(f"{name} muss eine ganze Zahl von {low} bis {high} sein, nicht {value!r}.")
     return number
 

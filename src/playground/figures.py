@@ -34,7 +34,7 @@ def candidate_figure(step: Step, settings: Settings) -> Figure:
     labels = [f"'{display_token(c.token)}'" + ("  ◀ gewählt" if c.token_id == step.token_id else "")
               for c in candidates]
     ax.set_yticks(list(rows), labels, family="monospace", fontsize=9)
-    for tick, c in zip(ax.get_yticklabels(), candidates):
+    for tick, c in zip(ax.get_yticklabels(), candidates, strict=True):
         if c.token_id == step.token_id:
             tick.set_color(CHOSEN_COLOUR)
             tick.set_fontweight("bold")
@@ -58,9 +58,9 @@ def training_figure(metrics: list[dict[str, Any]]) -> Figure | None:
     fig = Figure(figsize=(11, 3.8), layout="constrained")
     ax_loss, ax_lr = fig.subplots(1, 2, width_ratios=[1.6, 1])
     if train:
-        ax_loss.plot(*zip(*train), label="Training")
+        ax_loss.plot([s for s, _ in train], [v for _, v in train], label="Training")
     if val:
-        ax_loss.plot(*zip(*val), "o--", markersize=4, label="Validierung")
+        ax_loss.plot([s for s, _ in val], [v for _, v in val], "o--", markersize=4, label="Validierung")
     ax_loss.set_xlabel("Schritt")
     ax_loss.set_ylabel("Loss (Kreuzentropie, nats)")
     ax_loss.set_title("Loss")
@@ -68,7 +68,7 @@ def training_figure(metrics: list[dict[str, Any]]) -> Figure | None:
     if train or val:
         ax_loss.legend(fontsize=8)
     if lr:
-        ax_lr.plot(*zip(*lr), color="tab:green")
+        ax_lr.plot([s for s, _ in lr], [v for _, v in lr], color="tab:green")
     ax_lr.set_xlabel("Schritt")
     ax_lr.set_title("Lernrate")
     ax_lr.grid(alpha=0.3)
