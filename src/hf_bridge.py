@@ -165,10 +165,14 @@ def from_hf_state_dict(hf_state: Mapping[str, torch.Tensor], config: ModelConfig
     wte = state["transformer.wte.weight"]
     if "lm_head.weight" in hf_state and not torch.equal(hf_state["lm_head.weight"], wte):
         raise ValueError("lm_head.weight differs from transformer.wte.weight: an untied LM head is not supported")
+    if not config.bias and not _zero_biases(state, expected):
+        raise ValueError("the biases are not all zero, so the model cannot be loaded with bias=False")
+    if config.pos_encoding == "sinusoidal" and not _is_sinusoidal(state["transformer.wpe.weight"], config):
+        raise ValueError("transformer.wpe.weight is not the sinusoidal table, so pos_encoding='sinusoidal' cannot load it")
     ours = {}
     for name, tensor in state.items():
         if name.endswith(".bias") and not config.bias:
-            continue  # zeros (checked by _our_config)
+            continue  # all zero: a model without biases computes the same
         if name == "transformer.wpe.weight" and config.pos_encoding == "sinusoidal":
             continue  # the fixed table is a buffer of our model, rebuilt from the config
         ours[our_name(name)] = tensor.t() if name.endswith(_CONV1D) else tensor  # (in, out) -> (out, in)
@@ -203,8 +207,10 @@ def model_config_from_hf(hf: Mapping[str, Any]) -> ModelConfig:
            "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False, "add_cross_attention": False,
            "tie_word_embeddings": True}
     get.update({key: hf[key] for key in get if key in hf})
-    if get["n_inner"] not in (None, 4 * get["n_embd"]):
-        raise ValueError(f"n_inner {get['n_inner']} is not supported: our MLP is 4 * n_embd = {4 * get['n_embd']} wide")
+    config = ModelConfig(vocab_size=get["vocab_size"], block_size=get["n_positions"], n_layer=get["n_layer"],
+                         n_head=get["n_head"], n_embd=get["n_embd"], dropout=get["resid_pdrop"], bias=True)
+    if get["n_inner"] not in (None, 4 * config.n_embd):
+        raise ValueError(f"n_inner {get['n_inner']} is not supported: our MLP is 4 * n_embd = {4 * config.n_embd} wide")
     if get["activation_function"] not in _TANH_GELUS:
         raise ValueError(f"activation_function {get['activation_function']!r} is not supported (ours: tanh-GELU, "
                          f"one of {', '.join(_TANH_GELUS)})")
@@ -215,8 +221,7 @@ def model_config_from_hf(hf: Mapping[str, Any]) -> ModelConfig:
                         ("add_cross_attention", False), ("tie_word_embeddings", True)):
         if get[key] != wanted:
             raise ValueError(f"{key} {get[key]!r} is not supported (ours: {wanted})")
-    return ModelConfig(vocab_size=get["vocab_size"], block_size=get["n_positions"], n_layer=get["n_layer"],
-                       n_head=get["n_head"], n_embd=get["n_embd"], dropout=get["resid_pdrop"], bias=True)
+    return config
 
 
 def _our_config(hf_cfg: ModelConfig, marker: Any, hf_state: Mapping[str, torch.Tensor]) -> ModelConfig:
@@ -229,13 +234,20 @@ def _our_config(hf_cfg: ModelConfig, marker: Any, hf_state: Mapping[str, torch.T
     if any(getattr(stored, key) != getattr(hf_cfg, key) for key in shape):
         return hf_cfg
     state = {k if k.startswith(HF_PREFIX) else HF_PREFIX + k: v for k, v in hf_state.items()}
-    if not stored.bias and any(t.any() for k, t in state.items() if k in hf_shapes(hf_cfg) and k.endswith(".bias")):
+    if not stored.bias and not _zero_biases(state, hf_shapes(hf_cfg)):
         stored.bias = True  # biases were trained since the export
-    if stored.pos_encoding == "sinusoidal":
-        table = sinusoidal_table(hf_cfg.block_size, hf_cfg.n_embd)
-        if not torch.equal(state["transformer.wpe.weight"].to(table.dtype), table):
-            stored.pos_encoding = "learned"  # the table was trained since the export
+    if stored.pos_encoding == "sinusoidal" and not _is_sinusoidal(state.get("transformer.wpe.weight"), hf_cfg):
+        stored.pos_encoding = "learned"  # the table was trained since the export
     return stored
+
+
+def _zero_biases(state: Mapping[str, torch.Tensor], expected: Mapping[str, tuple[int, ...]]) -> bool:
+    return not any(t.any() for name, t in state.items() if name in expected and name.endswith(".bias"))
+
+
+def _is_sinusoidal(wpe: torch.Tensor | None, config: ModelConfig) -> bool:
+    table = sinusoidal_table(config.block_size, config.n_embd)
+    return wpe is not None and wpe.shape == table.shape and torch.equal(wpe.to(table.dtype), table)
 
 
 # --- reading a folder -------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from src.hf_bridge import (
     LAYER_NORM_EPS,
     OUR_TOKENIZER_FILE,
     export_hf,
+    from_hf_state_dict,
     hf_name,
     hf_shapes,
     is_hf_gpt2_dir,
@@ -336,14 +338,29 @@ def _drop_tensor(folder: Path, name: str) -> None:
     (lambda f: _edit_config(f, n_inner=48), "n_inner 48 is not supported"),
     (lambda f: _edit_config(f, layer_norm_epsilon=1e-6), "layer_norm_epsilon 1e-06 is not supported"),
     (lambda f: _edit_config(f, tie_word_embeddings=False), "tie_word_embeddings False is not supported"),
+    (lambda f: _edit_config(f, n_embd=None), "n_embd must be a positive integer, got None"),
 ], ids=["model-type", "no-weights", "shape", "vocab", "layers", "missing-tensor", "no-config", "bad-json",
-        "corrupt-weights", "activation", "n-inner", "epsilon", "untied"])
+        "corrupt-weights", "activation", "n-inner", "epsilon", "untied", "n-embd-null"])
 def test_wrong_or_incomplete_folder_is_one_clear_line(hf_dir, damage, expected):
     damage(hf_dir)
     with pytest.raises(CheckpointError) as excinfo:
         load_hf_gpt2(hf_dir)
     message = one_line_error(excinfo)
     assert expected in message and str(hf_dir) in message
+
+
+def test_state_dict_conversion_refuses_what_the_config_cannot_hold():
+    hf = dict(random_hf_model().state_dict())
+    config = ModelConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=16)
+    assert from_hf_state_dict(hf, replace(config, bias=False)).keys().isdisjoint(  # HF initialises biases to 0
+        {"blocks.0.ln_1.bias", "blocks.0.attn.c_attn.bias", "ln_f.bias"})
+    hf["transformer.h.0.ln_1.bias"] = hf["transformer.h.0.ln_1.bias"] + 0.1
+    with pytest.raises(ValueError, match="biases are not all zero"):
+        from_hf_state_dict(hf, replace(config, bias=False))
+    with pytest.raises(ValueError, match="not the sinusoidal table"):
+        from_hf_state_dict(hf, replace(config, pos_encoding="sinusoidal"))
+    ours = from_hf_state_dict(hf, config)
+    assert torch.equal(ours["blocks.1.mlp.c_fc.weight"], hf["transformer.h.1.mlp.c_fc.weight"].t())
 
 
 def test_untied_head_in_the_weights_is_refused(tmp_path):

@@ -438,3 +438,12 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path):
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().count("\n") == 0 and "does not exist" in result.stderr
+
+
+def test_fingerprints_of_existing_tokenizers_are_stable():
+    """Runs and checkpoints record a tokenizer's fingerprint: the format must not drift (hashes from
+    before the GPT-2-format files were added; to_dict of these tokenizers must stay byte-identical)."""
+    assert BPETokenizer.train("aaabdaaabac", vocab_size=300).fingerprint() == (
+        "e0f11681c17111a7237833f838574416c5728fe96eecc4635a32fd798aeaad15")
+    assert CharTokenizer.train("hello", max_vocab_size=10).fingerprint() == (
+        "121992670ae41103d7aca9c9a7952ad50f71a7872612eb4468a33339e8d5039e")
