@@ -32,8 +32,16 @@ Beyond GPT-2, and how it is expressed: `bias=False` is written as zero biases an
 would train both if fine-tuned); loading our export restores them when the numbers are unchanged.
 Not supported (a ValueError naming the file and the problem): other model types, n_inner other
 than 4 n_embd, other activations or epsilons, scale_attn_by_inverse_layer_idx, cross-attention,
-an untied LM head, sharded weights. Tokenizers: byte-level BPE in GPT-2 format (see src/tokenizer.py)
-or our own JSON; others load as None, and `load_hf_tokenizer` says why.
+an untied LM head, sharded weights.
+
+Tokenizer files: a byte-level BPE is written in GPT-2 format (vocab.json + merges.txt, see
+src/tokenizer.py) plus Hugging Face's tokenizer.json, which also carries our split pattern (GPT-2's
+files cannot): `AutoTokenizer.from_pretrained(folder)` then encodes exactly like ours. The char
+tokenizer has no Hugging Face counterpart; it is written as our JSON (`OUR_TOKENIZER_FILE`, written
+for BPE too, so our export loads back exactly), and the model card shows the few lines that use it.
+Loading looks for our JSON, then tokenizer.json, then vocab.json + merges.txt. A tokenizer ours does
+not reproduce exactly (a normalizer, another pre-tokenizer, added tokens, add_prefix_space) loads as
+None, and `load_hf_tokenizer` says why.
 """
 
 from __future__ import annotations
