@@ -372,10 +372,9 @@ def load_hf_tokenizer(folder: str | Path) -> Tokenizer:
             if recorded is not None and recorded != tokenizer.fingerprint():
                 raise ValueError(f"{folder / OUR_TOKENIZER_FILE}: does not match the fingerprint in config.json (altered?)")
             return tokenizer
-        has_gpt2_files = (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()
-        if (folder / "tokenizer.json").is_file():
+        if (folder / "tokenizer.json").is_file():  # transformers, too, prefers it to vocab.json
             return _tokenizer_from_hf_json(folder / "tokenizer.json")
-        if has_gpt2_files:
+        if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
             _check_tokenizer_config(folder)
             return BPETokenizer.from_gpt2_files(folder / "vocab.json", folder / "merges.txt")
     except ValueError as err:
