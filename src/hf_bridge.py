@@ -57,6 +57,7 @@ import regex
 import torch
 
 from src.config import ModelConfig, config_from_dict, config_to_dict
+from src.errors import CheckpointError
 from src.fileio import atomic_write, atomic_write_text
 from src.model import MiniTransformer
 from src.model.embeddings import sinusoidal_table
@@ -69,7 +70,6 @@ from src.tokenizer import (
     tokenizer_from_dict,
     tokenizer_from_gpt2_vocab,
 )
-from src.training.checkpoints import CheckpointError
 
 Tokenizer = CharTokenizer | BPETokenizer
 

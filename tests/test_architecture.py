@@ -18,6 +18,7 @@ SRC = ROOT / "src"
 # rule names is product shell (cli, main, playground, bridges) and may import everything below it.
 ALLOWED: dict[str, tuple[str, ...]] = {
     "src.config": (),
+    "src.errors": (),
     "src.fileio": (),
     "src.model": ("src.config", "src.model"),
     "src.tokenizer": ("src.fileio",),
@@ -25,10 +26,10 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "src.dataset": ("src.config", "src.fileio", "src.gutenberg", "src.tokenizer"),
     "src.training.utils": ("src.config",),
     "src.training.train_loop": ("src.config", "src.training.utils"),
-    "src.training": ("src.config", "src.fileio", "src.model", "src.tokenizer", "src.dataset", "src.training",
+    "src.training": ("src.config", "src.errors", "src.fileio", "src.model", "src.tokenizer", "src.dataset", "src.training",
                      "src.hf_bridge"),
     # GPT-2 files <-> our model: below the checkpoints that use it to read a Hugging Face directory
-    "src.hf_bridge": ("src.config", "src.fileio", "src.model", "src.tokenizer"),
+    "src.hf_bridge": ("src.config", "src.errors", "src.fileio", "src.model", "src.tokenizer"),
     "src.memorization": ("src.dataset", "src.tokenizer"),
     "src.analysis": ("src.config", "src.model", "src.tokenizer", "src.training.utils"),
     "src.visualization": ("src.config", "src.model", "src.analysis", "src.training.utils"),

@@ -28,7 +28,9 @@ from typing import Any
 import torch
 
 from src.config import ModelConfig, config_from_dict, config_to_dict
+from src.errors import CheckpointError  # noqa: F401 - raised here, and imported from here by callers
 from src.fileio import atomic_write
+from src.hf_bridge import hf_checkpoint_payload, is_hf_model_dir
 
 CHECKPOINT_FORMAT_VERSION = 1
 CHECKPOINT_DIR = "checkpoints"
@@ -40,8 +42,6 @@ SAFETENSORS_FORMAT_VERSION = 1
 TIED_WEIGHTS = {"lm_head.weight": "embeddings.token_embedding.weight"}
 
 
-class CheckpointError(ValueError):
-    """A checkpoint file is missing, corrupt, truncated or does not fit the model/tokenizer."""
 
 
 # --- checkpoints ------------------------------------------------------------------------------
@@ -55,7 +55,6 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
 def find_checkpoint(path_or_run_dir: str | Path) -> Path:
     """A .pt file as given, or for a run directory its checkpoints/best.pt, else last.pt.
     A Hugging Face model folder (config.json with a model_type) is returned as it is."""
-    from src.hf_bridge import is_hf_model_dir  # imported here: hf_bridge imports this module
 
     path = Path(path_or_run_dir)
     if path.is_dir() and is_hf_model_dir(path):
@@ -77,7 +76,6 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     A `.safetensors` file from `export_safetensors` is read with `load_safetensors` instead, a
     Hugging Face GPT-2 folder with `src.hf_bridge.hf_checkpoint_payload` (into the same layout).
     """
-    from src.hf_bridge import hf_checkpoint_payload, is_hf_model_dir
 
     path = Path(path)
     if path.suffix == ".safetensors":
@@ -96,12 +94,102 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     missing = [key for key in REQUIRED_KEYS if key not in payload]
     if missing:
         raise CheckpointError(f"{path}: not a mini_transformer checkpoint (missing {', '.join(missing)})")
-    if payload["format_version"] != CHECKPOINT_FORMAT_VERSION:
+    if type(payload["format_version"]) is not int or payload["format_version"] != CHECKPOINT_FORMAT_VERSION:
         raise CheckpointError(
             f"{path}: checkpoint format version {payload['format_version']!r} is not supported "
             f"(this code reads version {CHECKPOINT_FORMAT_VERSION})"
         )
+    check_entries(payload, path)
     return payload
+
+
+# What each entry of a checkpoint must be, checked before anything is built from it: a file that
+# passes `weights_only=True` can still hold a list where weights belong, or a string as the step.
+ENTRY_TYPES: dict[str, type | tuple[type, ...]] = {
+    "model": dict, "model_config": dict, "tokenizer": dict, "tokenizer_fingerprint": (str, type(None)),
+    "train_config": dict, "data_config": dict, "data_path": str, "data_fingerprint": (str, type(None)),
+    "optimizer": dict, "scaler": (dict, type(None)), "schedule": (dict, type(None)), "state": dict, "rng": dict,
+    "preset": (str, type(None)), "data_changes": list,
+}
+RESUME_KEYS = ("train_config", "data_config", "optimizer", "state", "rng")
+
+
+def check_entries(payload: dict[str, Any], path: str | Path) -> None:
+    """CheckpointError naming the first entry of the wrong type or a weight that is not a tensor."""
+    for key, kind in ENTRY_TYPES.items():
+        if key in payload and not isinstance(payload[key], kind):
+            raise CheckpointError(f"{path}: entry {key!r} is a {type(payload[key]).__name__}, not what a "
+                                  "mini_transformer checkpoint holds there (damaged or crafted file?)")
+    weights = payload["model"]
+    wrong = next((name for name, value in weights.items() if not isinstance(name, str) or not torch.is_tensor(value)), None)
+    if wrong is not None:
+        raise CheckpointError(f"{path}: the weights {wrong!r} are a {type(weights[wrong]).__name__}, not a tensor "
+                              "(damaged or crafted file?)")
+
+
+def check_finite_weights(weights: dict[str, Any], path: str | Path) -> None:
+    """CheckpointError when weights hold NaN/inf: a model with them computes only NaN (a diverged run)."""
+    bad = non_finite_tensors(weights)
+    if bad:
+        raise CheckpointError(f"{path}: the weights hold NaN or infinite values ({len(bad)} of {len(weights)} "
+                              f"tensors, e.g. {bad[0]!r}): this model cannot compute anything; use an earlier "
+                              "checkpoint (e.g. best.pt) or train again with a lower --lr")
+
+
+def non_finite_tensors(state: dict[str, Any]) -> list[str]:
+    """Names of the floating-point tensors in `state` that hold NaN or inf; [] when all are finite."""
+    return [name for name, value in state.items()
+            if torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all())]
+
+
+def check_resumable(payload: dict[str, Any], path: str | Path) -> None:
+    """CheckpointError unless `payload` holds everything an exact resume needs, each of the right type:
+    the settings, the optimizer (tensors and numbers per parameter), the run's position (numbers)
+    and the random generators (restored once on trial, then put back)."""
+    from dataclasses import fields
+
+    from src.config import DataConfig, TrainConfig
+    from src.training.trainer import TrainState
+    from src.training.utils import capture_rng_state, restore_rng_state
+
+    def refuse(what: str) -> CheckpointError:
+        return CheckpointError(f"{path}: cannot resume: {what} (damaged or crafted file?)")
+
+    missing = [key for key in RESUME_KEYS if key not in payload]
+    if missing:
+        raise CheckpointError(f"{path}: cannot resume: the checkpoint has no {', '.join(map(repr, missing))}")
+    check_finite_weights(payload["model"], path)
+    for cls, key in ((TrainConfig, "train_config"), (DataConfig, "data_config")):
+        known = {f.name for f in fields(cls)}  # a key of an older version is dropped, as resuming does
+        try:
+            config_from_dict(cls, {k: v for k, v in payload[key].items() if k in known})
+        except (TypeError, ValueError) as err:
+            raise refuse(f"stored {key} is not usable: {err}") from None
+    optimizer = payload["optimizer"]
+    groups, per_param = optimizer.get("param_groups"), optimizer.get("state")
+    if not isinstance(groups, list) or not all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in groups):
+        raise refuse("the optimizer's param_groups are not a list of groups")
+    if not isinstance(per_param, dict) or not all(
+            isinstance(v, dict) and all(torch.is_tensor(x) or _is_number(x) for x in v.values())
+            for v in per_param.values()):
+        raise refuse("the optimizer's state is not tensors and numbers per parameter")
+    kinds = {f.name: type(f.default) for f in fields(TrainState)}
+    for name, value in payload["state"].items():
+        if name in kinds and not (_is_number(value) and (kinds[name] is float or type(value) is int)):
+            raise refuse(f"state {name!r} is {value!r}, not {'an integer' if kinds[name] is int else 'a number'}")
+    if payload.get("schedule") is not None and not all(_is_number(v) for v in payload["schedule"].values()):
+        raise refuse("the stored learning-rate schedule holds values that are not numbers")
+    before = capture_rng_state()
+    try:
+        restore_rng_state(payload["rng"])
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError, RuntimeError) as err:
+        raise refuse(f"the random generator state is not usable ({type(err).__name__}: {str(err)[:80]})") from None
+    finally:
+        restore_rng_state(before)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _load_failure(err: Exception) -> str:
@@ -122,6 +210,9 @@ def model_from_checkpoint(payload: dict[str, Any], path: str | Path, device: str
         config = config_from_dict(ModelConfig, payload["model_config"])
     except (TypeError, ValueError, AttributeError) as err:  # AttributeError: not a dict at all
         raise CheckpointError(f"{path}: stored model config is not usable: {err}") from err
+    if not isinstance(payload.get("model"), dict):
+        raise CheckpointError(f"{path}: the weights are a {type(payload.get('model')).__name__}, not a dict of tensors")
+    check_finite_weights(payload["model"], path)
     model = MiniTransformer(config)
     try:
         model.load_state_dict(payload["model"])
@@ -143,6 +234,10 @@ def tokenizer_from_checkpoint(payload: dict[str, Any], path: str | Path):
     expected = payload.get("tokenizer_fingerprint")
     if expected is not None and tokenizer.fingerprint() != expected:
         raise CheckpointError(f"{path}: stored tokenizer does not match its recorded fingerprint (file altered?)")
+    vocab = payload.get("model_config", {}).get("vocab_size") if isinstance(payload.get("model_config"), dict) else None
+    if vocab is not None and tokenizer.vocab_size != vocab:  # ids the model cannot embed, or cannot decode
+        raise CheckpointError(f"{path}: the stored tokenizer has {tokenizer.vocab_size} tokens but the model "
+                              f"expects {vocab}")
     return tokenizer
 
 
@@ -220,8 +315,8 @@ def load_safetensors(path: str | Path) -> dict[str, Any]:
     try:
         model_config, tokenizer = json.loads(metadata["model_config"]), json.loads(metadata["tokenizer"])
         tied = json.loads(metadata.get("tied_weights", "{}"))
-    except (KeyError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{path}: header metadata is incomplete or not valid JSON: {err!r}") from err
+    except (KeyError, json.JSONDecodeError, RecursionError) as err:  # RecursionError: JSON nested too deep
+        raise CheckpointError(f"{path}: header metadata is incomplete or not valid JSON: {err!r}") from None
     if not isinstance(tied, dict) or not all(isinstance(src, str) and src in tensors for src in tied.values()):
         raise CheckpointError(f"{path}: header metadata 'tied_weights' names tensors the file does not hold")
     for alias, source in tied.items():
