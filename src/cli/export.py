@@ -1,28 +1,69 @@
-"""--export: the weights of a trained model as a .safetensors file (safe to share, no pickle)."""
+"""--export: a trained model as a single .safetensors file, or as a Hugging Face GPT-2 folder."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from src.cli.common import EXIT_OK, UsageError, load_for_inference
 
 
 def run_export(args: argparse.Namespace, flags: dict[str, str]) -> int:
-    """Weights only, as safetensors: safe to share and to load anywhere (no pickle, no optimizer)."""
-    from src.training.checkpoints import export_safetensors
+    """Weights only (no optimiser, no pickle): safe to share and to load anywhere."""
+    from src.hf_bridge import is_hf_model_dir
 
+    source = Path(args.checkpoint) if args.checkpoint else None
+    if args.format == "hf":
+        if args.out is None:
+            raise UsageError("--out: --format hf writes a folder; name it, e.g. --out exports/my-gpt")
+        return _export_hf(args, flags)
     out = args.out
-    if out is None and args.checkpoint:
-        source = Path(args.checkpoint)
+    if out is None and source is not None:
+        if is_hf_model_dir(source):  # its model.safetensors is Hugging Face's: never overwrite it
+            raise UsageError(f"--out: {source} is a Hugging Face folder; name the export file with --out")
         out = source / "model.safetensors" if source.is_dir() else source.with_suffix(".safetensors")
     if out is not None and out.suffix != ".safetensors":  # load_model recognises the format by it
         raise UsageError(f"--out: the export file must end in .safetensors, got {out}")
+    from src.training.checkpoints import export_safetensors
+
     path, _, model, tokenizer, _ = load_for_inference(args, flags)
     if out.resolve() == path.resolve():
         raise UsageError(f"--out: {path} is already the export; give another --out to copy it")
     written = export_safetensors(model, tokenizer, out)
-    size = written.stat().st_size
-    shown = f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.1f} kB"
-    print(f"Wrote {written} ({shown}, {model.num_parameters():,} parameters) from {path}")
+    print(f"Wrote {written} ({_size(written.stat().st_size)}, {model.num_parameters():,} parameters) from {path}")
     return EXIT_OK
+
+
+def _export_hf(args: argparse.Namespace, flags: dict[str, str]) -> int:
+    from src.hf_bridge import export_hf
+
+    path, payload, model, tokenizer, _ = load_for_inference(args, flags)
+    written = export_hf(model, tokenizer, args.out, card=model_card_facts(payload))
+    files = sorted(p for p in written.iterdir() if p.is_file())
+    total = sum(p.stat().st_size for p in files)
+    print(f"Wrote {written}/ ({len(files)} files, {_size(total)}, {model.num_parameters():,} parameters) from {path}")
+    print(f"Load it with: transformers.GPT2LMHeadModel.from_pretrained({str(written)!r})")
+    return EXIT_OK
+
+
+def model_card_facts(payload: dict[str, Any]) -> dict[str, Any]:
+    """What the model card says about training: data, steps, validation loss (when the checkpoint knows)."""
+    data = payload.get("data_config") or {}
+    state = payload.get("state") or {}
+    facts: dict[str, Any] = {}
+    if data.get("input") or data.get("books"):
+        facts["data"] = (f"your own text files ({len(data['input'])})" if data.get("input")
+                         else f"Project Gutenberg books {', '.join(map(str, data['books']))}")
+    if isinstance(state.get("step"), int):
+        facts["steps"] = state["step"]
+    best = state.get("best_val_loss")
+    if isinstance(best, float) and best == best and best != float("inf"):
+        facts["val_loss"] = round(best, 4)
+    if payload.get("init_from"):
+        facts["fine-tuned from"] = str(payload["init_from"])
+    return facts
+
+
+def _size(n_bytes: int) -> str:
+    return f"{n_bytes / 1e6:.1f} MB" if n_bytes >= 1e6 else f"{n_bytes / 1e3:.1f} kB"

@@ -103,7 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="continue a run exactly from RUN_DIR/checkpoints/last.pt (implies --train)")
     run.add_argument("--checkpoint", metavar="PATH_OR_RUN_DIR", default=None,
                      help="model for --generate/--evaluate/--visualize/--explain/--export: a .pt file, a "
-                          "run directory (best.pt, else last.pt) or a .safetensors file from --export")
+                          "run directory (best.pt, else last.pt), a .safetensors file from --export, or a "
+                          "Hugging Face GPT-2 folder (config.json + model.safetensors or pytorch_model.bin)")
+    run.add_argument("--init-from", type=Path, metavar="DIR", default=None,
+                     help="--train: start from the weights and tokenizer of a trained model (a run directory, "
+                          "an export, or a Hugging Face GPT-2 folder) and fine-tune it on the data; its shape "
+                          "and tokenizer are fixed by DIR (default: a fresh model)")
     run.add_argument("--quiet", action="store_true", help="no progress bars (default: off)")
     run.add_argument("--debug", action="store_true", help="show full tracebacks on errors (default: off)")
 
@@ -131,7 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
     inside.add_argument("--out", type=Path, metavar="PATH", default=None,
                         help="folder for the --visualize PNGs (default: RUN_DIR/visualizations for a run's "
                              "checkpoint, else ./visualizations); file for --export (default: "
-                             "RUN_DIR/model.safetensors, or the .pt file's name with .safetensors)")
+                             "RUN_DIR/model.safetensors, or the .pt file's name with .safetensors; a folder "
+                             "with --format hf)")
+    inside.add_argument("--format", choices=("safetensors", "hf"), default="safetensors",
+                        help="--export: 'safetensors' (one file for this project) or 'hf' (a folder that "
+                             "Hugging Face transformers loads as GPT2LMHeadModel, with tokenizer files and a "
+                             "model card) (default: safetensors)")
     return parser
 
 def flag_names(parser: argparse.ArgumentParser) -> dict[str, str]:

@@ -143,13 +143,44 @@ class Precision:
 FP32 = Precision("fp32", None, False)
 
 
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs that compute in bf16 natively
+
+
+def cpu_bf16_flags(cpuinfo: str | None = None) -> list[str]:
+    """The native-bf16 instruction sets this CPU reports (AVX512-BF16, AMX-BF16); [] if none or unknown.
+
+    Read from /proc/cpuinfo (Linux), not found by trying: a CPU without them still runs bf16 autocast,
+    only emulated and slower than fp32. Example: cpu_bf16_flags("flags : fpu avx512_bf16") -> ["avx512_bf16"].
+    """
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+                cpuinfo = handle.read(1 << 20)  # the flags of the first cores are enough
+        except OSError:  # macOS, Windows: no /proc; fp32 stays the safe choice
+            return []
+    words = set(cpuinfo.split())
+    return [flag for flag in BF16_CPU_FLAGS if flag in words]
+
+
+def auto_precision_name(device: torch.device) -> tuple[str, str]:
+    """What --dtype auto means on `device`, and why: (name, reason)."""
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return "bf16", "this GPU computes in bf16 natively"
+        return "fp16", "this GPU has no bf16, so fp16 with loss scaling"
+    if device.type == "cpu":
+        flags = cpu_bf16_flags()
+        if flags:
+            return "bf16", f"this CPU computes in bf16 natively ({', '.join(flags)})"
+        return "fp32", "this CPU has no native bf16 (AVX512-BF16 or AMX)"
+    return "fp32", f"no mixed precision on {device.type}"
+
+
 def resolve_precision(name: str, device: torch.device) -> Precision:
-    """'auto': bf16 autocast on CUDA GPUs that support it, else fp16 + GradScaler; fp32 elsewhere."""
+    """'auto': bf16 autocast on GPUs and CPUs that compute in bf16 natively, fp16 + GradScaler on
+    older GPUs, fp32 elsewhere (see `auto_precision_name`)."""
     if name == "auto":
-        if device.type == "cuda":
-            name = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        else:
-            name = "fp32"
+        name, _ = auto_precision_name(device)
     if name == "fp32":
         return FP32
     if name == "bf16":
