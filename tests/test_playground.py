@@ -24,7 +24,7 @@ from gradio_client.exceptions import AppError
 
 from src.model.sampling import sample_next_token
 from src.playground import build_app, launch_app, main, serve
-from src.playground.app import ALL_HEADS, default_prompt, probability_bucket
+from src.playground.app import ALL_HEADS, default_prompt, markdown_text, probability_bucket
 from src.playground.core import (
     MAX_NEW_TOKENS,
     PlaygroundInputError,
@@ -34,6 +34,7 @@ from src.playground.core import (
     read_run_files,
     run_dir_of,
     sampling_distribution,
+    whole_number,
 )
 from src.tokenizer import CharTokenizer
 from src.training.checkpoints import load_model
@@ -114,6 +115,13 @@ def test_read_run_files_skips_a_half_written_metrics_line(tmp_path):
     assert files.samples.startswith("*(ältere Samples ausgelassen)*") and "## Step 1" not in files.samples
 
 
+def test_whole_number_and_markdown_text():
+    assert [whole_number(v) for v in (5.0, 5, 2.5, True, "5", float("inf"), float("nan"))] == [
+        5, 5, None, None, None, None, None]
+    assert markdown_text("<unk> *a*") == "&lt;unk&gt; \\*a\\*"
+    assert markdown_text("a_b `c` [d]") == "a\\_b \\`c\\` \\[d\\]"
+
+
 def test_probability_bucket_and_default_prompt():
     assert [probability_bucket(p) for p in (1.0, 0.5, 0.3, 0.05, 0.01, 0.0)] == [
         "≥ 50 %", "≥ 50 %", "20–50 %", "5–20 %", "1–5 %", "< 1 %"]
@@ -187,7 +195,7 @@ def test_greedy_equals_model_generate_at_temperature_zero(server, client):
     assert "greedy" in result.status
     assert [seg["token"] for seg in result.highlighted] == [PROMPT] + [server.tokenizer.id_to_token(i) for i in greedy]
     chosen = [r for r in rows(result.table) if r["gewählt"]]
-    assert len(chosen) == 1 and chosen[0]["Rang"] == 1 and chosen[0]["p nachher (beim Ziehen)"] == 1.0
+    assert len(chosen) == 1 and chosen[0]["#"] == 1 and chosen[0]["nachher"] == 1.0
 
 
 def test_candidates_before_and_after_temperature_and_top_k(server, client):
@@ -199,11 +207,11 @@ def test_candidates_before_and_after_temperature_and_top_k(server, client):
     p_model = torch.softmax(logits, dim=-1)
     top10 = torch.topk(p_model, 10)
     assert [r["id"] for r in table[:10]] == top10.indices.tolist()
-    assert [r["p vorher (Modell)"] for r in table[:10]] == pytest.approx(top10.values.tolist(), abs=1e-4)
+    assert [r["vorher"] for r in table[:10]] == pytest.approx(top10.values.tolist(), abs=1e-4)
     # after: temperature 0.7 on the three best logits only
     best3 = torch.topk(logits, 3).indices
     p_after = torch.softmax(logits[best3] / 0.7, dim=-1)
-    after = {r["id"]: r["p nachher (beim Ziehen)"] for r in table}
+    after = {r["id"]: r["nachher"] for r in table}
     assert [after[i] for i in best3.tolist()] == pytest.approx(p_after.tolist(), abs=1e-4)
     assert sum(1 for p in after.values() if p > 0) == 3
     chosen = [r for r in table if r["gewählt"]]
@@ -215,9 +223,9 @@ def test_top_k_one_leaves_exactly_one_candidate_with_probability_one(client):
     assert result.details["p_sampling"] == [1.0] * 5
     for step in range(1, 6):
         plot, table = client.predict(step, api_name="/schritt")
-        after = [r["p nachher (beim Ziehen)"] for r in rows(table)]
+        after = [r["nachher"] for r in rows(table)]
         assert sorted(after, reverse=True)[:2] == [1.0, 0.0]
-        winner = next(r for r in rows(table) if r["p nachher (beim Ziehen)"] == 1.0)
+        winner = next(r for r in rows(table) if r["nachher"] == 1.0)
         assert winner["gewählt"] and winner["id"] == result.details["generated_ids"][step - 1]
         assert plot["type"] == "matplotlib" and plot["plot"].startswith("data:image/png;base64,")
 
@@ -330,7 +338,7 @@ def test_training_tab_reads_the_run(server, shared_client):
     assert config == json.loads((server.run / "config.json").read_text(encoding="utf-8"))
     assert samples.strip() == (server.run / "samples.md").read_text(encoding="utf-8").strip()
     assert "## Step" in samples
-    assert str(server.run) in note
+    assert markdown_text(str(server.run)) in note
 
 
 def test_no_request_can_read_files(server):

@@ -55,10 +55,11 @@ from src.playground.figures import candidate_figure, training_figure
 DEFAULT_PROMPTS = ("Once upon a time", "Es war einmal", "The ", " ", "\n")  # the first the tokenizer can encode
 STREAM_INTERVAL_S = 0.05  # at most ~20 page updates per second while streaming
 ALL_HEADS = -1  # the head choice "alle Köpfe"
+STATE_TTL_S = 3600
 # Colour of a generated token by the probability the model gave it (bucket label, lower bound, colour).
 PROBABILITY_BUCKETS = (("≥ 50 %", 0.5, "#b7e4c7"), ("20–50 %", 0.2, "#fff3b0"), ("5–20 %", 0.05, "#ffd08a"),
                        ("1–5 %", 0.01, "#ffab91"), ("< 1 %", 0.0, "#ff6b6b"))
-CANDIDATE_HEADERS = ["Rang", "Token", "id", "p vorher (Modell)", "p nachher (beim Ziehen)", "gewählt"]
+CANDIDATE_HEADERS = ["#", "Token", "id", "vorher", "nachher", "gewählt"]
 PATTERN_HEADERS = ["Layer", "Kopf", "vorheriges", "eigenes", "erstes", "Wortanfang", "Muster"]
 STAGE_HEADERS = ["Block", "Stufe", "Form", "Form (Buchstaben)", "Mittelwert", "Std.", "erste Werte", "Bedeutung"]
 # Tokens as tight coloured runs of text (Gradio's default spaces each token like a tag).
@@ -73,6 +74,15 @@ BUSY_MESSAGE = ("Es läuft gerade schon eine Generierung (in diesem oder einem a
 def _user_error(err: PlaygroundInputError) -> gr.Error:
     """A message for the page (a popup), without a traceback in the server log."""
     return gr.Error(str(err), print_exception=False)
+
+
+def markdown_text(text: str) -> str:
+    """Text shown literally inside Markdown: ``markdown_text("<unk> *a*")`` -> ``"&lt;unk&gt; \\*a\\*"``.
+
+    Tokens such as `<unk>` would otherwise vanish as unknown HTML tags, and `*` or `_` turn into emphasis.
+    """
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return "".join("\\" + ch if ch in "\\`*_[]#|~" else ch for ch in text)
 
 
 def probability_bucket(p: float) -> str:
@@ -125,7 +135,10 @@ class Playground:
         shown_prompt = checked.text if not checked.dropped else "… " + self.tokenizer.decode(checked.ids)
         segments: list[tuple[str, str | None]] = [(shown_prompt, None)]
         steps: list[Step] = []
-        skip = gr.skip()
+        # The first update clears the previous generation's step view, so that a stopped generation
+        # never shows candidates that belong to another text; later updates leave those outputs alone.
+        # (The step keeps its value: changing it would ask for a step of the cleared state.)
+        extras = (gr.update(interactive=False), None, _table(CANDIDATE_HEADERS, []), None, None)
         last_yield = 0.0
         for step in generate_steps(self.model, self.tokenizer, checked.ids, settings, self.model_lock):
             steps.append(step)
@@ -133,7 +146,8 @@ class Playground:
             if time.monotonic() - last_yield >= STREAM_INTERVAL_S:
                 last_yield = time.monotonic()
                 status = f"Schreibe … {len(steps)} / {settings.max_new_tokens} Tokens"
-                yield (self._text(shown_prompt, steps), list(segments), status, skip, skip, skip, skip, skip)
+                yield (self._text(shown_prompt, steps), list(segments), status, *extras)
+                extras = (gr.skip(),) * 5
         last = steps[-1]
         notes.append(f"Fertig: {len(steps)} Tokens. Klicke auf ein Token (oder wähle den Schritt), um die "
                      "Kandidaten dieses Schritts zu sehen.")
@@ -211,8 +225,8 @@ class Playground:
         highlighted += [(tok, None) for tok in tokens[query + 1:]]
         who = "Mittel über alle Köpfe" if head_or_all is None else f"Kopf {head}"
         top = sorted(range(len(row)), key=lambda i: -row[i])[:3]
-        top_text = ", ".join(f"'{display_token(tokens[i])}' ({i}) {row[i]:.2f}" for i in top)
-        lines = [f"**Token {query} '{display_token(tokens[query])}'** schaut in Layer {layer}, {who}, am meisten "
+        top_text = ", ".join(f"'{markdown_text(display_token(tokens[i]))}' ({i}) {row[i]:.2f}" for i in top)
+        lines = [f"**Token {query} '{markdown_text(display_token(tokens[query]))}'** schaut in Layer {layer}, {who}, am meisten "
                  f"auf: {top_text}. Farbe relativ zum größten Gewicht ({strongest:.2f}); Tokens danach "
                  "sieht es nicht (kausale Maske)."]
         lines += self._pattern_lines(state["patterns"], layer, head_or_all)
@@ -233,7 +247,7 @@ class Playground:
         if not patterns:
             return ["Muster der Köpfe: der Prompt braucht dafür mindestens 2 Tokens."]
         rows = [r for r in patterns if r[0] == layer and (head is None or r[1] == head)]
-        return [f"Layer {r[0]}, Kopf {r[1]}: Muster **{r[6]}** (vorheriges {r[2]:.2f}, eigenes {r[3]:.2f}, "
+        return [f"Layer {r[0]}, Kopf {r[1]}: Muster »{r[6]}« (vorheriges {r[2]:.2f}, eigenes {r[3]:.2f}, "
                 f"erstes {r[4]:.2f}, Wortanfang {r[5]:.2f})" for r in rows]
 
     @staticmethod
@@ -255,7 +269,7 @@ class Playground:
             surprisal = (plot_token_surprisal(self.model, self.tokenizer, self.tokenizer.decode(checked.ids))
                          if len(checked.ids) >= 2 else None)
         shown = " ".join(f"[{display_token(t)}]" for t in explanation.tokens)
-        summary = [f"**{len(explanation.tokens)} Tokens:** `{shown}`",
+        summary = [f"**{len(explanation.tokens)} Tokens:** {markdown_text(shown)}",
                    f"**{explanation.total_parameters:,} Parameter.** Jede Zeile unten ist ein Zwischenergebnis "
                    "des Forward-Passes (B = Batch, T = Tokens, C = n_embd, nh = Köpfe, hs = Kopfbreite, "
                    "V = Vokabular)."]
@@ -276,7 +290,7 @@ class Playground:
             raise gr.Error("Dieser Checkpoint gehört zu keinem Run-Verzeichnis.", print_exception=False)
         files = read_run_files(self.run_dir)
         figure = training_figure(files.metrics)
-        notes = [f"Run-Verzeichnis: `{self.run_dir}`"]
+        notes = [f"Run-Verzeichnis: {markdown_text(str(self.run_dir))}"]
         if figure is None:
             notes.append("metrics.jsonl fehlt oder enthält noch keine Werte.")
         samples = files.samples if files.samples is not None else "*samples.md fehlt.*"
@@ -291,7 +305,7 @@ def default_prompt(tokenizer: Any) -> str:
 def _header(model: torch.nn.Module, tokenizer: Any, checkpoint_label: str) -> str:
     cfg = model.config
     n_params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
-    return (f"## Spielwiese: `{checkpoint_label}`\n{cfg.n_layer} Layer · {cfg.n_head} Köpfe · n_embd {cfg.n_embd} · "
+    return (f"## Spielwiese: {markdown_text(checkpoint_label)}\n{cfg.n_layer} Layer · {cfg.n_head} Köpfe · n_embd {cfg.n_embd} · "
             f"block_size {cfg.block_size} · Vokabular {cfg.vocab_size} ({tokenizer.kind}-Tokenizer) · "
             f"{n_params:,} Parameter · läuft auf {next(model.parameters()).device}")
 
@@ -307,8 +321,9 @@ def build_app(model: torch.nn.Module, tokenizer: Any, *, run_dir: Path | None, c
     start_prompt = default_prompt(tokenizer)
     with gr.Blocks(title=f"Spielwiese: {checkpoint_label}", analytics_enabled=False) as demo:
         gr.Markdown(_header(model, tokenizer, checkpoint_label))
-        steps_state = gr.State(None)
-        attention_state = gr.State(None)
+        # Per browser session; forgotten an hour after the last change (attention maps can be megabytes).
+        steps_state = gr.State(None, time_to_live=STATE_TTL_S)
+        attention_state = gr.State(None, time_to_live=STATE_TTL_S)
         with gr.Tabs():
             with gr.Tab("Schreiben", id="schreiben"):
                 with gr.Row():
@@ -337,8 +352,9 @@ def build_app(model: torch.nn.Module, tokenizer: Any, *, run_dir: Path | None, c
                                  interactive=False, elem_id="step")
                 with gr.Row():
                     candidate_plot = gr.Plot(label="Kandidaten vorher / nachher", show_label=False, format="png",
-                                             elem_id="candidate-plot")
-                    candidate_table = gr.Dataframe(headers=CANDIDATE_HEADERS, label="Kandidaten",
+                                             elem_id="candidate-plot", scale=3)
+                    candidate_table = gr.Dataframe(headers=CANDIDATE_HEADERS, scale=2,
+                                                   label="Kandidaten (vorher: laut Modell, nachher: beim Ziehen)",
                                                    interactive=False, elem_id="candidate-table")
                 with gr.Accordion("Details (JSON)", open=False):
                     details = gr.JSON(label="Token-ids und Wahrscheinlichkeiten")
@@ -373,7 +389,7 @@ def build_app(model: torch.nn.Module, tokenizer: Any, *, run_dir: Path | None, c
                 inside_summary = gr.Markdown(elem_id="inside-summary")
                 stages = gr.Dataframe(headers=STAGE_HEADERS, label="Forward-Pass, Stufe für Stufe",
                                       interactive=False, wrap=True, elem_id="inside-stages",
-                                      column_widths=["5%", "15%", "11%", "11%", "8%", "7%", "16%", "27%"])
+                                      column_widths=["6%", "14%", "10%", "11%", "10%", "8%", "17%", "24%"])
                 next_tokens = gr.Dataframe(headers=["Rang", "Token", "id", "p"], label="Wahrscheinlichste nächste Tokens",
                                            interactive=False, elem_id="inside-next")
                 surprisal_plot = gr.Plot(label="Überraschung pro Token (Bits)", show_label=False, format="png", elem_id="inside-surprisal")
@@ -387,7 +403,7 @@ def build_app(model: torch.nn.Module, tokenizer: Any, *, run_dir: Path | None, c
                     with gr.Accordion("Einstellungen (config.json)", open=False):
                         config_view = gr.JSON(run_config, label="config.json")
                     gr.Markdown("### Samples im Lauf des Trainings (samples.md)")
-                    samples_view = gr.Markdown(samples, elem_id="training-samples")
+                    samples_view = gr.Markdown(samples, max_height=600, elem_id="training-samples")
                     refresh_button.click(pg.training, None, [training_plot, training_note, config_view, samples_view],
                                          api_name="training")
 
@@ -396,7 +412,7 @@ def build_app(model: torch.nn.Module, tokenizer: Any, *, run_dir: Path | None, c
         write_event = write_button.click(pg.write, [prompt, temperature, top_k, top_p, n_tokens, seed],
                                          write_outputs, api_name="schreiben", concurrency_limit=2,
                                          concurrency_id="schreiben")
-        stop_button.click(None, cancels=[write_event], api_visibility="private")
+        stop_button.click(lambda: "**Gestoppt.**", None, status, cancels=[write_event], api_visibility="private")
         step.change(pg.show_step, [steps_state, step], [candidate_plot, candidate_table], api_name="schritt",
                     show_progress="hidden")
         generated.select(pg.select_token, [steps_state], [step], api_visibility="private")
