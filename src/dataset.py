@@ -17,7 +17,9 @@ https://github.com/karpathy/nanoGPT/blob/master/data/shakespeare_char/prepare.py
    separating books with the `<|endoftext|>` token id, so memory holds one book's ids at a time.
 
 The result lives in `<data_dir>/processed/<name>/`; it is written into a temporary folder and
-renamed at the end, so a failed build leaves nothing half-written behind.
+renamed at the end, so a failed build leaves nothing half-written behind. One builder at a time:
+a second one waits for the first (a lock file beside the folder) and then reuses its result. On
+reuse, the .bin sizes and the tokenizer's fingerprint are checked against meta.json.
 `TokenDataset` reads the .bin file through `np.memmap` (the OS pages it in on demand) and
 `make_dataloader` adds the seeded shuffling that makes training resumable mid-epoch.
 
@@ -39,6 +41,7 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -60,6 +63,7 @@ from src.config import (
     ModelConfig,
     config_to_dict,
 )
+from src.fileio import FileLock, describe_os_error
 from src.gutenberg import (
     DataError,
     book_url,
@@ -70,10 +74,10 @@ from src.gutenberg import (
     parse_header,
     read_raw,
 )
-from src.tokenizer import train_tokenizer
+from src.tokenizer import load_tokenizer, train_tokenizer
 
 __all__ = [
-    "DataError", "PreparedDataset", "TokenDataset", "add_data_arguments", "data_config_from_args",
+    "DataChangedError", "DataError", "PreparedDataset", "TokenDataset", "add_data_arguments", "data_config_from_args",
     "dataset_name", "load_meta", "load_tokens", "main", "make_dataloader", "prepare_dataset",
 ]
 
@@ -84,6 +88,10 @@ _PIECE_BREAK = re.compile(r"\n(?=[^\W\d_])")  # a line break followed by a lette
 # the sha256 of every source file: the same settings on other files are another data set).
 CONTENT_FIELDS = ("books", "input", "unwrap", "val_fraction", "holdout_books", "tokenizer", "max_vocab_size")
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # --name becomes a folder name
+
+
+class DataChangedError(DataError):
+    """A data set exists under this name but was built from other settings or other source files."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -261,17 +269,27 @@ def prepare_dataset(config: DataConfig, *, block_size: int | None = None, show_p
                         f"(it becomes a folder in {config.data_dir / 'processed'})")
     name = config.name or dataset_name(config)
     out_dir = config.data_dir / "processed" / name
+    processed = out_dir.parent
+    created = not processed.exists()
+    # One builder per data set: a second one waits here, then finds the first one's result and reuses it.
+    lock = FileLock(processed / f".{name}.lock", f"the data set {out_dir}")
     try:
+        lock.acquire(wait=True, on_wait=lambda holder: print(
+            f"waiting for another process ({holder}) to finish building {out_dir} ...", file=sys.stderr, flush=True))
         if (out_dir / "meta.json").is_file() and not config.force:
             meta = load_meta(out_dir)
             check_reusable(meta, config, out_dir, show_progress)
+            check_files(meta, out_dir)
             check_split_sizes(meta, block_size)
             return PreparedDataset(path=out_dir, meta=meta, reused=True)
         documents = load_documents(config, show_progress)
         meta = build_into(out_dir, documents, config, block_size, show_progress)
     except OSError as error:  # e.g. --data-dir on a read-only disk, or a full disk
-        raise DataError(f"cannot write {error.filename or out_dir}: {error.strerror or error}; "
-                        f"choose another --data-dir") from None
+        raise DataError(f"{describe_os_error(error, error.filename or out_dir)}; choose another --data-dir") from None
+    finally:
+        lock.release()
+        if created and processed.is_dir() and not any(processed.iterdir()):
+            processed.rmdir()  # a failed first build leaves no empty processed/ behind
     return PreparedDataset(path=out_dir, meta=meta, reused=False)
 
 
@@ -403,14 +421,14 @@ def check_reusable(meta: dict, config: DataConfig, path: Path, show_progress: bo
     unused = ("books", "holdout_books") if config.input else ("input",)  # --input replaces --books
     changed = [k for k in CONTENT_FIELDS if k not in unused and stored.get(k) != current[k]]
     if changed:
-        raise DataError(
+        raise DataChangedError(
             f"{path} was built with other settings ({', '.join(changed)} differ); "
             f"pass --force to rebuild it, or choose another --name"
         )
     if config.input:
         now = {str(p): read_raw(p).sha256 for p in expand_inputs(config.input)}
         if now != {s.get("path"): s["sha256"] for s in meta.get("sources", [])}:
-            raise DataError(f"{path} was built from other versions of the --input files (input file contents differ); "
+            raise DataChangedError(f"{path} was built from other versions of the --input files (input file contents differ); "
                             f"pass --force to rebuild it, or choose another --name")
         return
     mirror = resolve_mirror(config.mirror)
@@ -424,10 +442,49 @@ def check_reusable(meta: dict, config: DataConfig, path: Path, show_progress: bo
         if fetch_book(book_id, mirror, config.data_dir / "raw", show_progress).sha256 != source.get("sha256"):
             differ.append(book_id)
     if differ:
-        raise DataError(
+        raise DataChangedError(
             f"{path} was built from other versions of book(s) {', '.join(map(str, differ))} than {mirror} "
             f"holds; pass --force to rebuild it from {mirror}, or choose another --name"
         )
+
+
+def check_files(meta: dict, path: Path) -> None:
+    """The .bin files hold exactly the tokens meta.json counts, and tokenizer.json is the tokenizer the
+    ids were made with (same fingerprint): a truncated or swapped file is found before training on it."""
+    for split in ("train", "val"):
+        check_bin_size(meta, path, split)
+    recorded = meta.get("tokenizer")
+    if not isinstance(recorded, dict) or not isinstance(meta.get("sources"), list) or not all(
+            isinstance(source, dict) for source in meta["sources"]):
+        raise DataError(f"{Path(path) / 'meta.json'} lacks or garbles its tokenizer or sources; rebuild with --force")
+    tokenizer_file = Path(path) / "tokenizer.json"
+    try:
+        fingerprint = load_tokenizer(tokenizer_file).fingerprint()
+    except ValueError as error:
+        raise DataError(f"{error}; rebuild the data set with --force") from None
+    if fingerprint != recorded.get("fingerprint"):
+        raise DataError(f"{tokenizer_file} is not the tokenizer this data set was encoded with (its fingerprint "
+                        "differs from meta.json's); rebuild the data set with --force")
+
+
+def check_bin_size(meta: dict, path: Path, split: str) -> None:
+    """DataError unless <path>/<split>.bin is exactly as long as meta.json's token count says."""
+    file = Path(path) / f"{split}.bin"
+    tokens = meta["splits"][split]["tokens"]
+    expected = tokens * np.dtype(meta["dtype"]).itemsize
+    actual = file.stat().st_size if file.is_file() else None
+    if actual != expected:
+        found = "is missing" if actual is None else f"holds {actual:,} bytes"
+        raise DataError(f"{file} {found}, but meta.json counts {tokens:,} tokens ({expected:,} bytes): the data set "
+                        "is damaged (truncated or replaced); rebuild it with --force")
+
+
+def data_fingerprint(meta: dict) -> str:
+    """sha256 of what a data set holds (token counts per source and split, source checksums, tokenizer),
+    not where it lies: equal fingerprints <=> the same training data in the same order."""
+    content = {key: meta[key] for key in ("dtype", "tokenizer", "splits")}
+    content["sources"] = [{k: v for k, v in source.items() if k not in ("path", "url")} for source in meta["sources"]]
+    return hashlib.sha256(json.dumps(content, sort_keys=True, ensure_ascii=True).encode("ascii")).hexdigest()
 
 
 def check_split_sizes(meta: dict, block_size: int | None) -> None:
@@ -450,9 +507,17 @@ def load_meta(path: Path) -> dict:
         raise DataError(f"{meta_file} not found; build the data set with python -m src.dataset") from None
     except json.JSONDecodeError as error:
         raise DataError(f"{meta_file} is not valid JSON ({error}); rebuild it with --force") from None
-    if meta.get("version") != FORMAT_VERSION:
-        raise DataError(f"{meta_file} has format version {meta.get('version')!r}, expected {FORMAT_VERSION}; rebuild with --force")
+    if not isinstance(meta, dict) or meta.get("version") != FORMAT_VERSION:
+        version = meta.get("version") if isinstance(meta, dict) else None
+        raise DataError(f"{meta_file} has format version {version!r}, expected {FORMAT_VERSION}; rebuild with --force")
+    splits = meta.get("splits")
+    well_formed = meta.get("dtype") in ("uint16", "uint32") and isinstance(splits, dict) and all(
+        isinstance(splits.get(k), dict) and type(splits[k].get("tokens")) is int and splits[k]["tokens"] >= 0
+        for k in ("train", "val"))
+    if not well_formed:
+        raise DataError(f"{meta_file} lacks or garbles its dtype or split sizes; rebuild with --force")
     return meta
+
 
 
 def load_tokens(path: Path, split: str) -> np.memmap:
@@ -460,6 +525,7 @@ def load_tokens(path: Path, split: str) -> np.memmap:
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
     meta = load_meta(path)
+    check_bin_size(meta, path, split)
     return np.memmap(Path(path) / f"{split}.bin", dtype=np.dtype(meta["dtype"]), mode="r")
 
 
@@ -495,6 +561,7 @@ class TokenDataset(Dataset):
                 f"the {split} split of {self.path} has {self.num_tokens} tokens, fewer than block_size + 1 = "
                 f"{block_size + 1}; use a smaller --block-size or more text"
             )
+        check_bin_size(meta, self.path, split)  # a truncated file would fail only at its last windows
         T, N = block_size, self.num_tokens
         if split == "train":
             self.num_windows = max(1, (N - T) // T)
@@ -653,9 +720,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, turned into an exception so that `finally` blocks remove half-written files."""
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m src.dataset`: build (or reuse) the data set and print its summary; exit code."""
     args = build_parser().parse_args(argv)
+
+    def terminate(signum: int, frame: Any) -> None:
+        raise _Terminated()
+
+    # SIGTERM (`kill`, a job scheduler) unwinds like Ctrl-C, so the temporary folder of a build is removed
+    try:
+        previous = signal.signal(signal.SIGTERM, terminate)
+    except ValueError:  # not the main thread: leave signals alone
+        previous = None
     try:
         config = data_config_from_args(args)
         prepared = prepare_dataset(config, block_size=args.block_size or None, show_progress=not args.quiet)
@@ -664,9 +744,13 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted; nothing was written", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as stop:
+        print(f"interrupted ({'SIGTERM' if isinstance(stop, _Terminated) else 'SIGINT'}); nothing was written",
+              file=sys.stderr)
+        return 143 if isinstance(stop, _Terminated) else 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     print(summary_table(prepared))
     if prepared.reused:
         print("(nothing was rebuilt: same settings and source files; use --force to rebuild)")

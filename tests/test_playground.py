@@ -97,6 +97,7 @@ def test_check_settings_off_values_and_ranges():
 
 
 def test_run_dir_of(tmp_path):
+    assert run_dir_of(tmp_path) is None  # a folder without checkpoints/, e.g. a Hugging Face export
     (tmp_path / "checkpoints").mkdir()
     assert run_dir_of(tmp_path) == tmp_path
     assert run_dir_of(tmp_path / "checkpoints" / "best.pt") == tmp_path

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -113,7 +114,8 @@ class Playground:
 
     # --- Schreiben ------------------------------------------------------------------------------
 
-    def write(self, prompt: str, temperature: float, top_k: float, top_p: float, n_tokens: float, seed: float):
+    def write(self, prompt: str, temperature: float, top_k: float, top_p: float, n_tokens: float,
+              seed: float) -> Iterator[tuple]:
         """Stream the continuation; yields (text, highlighted, status, step, figure, table, details, state)."""
         checked = self._prompt(prompt)
         try:
@@ -127,7 +129,7 @@ class Playground:
         finally:
             self.generating.release()
 
-    def _stream(self, checked: Prompt, settings: Settings):
+    def _stream(self, checked: Prompt, settings: Settings) -> Iterator[tuple]:
         notes = [checked.crop_note(self.block_size)] if checked.dropped else []
         if checked.dropped:
             gr.Warning(notes[0], title="Prompt gekürzt")

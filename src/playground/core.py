@@ -289,11 +289,12 @@ def stage_rows(explanation: Any) -> list[list[Any]]:
 
 
 def run_dir_of(checkpoint: str | Path) -> Path | None:
-    """The run directory behind a checkpoint argument: the directory itself, or RUN for
-    RUN/checkpoints/<name>.pt; None for anything else (e.g. an exported .safetensors file)."""
+    """The run directory behind a checkpoint argument: a directory with a checkpoints/ folder, or RUN
+    for RUN/checkpoints/<name>.pt; None for anything else (an exported .safetensors file, a
+    Hugging Face folder)."""
     path = Path(checkpoint)
     if path.is_dir():
-        return path
+        return path if (path / CHECKPOINT_DIR).is_dir() else None
     if path.suffix == ".pt" and path.parent.name == CHECKPOINT_DIR:
         return path.parent.parent
     return None
