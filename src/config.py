@@ -176,8 +176,8 @@ class TrainConfig:
             _require_positive(self, "max_steps")
         for name in ("lr", "min_lr", "weight_decay", "grad_clip"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or value != value:
-                raise ValueError(f"{name} must be a non-negative number, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+                raise ValueError(f"{name} must be a finite, non-negative number, got {value!r}")  # NaN fails every comparison
         if self.lr == 0:
             raise ValueError("lr must be > 0, got 0")
         if self.min_lr > self.lr:

@@ -97,6 +97,10 @@ def _run(argv: list[str], debug: bool, callbacks: Sequence[Any]) -> int:
     except (ValueError, OSError) as err:  # UsageError, DataError, CheckpointError, bad values, file system
         if debug or isinstance(err, BrokenPipeError):
             raise
+        if isinstance(err, OSError) and err.filename:  # e.g. a full disk while appending to metrics.jsonl
+            from src.fileio import describe_os_error
+
+            err = ValueError(describe_os_error(err, action="file error at"))
         message = " ".join(str(err).split("\n")).strip() or type(err).__name__
         print(f"error: {message}", file=sys.stderr)
         return EXIT_USAGE

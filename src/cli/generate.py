@@ -18,7 +18,7 @@ def run_generate(args: argparse.Namespace, flags: dict[str, str]) -> int:
     import torch
 
     for name, ok, rule in (("max_new_tokens", args.max_new_tokens >= 1, "a positive integer"),
-                           ("temperature", args.temperature >= 0, ">= 0 (0 = greedy)"),
+                           ("temperature", 0 <= args.temperature < float("inf"), "a finite number >= 0 (0 = greedy)"),
                            ("top_k", args.top_k >= 1, "a positive integer"),
                            ("num_samples", args.num_samples >= 1, "a positive integer"),
                            ("top_p", args.top_p is None or 0 < args.top_p <= 1, "in (0, 1]")):
