@@ -69,6 +69,14 @@ def byte_tokenizer() -> BPETokenizer:
     return BPETokenizer([])
 
 
+def unknown_characters(tokenizer: Any, text: str) -> list[str]:
+    """Characters of `text` the tokenizer cannot represent (a character tokenizer turns them into <unk>).
+
+    Example: for a tokenizer trained on "hello", ``unknown_characters(tok, "hex!")`` -> ``["x", "!"]``.
+    """
+    return [ch for ch in dict.fromkeys(text) if tokenizer.decode(tokenizer.encode(ch)) != ch]
+
+
 def encode_prompt(model: torch.nn.Module, tokenizer: Any, prompt: str) -> list[int]:
     """The prompt's token ids as the model sees them: its last `block_size` tokens.
 

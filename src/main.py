@@ -6,6 +6,7 @@
     python -m src.main --generate --checkpoint runs/NAME --prompt "Alice was" --temperature 0.8
     python -m src.main --evaluate --checkpoint runs/NAME          # loss per book vs. baselines
     python -m src.main --export --checkpoint runs/NAME            # weights as runs/NAME/model.safetensors
+    python -m src.main --serve --checkpoint runs/NAME             # the playground at http://127.0.0.1:7860
 
 This file only dispatches: each mode lives in `src/cli/<mode>.py` as `run(args, flags) -> int`, the
 flags in `src/cli/parser.py`, the layering of settings in `src/cli/settings.py`. Bad input ends with
@@ -38,6 +39,8 @@ def _handler(mode: str):
         from src.cli.inspection import run_visualize as run
     elif mode == "explain":
         from src.cli.inspection import run_explain as run
+    elif mode == "serve":
+        from src.cli.serve import run_serve as run
     else:
         from src.cli.export import run_export as run
     return run
@@ -107,4 +110,9 @@ def _run(argv: list[str], debug: bool, callbacks: Sequence[Any]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_code = main()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # started by torchrun, one of several processes
+        # torchrun sends SIGTERM to the others as soon as one exits (after a stop, all of them are
+        # leaving anyway): ignoring it now keeps each process's own exit code, e.g. 143.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    sys.exit(exit_code)

@@ -1,5 +1,5 @@
 """The playground in a real browser: Debian's Chromium, driven by Playwright, against
-`python -m src.playground` started as a separate process on the shared tiny run.
+`python -m src.main --serve` (the command the README gives) started as a separate process on the shared tiny run.
 
 Chromium is /usr/bin/chromium (`.ci/install_browser.sh` installs it; `playwright install` is never
 used: it would download its own browsers). Under CI=true a missing Chromium fails the test; elsewhere
@@ -43,7 +43,7 @@ def served(tiny_run):
     checkpoint = os.environ.get("PLAYGROUND_CHECKPOINT") or str(tiny_run)
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "src.playground", "--checkpoint", checkpoint, "--port", str(port), "--device", "cpu"],
+        [sys.executable, "-m", "src.main", "--serve", "--checkpoint", checkpoint, "--port", str(port), "--device", "cpu"],
         cwd=REPO_ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True)
     watchdog = threading.Timer(90, process.kill)  # a hung start must not hang the test run

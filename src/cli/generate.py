@@ -10,10 +10,6 @@ from src.cli.common import EXIT_OK, UsageError, load_for_inference
 from src.config import TrainConfig
 
 
-def unknown_characters(tokenizer: Any, text: str) -> list[str]:
-    """Characters of `text` that the tokenizer cannot represent (they would become <unk>)."""
-    return [ch for ch in dict.fromkeys(text) if tokenizer.decode(tokenizer.encode(ch)) != ch]
-
 def run_generate(args: argparse.Namespace, flags: dict[str, str]) -> int:
     import torch
 
@@ -24,6 +20,7 @@ def run_generate(args: argparse.Namespace, flags: dict[str, str]) -> int:
                            ("top_p", args.top_p is None or 0 < args.top_p <= 1, "in (0, 1]")):
         if not ok:
             raise UsageError(f"{flags[name]}: must be {rule}, got {getattr(args, name)}")
+    from src.analysis import unknown_characters
     from src.memorization import memorization_note
 
     path, payload, model, tokenizer, device = load_for_inference(args, flags)

@@ -31,7 +31,9 @@ MODE_HELP: dict[str, str] = {
     "explain": "run one forward pass on --prompt and print every stage with its tensor shape (--checkpoint, or a "
                "fresh model from the model flags)",
     "export": "write the weights of a trained model (--checkpoint) as a .safetensors file, with its config and "
-              "tokenizer as JSON in the header (--out)",
+              "tokenizer as JSON in the header (--out), or as a Hugging Face folder (--format hf)",
+    "serve": "open the playground in the browser for a trained model (--checkpoint): write, attention, inside, "
+             "training (--host, --port)",
 }
 
 CHOICES = {"attention": ATTENTION_CHOICES, "pos_encoding": POS_ENCODING_CHOICES,
@@ -138,6 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "checkpoint, else ./visualizations); file for --export (default: "
                              "RUN_DIR/model.safetensors, or the .pt file's name with .safetensors; a folder "
                              "with --format hf)")
+    web = parser.add_argument_group("playground (--serve)")
+    web.add_argument("--host", default="127.0.0.1",
+                     help="address to listen on; 0.0.0.0 opens the page to the network, without a password "
+                          "(default: 127.0.0.1, this computer only)")
+    web.add_argument("--port", type=int, default=7860, metavar="N", help="port of the page (default: 7860)")
     inside.add_argument("--format", choices=("safetensors", "hf"), default="safetensors",
                         help="--export: 'safetensors' (one file for this project) or 'hf' (a folder that "
                              "Hugging Face transformers loads as GPT2LMHeadModel, with tokenizer files and a "

@@ -44,6 +44,27 @@ def filter_top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
     return logits.masked_fill(drop, float("-inf"))
 
 
+def next_token_probs(
+    logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None
+) -> torch.Tensor:
+    """The distribution the next token is drawn from: (B, V) logits -> (B, V) probabilities.
+
+    In this order: divide by the temperature (< 1 sharpens, > 1 flattens), keep the top k, keep the
+    nucleus of mass p, softmax. Temperature 0 (greedy) puts all the mass on the most likely token.
+    """
+    # In float32 even if the model ran in bf16/fp16: softmax and the cumulative sum of top-p would
+    # otherwise round the probabilities to 2-3 significant digits.
+    logits = logits.float()
+    if temperature == 0:
+        return F.one_hot(logits.argmax(dim=-1), logits.size(-1)).float()  # dividing by 0 would give nan
+    logits = logits / temperature
+    if top_k is not None:
+        logits = filter_top_k(logits, top_k)
+    if top_p is not None:
+        logits = filter_top_p(logits, top_p)
+    return torch.softmax(logits, dim=-1)
+
+
 def sample_next_token(
     logits: torch.Tensor,
     temperature: float = 1.0,
@@ -52,17 +73,9 @@ def sample_next_token(
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Pick the next token from the last position's logits: (B, V) -> (B, 1) ids."""
-    # Sample in float32 even if the model ran in bf16/fp16: softmax and the cumulative sum of top-p
-    # would otherwise round the probabilities to 2-3 significant digits.
-    logits = logits.float()
     if temperature == 0:
-        return logits.argmax(dim=-1, keepdim=True)  # greedy; dividing by 0 would give nan
-    logits = logits / temperature
-    if top_k is not None:
-        logits = filter_top_k(logits, top_k)
-    if top_p is not None:
-        logits = filter_top_p(logits, top_p)
-    probs = torch.softmax(logits, dim=-1)
+        return logits.argmax(dim=-1, keepdim=True)  # greedy: no random draw at all
+    probs = next_token_probs(logits, temperature, top_k, top_p)  # (B, V)
     return torch.multinomial(probs, num_samples=1, generator=generator)
 
 

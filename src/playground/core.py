@@ -3,7 +3,7 @@ with the candidate distributions, attention and forward-pass tables, and a run's
 
 Everything here works on plain tensors and Python values, so it can be tested (and used from a
 notebook) without Gradio. The maths lives elsewhere and is only called: generation is the model's
-own `generate_stream`, the filters are `sampling.filter_top_k`/`filter_top_p`, attention and the
+own `generate_stream`, the distribution is `sampling.next_token_probs`, attention and the
 forward-pass stages come from `src.visualization` and `src.analysis`.
 
 Messages of `PlaygroundInputError` are shown in the (German) web page, so they are German.
@@ -23,8 +23,8 @@ import torch
 
 # Everything the playground takes from the analysis and visualisation modules, in ONE place
 # (the app imports these names from here): a rename there is a one-line fix here.
-from src.analysis import explain_forward, head_pattern_scores
-from src.model.sampling import check_generate_args, filter_top_k, filter_top_p
+from src.analysis import explain_forward, head_pattern_scores, unknown_characters
+from src.model.sampling import check_generate_args, next_token_probs
 from src.training.checkpoints import CHECKPOINT_DIR, load_model
 from src.visualization import attention_for_prompt, display_token, plot_attention, plot_token_surprisal
 
@@ -65,14 +65,6 @@ class Prompt:
             return ""
         return (f"Der Prompt hat {len(self.ids) + self.dropped} Tokens, das Modell sieht aber höchstens "
                 f"block_size = {block_size}: die ersten {self.dropped} Tokens wurden weggelassen.")
-
-
-def unknown_characters(tokenizer: Any, text: str) -> list[str]:
-    """Characters the tokenizer cannot represent (a character tokenizer turns them into <unk>).
-
-    Example: for a tokenizer trained on "hello", ``unknown_characters(tok, "hex!")`` -> ``["x", "!"]``.
-    """
-    return [ch for ch in dict.fromkeys(text) if tokenizer.decode(tokenizer.encode(ch)) != ch]
 
 
 def check_prompt(tokenizer: Any, text: Any, block_size: int) -> Prompt:
@@ -169,20 +161,9 @@ def check_settings(temperature: Any, top_k: Any, top_p: Any, max_new_tokens: Any
 
 
 def sampling_distribution(logits: torch.Tensor, settings: Settings) -> torch.Tensor:
-    """The distribution `sample_next_token` draws from: (V,) logits -> (V,) probabilities.
-
-    The same steps in the same order: temperature, then top-k, then top-p (the model's own filter
-    functions), then softmax; temperature 0 (greedy) puts all mass on the argmax.
-    """
-    logits = logits.float().unsqueeze(0)  # (V,) -> (1, V), the filters work on batches
-    if settings.greedy:
-        return torch.nn.functional.one_hot(logits.argmax(dim=-1)[0], logits.size(-1)).float()
-    logits = logits / settings.temperature
-    if settings.top_k is not None:
-        logits = filter_top_k(logits, settings.top_k)
-    if settings.top_p is not None:
-        logits = filter_top_p(logits, settings.top_p)
-    return torch.softmax(logits, dim=-1)[0]  # (V,)
+    """The distribution the model's sampler draws from (`next_token_probs`): (V,) logits -> (V,) probabilities."""
+    temperature = 0.0 if settings.greedy else settings.temperature
+    return next_token_probs(logits.unsqueeze(0), temperature, settings.top_k, settings.top_p)[0]  # (1, V) -> (V,)
 
 
 @dataclass
