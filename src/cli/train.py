@@ -36,17 +36,6 @@ def eval_hooks(args: argparse.Namespace, tokenizer: Any) -> list[Callable[[int, 
 
     return [AttentionImageHook(tokenizer, INSPECT_PROMPT, layers=(0, -1))]
 
-def _resume_checkpoint(resume: Path) -> tuple[Path, Path]:
-    """(run dir, last.pt) for --resume RUN_DIR (or a .pt file inside RUN_DIR/checkpoints)."""
-    from src.training.checkpoints import CHECKPOINT_DIR, CheckpointError
-
-    if resume.is_file():
-        return resume.parent.parent, resume
-    last = resume / CHECKPOINT_DIR / "last.pt"
-    if not last.is_file():
-        raise CheckpointError(f"{last}: no checkpoint to resume from (is {resume} a run directory?)")
-    return resume, last
-
 def _check_can_create(folder: Path, flag: str) -> None:
     """UsageError unless `folder` exists as a writable folder or could be created."""
     existing = folder
@@ -60,14 +49,25 @@ def _default_run_dir() -> Path:
     return Path("runs") / dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
 
 def run_train(args: argparse.Namespace, flags: dict[str, str], callbacks: Sequence[Any] = ()) -> int:
+    """--train: the run directory is locked for the whole command (one writer per run) and let go at the end."""
+    from src.training.run_dir import RunClaim
+
+    claim = RunClaim()
+    try:
+        return _train(args, flags, callbacks, claim)
+    finally:
+        claim.release()
+
+def _train(args: argparse.Namespace, flags: dict[str, str], callbacks: Sequence[Any], claim: Any) -> int:
     import torch
 
-    from src.dataset import TokenDataset, prepare_dataset
+    from src.dataset import DataChangedError, TokenDataset, data_fingerprint, prepare_dataset
     from src.memorization import memorization_note
     from src.model import MiniTransformer
     from src.tokenizer import load_tokenizer
     from src.training.callbacks import CheckpointSaver, ProgressBar, RunLogger, SignalStop
-    from src.training.checkpoints import CheckpointError, load_checkpoint
+    from src.training.checkpoints import CheckpointError, check_resumable, load_checkpoint
+    from src.training.run_dir import check_new_run_dir, resume_target
     from src.training.train_loop import LRSchedule, build_optimizer
     from src.training.trainer import TrainState, run_training, steps_per_epoch_for, total_steps_for
     from src.training.utils import (
@@ -81,11 +81,10 @@ def run_train(args: argparse.Namespace, flags: dict[str, str], callbacks: Sequen
 
     stored = None
     if args.resume:
-        run_dir, last = _resume_checkpoint(args.resume)
+        run_dir, last = resume_target(args.resume)
+        claim.take(run_dir, resuming=True)  # before reading: another process may be writing this checkpoint
         stored = load_checkpoint(last)
-        for key in ("train_config", "data_config", "optimizer", "state", "rng"):
-            if key not in stored:
-                raise CheckpointError(f"{last}: cannot resume: the checkpoint has no {key!r}")
+        check_resumable(stored, last)
     settings = resolve_settings(args, flags, stored)
     train_cfg, data_cfg = settings.train, settings.data
     if stored is not None:
@@ -95,10 +94,9 @@ def run_train(args: argparse.Namespace, flags: dict[str, str], callbacks: Sequen
     else:
         run_dir = train_cfg.logdir or _default_run_dir()
         train_cfg.logdir = run_dir
-        if (run_dir / "checkpoints").exists():
-            raise UsageError(f"--logdir: {run_dir} already holds a run; continue it with --resume {run_dir} "
-                             "or choose another --logdir")
-        _check_can_create(run_dir, "--logdir")  # fail now, not after building the data set
+        check_new_run_dir(run_dir)  # ours or untouched: a folder of the user's is refused before any work
+        _check_can_create(run_dir, "--logdir")
+        claim.take(run_dir, resuming=False)
     try:
         device = resolve_device(train_cfg.device)
         precision = resolve_precision(train_cfg.dtype, device)
@@ -108,8 +106,13 @@ def run_train(args: argparse.Namespace, flags: dict[str, str], callbacks: Sequen
     if (note := cpu_fallback_note(train_cfg.device, device)) is not None:
         print(note, file=sys.stderr, flush=True)
 
-    prepared = prepare_dataset(data_cfg, block_size=settings.model.get("block_size", 256),
-                               show_progress=not args.quiet)
+    try:
+        prepared = prepare_dataset(data_cfg, block_size=settings.model.get("block_size", 256),
+                                   show_progress=not args.quiet)
+    except DataChangedError as err:
+        if stored is None:
+            raise
+        raise DataChangedError(f"--resume: {str(err).split('; ')[0]}; {_RESUME_ON_OTHER_DATA}") from None
     tokenizer = load_tokenizer(prepared.path / "tokenizer.json")
     splits = prepared.meta.get("splits", {})
     print(f"Data set {prepared.path} ({'reused' if prepared.reused else 'built'}): "
@@ -119,6 +122,7 @@ def run_train(args: argparse.Namespace, flags: dict[str, str], callbacks: Sequen
     if stored is not None and tokenizer.fingerprint() != stored.get("tokenizer_fingerprint"):
         raise CheckpointError(f"{last}: the data set {prepared.path} has a different tokenizer than the run; "
                               "it was rebuilt differently - resume with the original data")
+    data_changes = _data_changes(stored, data_fingerprint(prepared.meta), prepared.path, data_cfg.force)
     model_cfg = ModelConfig(vocab_size=tokenizer.vocab_size, **settings.model)
 
     set_seed(train_cfg.seed)
@@ -157,6 +161,8 @@ def run_train(args: argparse.Namespace, flags: dict[str, str], callbacks: Sequen
         "preset": settings.preset,
         "tokenizer": tokenizer.to_dict(),
         "tokenizer_fingerprint": tokenizer.fingerprint(),
+        "data_fingerprint": data_fingerprint(prepared.meta),
+        "data_changes": data_changes,  # steps where a resume continued on other data (--force): not exact
     }
     val_windows = (min(train_cfg.eval_batches * train_cfg.batch_size, len(val_set)), len(val_set))
     val_note = (f"val/loss is measured during training on {val_windows[0]:,} of the {val_windows[1]:,} validation "
@@ -194,7 +200,31 @@ def run_train(args: argparse.Namespace, flags: dict[str, str], callbacks: Sequen
                                compiled=compiled, tokens_per_char=tokens_per_char)
     finally:
         stopper.uninstall()
-    return _report(history, run_dir, train_cfg, precision.name, stopper, saver)
+    return _report(history, run_dir, train_cfg, precision.name, stopper, saver, data_changes)
+
+
+_RESUME_ON_OTHER_DATA = ("this run trained on the data as it was, so resuming on other data would no longer "
+                         "continue it exactly. Start a new run, or pass --force to rebuild the data set and "
+                         "continue anyway (config.json and the report then say the run is no longer an exact "
+                         "continuation)")
+
+
+def _data_changes(stored: dict[str, Any] | None, fingerprint: str, data_path: Path, force: bool) -> list[dict]:
+    """The run's record of resumes on other data; refuses a new one unless --force (DataChangedError)."""
+    from src.dataset import DataChangedError
+
+    if stored is None:
+        return []
+    changes = list(stored.get("data_changes", []))
+    if stored.get("data_fingerprint") in (None, fingerprint):  # None: a checkpoint from before fingerprints
+        return changes
+    step = stored["state"].get("step", 0)
+    if not force:
+        raise DataChangedError(f"--resume: the data set {data_path} is not the one this run trained on up to step "
+                               f"{step} (it was rebuilt since); {_RESUME_ON_OTHER_DATA}")
+    print(f"warning: the data set {data_path} changed since step {step}; continuing on it (--force): from here on "
+          "this run is no longer an exact continuation (recorded in config.json)", file=sys.stderr, flush=True)
+    return [*changes, {"step": step, "data_path": str(data_path), "data_fingerprint": fingerprint}]
 
 
 def _resumed_schedule(stored: dict[str, Any], planned: Any, step: int, path: Path) -> Any:
@@ -228,6 +258,8 @@ def _write_run_files(run_dir: Path, args: argparse.Namespace, static: dict[str, 
                      model: Any, device: Any, dtype: str, steps_per_epoch: int, schedule: Any,
                      start_step: int, versions: dict[str, Any], val_note: str) -> None:
     """config.json (resolved settings, command line, versions) and tokenizer.json."""
+    from src.training.run_dir import RUN_FORMAT
+
     run_dir.mkdir(parents=True, exist_ok=True)
     config_path = run_dir / "config.json"
     segments = []
@@ -239,7 +271,10 @@ def _write_run_files(run_dir: Path, args: argparse.Namespace, static: dict[str, 
                   file=sys.stderr)
     segments.append({"argv": list(args.argv), "started": dt.datetime.now().isoformat(timespec="seconds"),
                      "from_step": start_step})
+    if start_step > 0 and static["data_changes"] and static["data_changes"][-1]["step"] == start_step:
+        segments[-1]["data_changed"] = True  # this segment continued on other data (--resume --force)
     config = {
+        "format": RUN_FORMAT,  # marks the folder as a run of ours (src/training/run_dir.py)
         "command": "python -m src.main " + shlex.join(args.argv),
         "preset": static["preset"],
         "model": static["model_config"],
@@ -256,6 +291,8 @@ def _write_run_files(run_dir: Path, args: argparse.Namespace, static: dict[str, 
         "total_steps": schedule.total_steps,
         "lr_schedule": dict(schedule.__dict__),
         "validation_estimate": val_note,
+        "exact_continuation": not static["data_changes"],
+        "data_changes": static["data_changes"],
         "versions": versions,
         "segments": segments,
     }
@@ -275,8 +312,10 @@ def _maybe_compile(model: Any, train_cfg: TrainConfig, device: Any) -> Any:
     return torch.compile(model)
 
 def _report(history: Any, run_dir: Path, train_cfg: TrainConfig, dtype: str, stopper: Any,
-            saver: Any) -> int:
+            saver: Any, data_changes: Sequence[dict] = ()) -> int:
     """The end-of-run summary; returns the exit code."""
+    from src.training.trainer import DIVERGED
+
     state = history.state
     last, best = run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt"
     minutes, seconds = divmod(int(state.elapsed_s), 60)
@@ -290,7 +329,11 @@ def _report(history: Any, run_dir: Path, train_cfg: TrainConfig, dtype: str, sto
     if saved:
         lines.append("Checkpoints: " + ", ".join(saved))
     lines.append(f"TensorBoard: tensorboard --logdir {run_dir.parent}")
-    if history.stop_reason == "non_finite_loss":
+    if data_changes:
+        steps = ", ".join(str(change["step"]) for change in data_changes)
+        lines.append(f"Not an exact continuation: the data changed at step {steps} (resumed with --force); "
+                     "config.json records it.")
+    if history.stop_reason in DIVERGED:
         print("\n".join(lines), file=sys.stderr)
         print(f"error: training stopped: {_divergence_advice(history, last, saver.saved_step, train_cfg, dtype)}", file=sys.stderr)
         return EXIT_DIVERGED
@@ -323,5 +366,7 @@ def _divergence_advice(history: Any, last: Path, saved_step: int | None, train_c
     tips.append(f"a longer --warmup-steps (now {train_cfg.warmup_steps})")
     if not 0 < train_cfg.grad_clip <= 1.0:
         tips.append("--grad-clip 1.0")
-    return (f"the loss became NaN/inf at step {state.step + 1}; {good}. Try " + ", ".join(tips[:-1])
-            + f" or {tips[-1]}.")
+    what = {"non_finite_val_loss": f"the validation loss became NaN/inf after step {state.step}",
+            "non_finite_weights": f"the weights became NaN/inf by step {state.step}"}.get(
+        history.stop_reason, f"the loss became NaN/inf at step {state.step + 1}")
+    return f"{what}; {good}. Try " + ", ".join(tips[:-1]) + f" or {tips[-1]}."

@@ -27,8 +27,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from src.training.checkpoints import CHECKPOINT_DIR, CHECKPOINT_FORMAT_VERSION, save_checkpoint
-from src.training.trainer import Callback, EvalRecord, History, LoopContext, StepRecord
+from src.fileio import atomic_write_text
+from src.training.checkpoints import (
+    CHECKPOINT_DIR,
+    CHECKPOINT_FORMAT_VERSION,
+    non_finite_tensors,
+    save_checkpoint,
+)
+from src.training.run_dir import RunDirError, is_run_dir
+from src.training.trainer import DIVERGED, Callback, EvalRecord, History, LoopContext, StepRecord
 from src.training.utils import capture_rng_state, evaluating
 
 SAMPLE_PROMPTS: tuple[str, ...] = ("The ", "Once upon a time")
@@ -89,7 +96,9 @@ class RunLogger(Callback):
     def on_train_start(self, ctx: LoopContext) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if not is_run_dir(self.run_dir):  # it truncates and deletes files below: only ever in a run of ours
+            raise RunDirError(f"{self.run_dir} is not a mini_transformer run directory (no config.json of a run); "
+                              "refusing to write logs into it")
         step = ctx.state.step
         # TensorBoard drops every event at or after `purge_step` that earlier files of this folder hold:
         # after a resume from step s, what a stopped segment wrote after its checkpoint (s + 1 on);
@@ -201,16 +210,21 @@ class CheckpointSaver(Callback):
         if record.step == 0:
             return  # nothing trained yet
         payload = checkpoint_payload(ctx, self.static)
+        if non_finite_tensors(payload["model"]):
+            return  # never "last good": the run stops (RunBook's NaN guard), last.pt keeps the previous state
         save_checkpoint(self.last_path, payload)
         self.saved_step = record.step
         if record.improved:
             save_checkpoint(self.best_path, payload)
 
     def on_train_end(self, ctx: LoopContext, history: History) -> None:
-        if history.stop_reason == "non_finite_loss" or ctx.state.step == 0:
+        if history.stop_reason in DIVERGED or ctx.state.step == 0:
             return
         if self.saved_step != ctx.state.step:
-            save_checkpoint(self.last_path, checkpoint_payload(ctx, self.static))
+            payload = checkpoint_payload(ctx, self.static)
+            if non_finite_tensors(payload["model"]):
+                return  # e.g. interrupted right after an update that overflowed: last.pt stays the last good
+            save_checkpoint(self.last_path, payload)
             self.saved_step = ctx.state.step
 
 
@@ -241,7 +255,7 @@ def _truncate_metrics(path: Path, last_step: int) -> None:
             continue
         if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= last_step:
             kept.append(line)
-    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    atomic_write_text(path, "".join(line + "\n" for line in kept))  # a full disk must not lose the old rows
 
 
 def _finite_or_nan(value: float) -> float:

@@ -6,7 +6,8 @@ samples.md and purges TensorBoard events written after the last checkpoint. That
 of ours and a disaster in a folder of the user's. So:
 
 * A run of ours is marked by its `config.json`, the first file a run writes, with
-  `"format": "mini_transformer-run"` (runs from before the tag: by the `command` it records).
+  `"format": "mini_transformer-run"` (runs from before the tag: by the `command` it records). If
+  config.json was damaged, a `checkpoints/last.pt` of ours marks the run instead.
 * `--train --logdir DIR` takes a missing or empty folder, or a run of ours that holds no checkpoint
   yet (an attempt stopped before it trained a step: its files are ours to replace). A run with a
   checkpoint needs `--resume`; any other folder is refused before a single file is written.
@@ -22,7 +23,7 @@ import json
 from pathlib import Path
 
 from src.fileio import FileLock, LockedError
-from src.training.checkpoints import CHECKPOINT_DIR
+from src.training.checkpoints import CHECKPOINT_DIR, REQUIRED_KEYS
 
 RUN_FORMAT = "mini_transformer-run"
 CONFIG_NAME = "config.json"
@@ -34,16 +35,31 @@ class RunDirError(ValueError):
 
 
 def is_run_dir(path: str | Path) -> bool:
-    """True when `path` holds the config.json of a mini_transformer run (our marker)."""
+    """True when `path` holds the config.json of a mini_transformer run (our marker), or - config.json
+    damaged, e.g. by a full disk - a checkpoints/last.pt of ours."""
     config = Path(path) / CONFIG_NAME
     try:
         values = json.loads(config.read_text(encoding="utf-8")) if config.is_file() else None
     except (OSError, ValueError, RecursionError):
+        values = None
+    if isinstance(values, dict):
+        legacy = isinstance(values.get("command"), str) and values["command"].startswith("python -m src.main")
+        if values.get("format") == RUN_FORMAT or legacy:
+            return True
+    return _holds_our_checkpoint(Path(path) / CHECKPOINT_DIR / "last.pt")
+
+
+def _holds_our_checkpoint(path: Path) -> bool:
+    """A cheap look at `path`: memory-mapped (tensors are not read) and `weights_only` (no code runs)."""
+    import torch
+
+    if not path.is_file():
         return False
-    if not isinstance(values, dict):
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - any file can lie there; all that matters is "not ours"
         return False
-    legacy = isinstance(values.get("command"), str) and values["command"].startswith("python -m src.main")
-    return values.get("format") == RUN_FORMAT or legacy
+    return isinstance(payload, dict) and all(key in payload for key in REQUIRED_KEYS)
 
 
 def has_checkpoint(path: str | Path) -> bool:

@@ -31,6 +31,9 @@ from src.training.train_loop import LRSchedule, StepReport, TrainHooks, train
 from src.training.utils import FP32, Precision, preserved_rng
 
 OVERFIT_TOLERANCE = 0.01  # nats above the best validation loss before a rise counts as overfitting
+# Stop reasons of a diverged run: NaN/inf in the training loss or gradient (the loop's guard), in the
+# validation loss, or in the weights about to be saved (CheckpointSaver). Nothing is saved after them.
+DIVERGED = ("non_finite_loss", "non_finite_val_loss", "non_finite_weights")
 
 
 @dataclass
@@ -220,6 +223,11 @@ class RunBook(TrainHooks):
         self.emit("on_step", record)
 
     def on_eval(self, step: int, val_loss: float) -> None:
+        # NaN guard for what gets saved: a NaN/inf validation loss or weight stops the run before any
+        # callback sees this evaluation, so no checkpoint keeps these weights as "last good".
+        if not math.isfinite(val_loss) or not _all_finite(self.ctx.model):
+            self.ctx.request_stop("non_finite_val_loss" if not math.isfinite(val_loss) else "non_finite_weights")
+            return
         state, previous = self.ctx.state, (self.history.evals[-1] if self.history.evals else None)
         train_loss = sum(self.train_losses) / len(self.train_losses) if self.train_losses else None
         self.train_losses.clear()
@@ -242,6 +250,10 @@ class RunBook(TrainHooks):
         patience = self.ctx.config.early_stopping
         if patience and state.evals_without_improvement >= patience:
             self.ctx.request_stop("early_stopping")
+
+
+def _all_finite(model: nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
 
 def run_training(
