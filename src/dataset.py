@@ -519,7 +519,6 @@ def load_meta(path: Path) -> dict:
     return meta
 
 
-
 def load_tokens(path: Path, split: str) -> np.memmap:
     """The token ids of one split as a read-only memory map (dtype from meta.json)."""
     if split not in ("train", "val"):

@@ -37,6 +37,7 @@ from matplotlib.figure import Figure  # figures are built without pyplot: no GUI
 from matplotlib.patches import Rectangle
 
 from src.analysis import display_token, encode_prompt, quoted_token, token_surprisal  # noqa: F401 - re-exported
+from src.fileio import atomic_write
 from src.training.utils import evaluating
 
 # Heat-maps over more tokens than this are drawn without tick labels (they would overlap): a grid
@@ -53,11 +54,11 @@ SURPRISAL_CMAP = "YlOrRd"
 
 
 def save_figure(fig: Figure, path: str | Path, dpi: int = 120) -> Path:
-    """Write `fig` as an image (format from the suffix, e.g. .png) and return the path."""
+    """Write `fig` as an image (format from the suffix, e.g. .png) and return the path. Atomically: a
+    Ctrl-C or a full disk while drawing leaves the old picture, never half a PNG."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi, bbox_inches="tight")
-    return path
+    return atomic_write(path, lambda handle: fig.savefig(handle, format=path.suffix.lstrip(".") or "png", dpi=dpi,
+                                                         bbox_inches="tight"))
 
 
 def _device_of(model: torch.nn.Module) -> torch.device:

@@ -32,7 +32,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "src.hf_bridge": ("src.config", "src.errors", "src.fileio", "src.model", "src.tokenizer"),
     "src.memorization": ("src.dataset", "src.tokenizer"),
     "src.analysis": ("src.config", "src.model", "src.tokenizer", "src.training.utils"),
-    "src.visualization": ("src.config", "src.model", "src.analysis", "src.training.utils"),
+    "src.visualization": ("src.config", "src.fileio", "src.model", "src.analysis", "src.training.utils"),
 }
 
 

@@ -493,3 +493,16 @@ def test_a_full_disk_during_training_is_one_line_and_last_pt_stays_intact(tmp_pa
         assert not [p for p in run.rglob("*.tmp")]
     finally:
         subprocess.run(["umount", str(disk)], capture_output=True)
+
+
+def test_export_never_replaces_a_file_that_is_not_an_export_of_ours(tmp_path, tiny_run, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    foreign = run / "model.safetensors"  # the default --out of --export --checkpoint RUN
+    foreign.write_bytes(b"somebody else's model")
+    assert main(["--export", "--checkpoint", str(run)]) == 2
+    assert "is not an export of this project" in one_error_line(capsys.readouterr().err)
+    assert foreign.read_bytes() == b"somebody else's model"
+    foreign.unlink()
+    assert main(["--export", "--checkpoint", str(run)]) == 0
+    assert main(["--export", "--checkpoint", str(run)]) == 0  # an export of ours may be written again

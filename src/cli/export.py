@@ -23,6 +23,9 @@ def run_export(args: argparse.Namespace, flags: dict[str, str]) -> int:
         if is_hf_model_dir(source):  # its model.safetensors is Hugging Face's: never overwrite it
             raise UsageError(f"--out: {source} is a Hugging Face folder; name the export file with --out")
         out = source / "model.safetensors" if source.is_dir() else source.with_suffix(".safetensors")
+        if out.is_file() and not _is_our_export(out):  # the default name must not replace someone else's file
+            raise UsageError(f"--out: {out} exists and is not an export of this project (left untouched); "
+                             "name the export file with --out")
     if out is not None and out.suffix != ".safetensors":  # load_model recognises the format by it
         raise UsageError(f"--out: the export file must end in .safetensors, got {out}")
     from src.training.checkpoints import export_safetensors
@@ -63,6 +66,19 @@ def model_card_facts(payload: dict[str, Any]) -> dict[str, Any]:
     if payload.get("init_from"):
         facts["fine-tuned from"] = str(payload["init_from"])
     return facts
+
+
+def _is_our_export(path: Path) -> bool:
+    """True for a .safetensors file whose header names this project (an earlier --export)."""
+    from safetensors import safe_open
+
+    from src.training.checkpoints import PROJECT_NAME
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            return (handle.metadata() or {}).get("project") == PROJECT_NAME
+    except Exception:  # noqa: BLE001 - any file may lie there; all that matters is "not ours"
+        return False
 
 
 def _size(n_bytes: int) -> str:
