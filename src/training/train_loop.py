@@ -20,6 +20,7 @@ Shapes: B batch size, T block size (tokens per window), V vocabulary size.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -86,14 +87,16 @@ def build_optimizer(model: nn.Module, config: TrainConfig, device: torch.device)
     """AdamW with weight decay on >= 2-D parameters (matrices, embeddings) only.
 
     Tied weights (lm_head and token embedding) appear once: `parameters()` skips duplicates.
-    The fused kernel (one kernel for all parameters instead of one per tensor) on CUDA.
+    The fused kernel updates all parameters in one pass instead of one small operation per tensor
+    and per formula term: on CUDA and on the CPU (torch >= 2.4) the optimiser step gets ~5x faster.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2), fused=device.type == "cuda")
+    fused = device.type in ("cuda", "cpu")
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2), fused=fused)
 
 
 # --- what the loop reports --------------------------------------------------------------------
@@ -140,16 +143,20 @@ def train(
     precision: Precision = FP32,
     scaler: torch.amp.GradScaler | None = None,
     forward: nn.Module | None = None,
+    no_sync: Callable[[], contextlib.AbstractContextManager] | None = None,
 ) -> str:
     """Train `model` (already on its device) up to `schedule.total_steps`; return why it stopped:
     "completed", "stopped" (a hook asked) or "non_finite_loss" (NaN/inf; no update was made).
 
     `evaluate()` returns the validation loss (None if it was cut short). `forward` is an optional
-    `torch.compile` wrapper of `model`; both share the same weights.
+    wrapper of `model` that shares its weights: `torch.compile`, or DistributedDataParallel (DDP,
+    several processes), whose `backward` also averages the gradients of all processes; `no_sync` is
+    then its `no_sync`, which skips that averaging for all micro-batches of a step but the last.
     """
     hooks = hooks or TrainHooks()
     scaler = scaler or torch.amp.GradScaler(enabled=False)  # only fp16 needs loss scaling
     forward = forward or model
+    no_sync = no_sync or contextlib.nullcontext
     device = next(model.parameters()).device
     model.train()
     optimizer.zero_grad(set_to_none=True)
@@ -169,12 +176,14 @@ def train(
         # 2. Forward and backward. Each micro-batch's loss is divided by grad_accum, so the gradients
         #    that `backward` adds up equal those of one batch grad_accum times larger.
         loss_sum = torch.zeros((), device=device)
-        for _ in range(config.grad_accum):
+        for micro in range(config.grad_accum):
             x, y = next(batches)  # (B, T), (B, T): y is x shifted left by one token
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with precision.autocast(device):
-                _, loss = forward(x, y)  # logits (B, T, V); loss: mean cross-entropy over B*T
-            scaler.scale(loss / config.grad_accum).backward()
+            # DDP only: average the gradients over the processes once per step, in the last backward.
+            with no_sync() if micro < config.grad_accum - 1 else contextlib.nullcontext():
+                with precision.autocast(device):
+                    _, loss = forward(x, y)  # logits (B, T, V); loss: mean cross-entropy over B*T
+                scaler.scale(loss / config.grad_accum).backward()
             loss_sum += loss.detach().float()
 
         # 3. Clip the true gradients (unscaled first, if fp16 scaled them) to a total norm <= grad_clip.
