@@ -274,8 +274,12 @@ def prepare_dataset(config: DataConfig, *, block_size: int | None = None, show_p
     # One builder per data set: a second one waits here, then finds the first one's result and reuses it.
     lock = FileLock(processed / f".{name}.lock", f"the data set {out_dir}")
     try:
-        lock.acquire(wait=True, on_wait=lambda holder: print(
-            f"waiting for another process ({holder}) to finish building {out_dir} ...", file=sys.stderr, flush=True))
+        try:
+            lock.acquire(wait=True, on_wait=lambda holder: print(
+                f"waiting for another process ({holder}) to finish building {out_dir} ...", file=sys.stderr, flush=True))
+        except OSError:  # a finished data set on a read-only disk or folder: reused as it is, nothing is written
+            if config.force or not (out_dir / "meta.json").is_file():
+                raise
         if (out_dir / "meta.json").is_file() and not config.force:
             meta = load_meta(out_dir)
             check_reusable(meta, config, out_dir, show_progress)

@@ -222,16 +222,24 @@ def test_chained_merges_fail_fast_with_one_line_from_a_file_a_checkpoint_and_a_s
               metadata={"format": "pt", "project": "mini_transformer", "format_version": "1",
                         "model_config": json.dumps(payload["model_config"]), "tokenizer": json.dumps(bomb_tokenizer()),
                         "tied_weights": json.dumps(tied)})
+    script = ("import sys\n"
+              "from src.main import main\n"
+              "from src.tokenizer import load_tokenizer\n"
+              "codes = [main(['--generate', '--checkpoint', path]) for path in sys.argv[1:3]]\n"
+              "try:\n"
+              "    load_tokenizer(sys.argv[3])\n"
+              "except ValueError as err:\n"
+              "    print(f'error: {err}', file=sys.stderr)\n"
+              "    codes.append(2)\n"
+              "print(codes)\n")
     started = time.monotonic()
-    loaded = run_limited(["-c", f"from src.tokenizer import load_tokenizer; load_tokenizer({str(tokenizer_file)!r})"],
-                         tmp_path)
-    assert loaded.returncode == 1 and "ValueError" in loaded.stderr and "merges already hold more than" in loaded.stderr
-    for crafted in (crafted_pt, crafted_st):
-        result = run_limited(["-m", "src.main", "--generate", "--checkpoint", str(crafted)], tmp_path)
-        assert result.returncode == 2, result.stderr
-        line = one_error_line(result.stderr)
-        assert str(crafted) in line and "refused before building it" in line
-    assert time.monotonic() - started < 45  # fast: the sizes are computed, nothing is built
+    result = run_limited(["-c", script, str(crafted_pt), str(crafted_st), str(tokenizer_file)], tmp_path)
+    assert time.monotonic() - started < 30  # fast: the sizes are computed, nothing is built
+    assert result.stdout.strip() == "[2, 2, 2]" and "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 3  # one line per file
+    for line, crafted in zip(lines, (crafted_pt, crafted_st, tokenizer_file), strict=True):
+        assert line.startswith("error: ") and str(crafted) in line and "refused before building it" in line
 
 
 def tampered_checkpoint(tiny_run: Path, tmp_path: Path, change) -> Path:
@@ -474,10 +482,7 @@ def test_a_full_disk_during_training_is_one_line_and_last_pt_stays_intact(tmp_pa
         pytest.skip("mount -t tmpfs is not allowed here (e.g. a container without CAP_SYS_ADMIN)")
     try:
         run = disk / "run"
-        args = [*train_args(tmp_path, story, run, "--max-steps", "2", "--eval-interval", "2"), "--quiet"]
-        first = subprocess.run([sys.executable, "-m", "src.main", *args], cwd=tmp_path, env=ENV, capture_output=True,
-                               text=True, timeout=120)
-        assert first.returncode == 0, first.stderr
+        assert main([*train_args(tmp_path, story, run, "--max-steps", "2", "--eval-interval", "2"), "--quiet"]) == 0
         last = run / "checkpoints" / "last.pt"
         before = last.read_bytes()
         with open(disk / "filler", "wb") as filler:  # leave 48 kB: enough for the run's text files, not for a checkpoint
@@ -506,3 +511,26 @@ def test_export_never_replaces_a_file_that_is_not_an_export_of_ours(tmp_path, ti
     foreign.unlink()
     assert main(["--export", "--checkpoint", str(run)]) == 0
     assert main(["--export", "--checkpoint", str(run)]) == 0  # an export of ours may be written again
+
+
+def test_a_finished_data_set_on_a_read_only_disk_is_reused_without_a_lock(tmp_path, story, capsys):
+    """A shared, read-only copy of a data set: reusing it writes nothing, so it needs no lock file."""
+    from src.dataset import main as dataset_main
+
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs root")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("mount -t tmpfs is not allowed here (e.g. a container without CAP_SYS_ADMIN)")
+    try:
+        args = ["--input", str(story), "--data-dir", str(disk / "data"), "--quiet", "--block-size", "16"]
+        assert dataset_main(args) == 0
+        assert subprocess.run(["mount", "-o", "remount,ro", str(disk)], capture_output=True).returncode == 0
+        capsys.readouterr()
+        assert dataset_main(args) == 0
+        assert "nothing was rebuilt" in capsys.readouterr().out
+        assert dataset_main([*args, "--force"]) == 2  # a rebuild must write: one line naming the folder
+        assert "choose another --data-dir" in one_error_line(capsys.readouterr().err)
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
