@@ -129,6 +129,7 @@ def test_a_run_with_a_checkpoint_needs_resume_and_an_empty_attempt_may_start_aga
 # --- 2. one writer per run, one builder per data set ---------------------------------------------------
 
 
+@pytest.mark.slow  # subprocesses: several seconds
 def test_a_second_training_on_a_running_run_exits_2_naming_the_first(tmp_path, story, capsys):
     run = tmp_path / "run"
     first = subprocess.Popen([sys.executable, "-m", "src.main", *train_args(tmp_path, story, run, "--epochs", "1000",
@@ -161,6 +162,7 @@ def test_file_lock_names_its_holder_and_is_free_again_after_release(tmp_path):
         assert path.is_file()
 
 
+@pytest.mark.slow  # subprocesses: several seconds
 def test_two_builders_of_one_data_set_one_builds_the_other_waits_and_reuses(tmp_path, story):
     """The test holds the data set's lock while both builders start, so both must wait; then one builds."""
     processed = tmp_path / "data" / "processed"
@@ -472,6 +474,7 @@ def test_a_failed_write_names_the_file_and_the_free_space_and_keeps_the_old_file
     assert issubclass(WriteError, ValueError) and atomic_write  # the CLI turns it into one line
 
 
+@pytest.mark.slow  # subprocesses: several seconds
 def test_a_full_disk_during_training_is_one_line_and_last_pt_stays_intact(tmp_path, story):
     """A real full file system: a 1 MB tmpfs (needs root and mount; skipped elsewhere)."""
     if os.geteuid() != 0 or shutil.which("mount") is None:
