@@ -286,6 +286,9 @@ def prepare_dataset(config: DataConfig, *, block_size: int | None = None, show_p
             check_files(meta, out_dir)
             check_split_sizes(meta, block_size)
             return PreparedDataset(path=out_dir, meta=meta, reused=True)
+        if out_dir.exists() and not is_data_set(out_dir):  # --force replaces only a data set, never other files
+            raise DataError(f"{out_dir} exists but is not a data set of this project (no meta.json of ours); nothing "
+                            "there was touched - choose another --name or --data-dir")
         documents = load_documents(config, show_progress)
         meta = build_into(out_dir, documents, config, block_size, show_progress)
     except OSError as error:  # e.g. --data-dir on a read-only disk, or a full disk
@@ -450,6 +453,15 @@ def check_reusable(meta: dict, config: DataConfig, path: Path, show_progress: bo
             f"{path} was built from other versions of book(s) {', '.join(map(str, differ))} than {mirror} "
             f"holds; pass --force to rebuild it from {mirror}, or choose another --name"
         )
+
+
+def is_data_set(path: Path) -> bool:
+    """True when `path` holds the meta.json of a processed data set (what `build` writes last)."""
+    try:
+        load_meta(path)
+    except DataError:
+        return False
+    return True
 
 
 def check_files(meta: dict, path: Path) -> None:

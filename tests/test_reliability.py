@@ -537,3 +537,17 @@ def test_a_finished_data_set_on_a_read_only_disk_is_reused_without_a_lock(tmp_pa
         assert "choose another --data-dir" in one_error_line(capsys.readouterr().err)
     finally:
         subprocess.run(["umount", str(disk)], capture_output=True)
+
+
+def test_a_data_set_name_that_is_someone_elses_folder_is_never_replaced(tmp_path, story, capsys):
+    from src.dataset import main as dataset_main
+
+    folder = tmp_path / "data" / "processed" / "notes"
+    folder.mkdir(parents=True)
+    (folder / "todo.txt").write_text("my list\n")
+    for extra in ([], ["--force"]):
+        assert dataset_main(["--input", str(story), "--data-dir", str(tmp_path / "data"), "--name", "notes",
+                             "--quiet", *extra]) == 2
+        assert "is not a data set of this project" in one_error_line(capsys.readouterr().err)
+    assert snapshot(tmp_path / "data") == {"processed": "dir", "processed/notes": "dir",
+                                           "processed/notes/todo.txt": hashlib.sha256(b"my list\n").hexdigest()}
