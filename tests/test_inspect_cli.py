@@ -22,7 +22,7 @@ def trained_run(tiny_run):
     return tiny_run
 
 
-def test_training_logs_attention_of_first_and_last_layer_at_every_evaluation(trained_run):
+def test_training_logs_attention_of_first_and_last_layer_at_evaluations(trained_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(trained_run), size_guidance={"images": 0})
@@ -31,14 +31,18 @@ def test_training_logs_attention_of_first_and_last_layer_at_every_evaluation(tra
     assert eval_steps == list(range(0, TINY_RUN_STEPS + 1, TINY_RUN_EVAL_INTERVAL))
     for tag in ("attention/layer_0", f"attention/layer_{N_LAYER - 1}"):
         images = events.Images(tag)
-        assert [image.step for image in images] == eval_steps
+        steps = [image.step for image in images]
+        # Before training and at the end always; in between only within the time budget (EXTRAS_SHARE),
+        # which steps of a few milliseconds leave no room for here.
+        assert steps[0] == 0 and steps[-1] == TINY_RUN_STEPS and set(steps) <= set(eval_steps)
         assert all(image.encoded_image_string.startswith(PNG_MAGIC) for image in images)
 
 
 def test_samples_carry_the_memorization_check(trained_run):
     samples = (trained_run / "samples.md").read_text(encoding="utf-8")
     notes = re.findall(r"longest verbatim match: (\d+) characters from (.+?):", samples)
-    assert len(notes) == 3 * 2  # three evaluations x two prompts
+    sampled = samples.count("## Step ")  # the first and the last of three evaluations, or all three
+    assert sampled in (2, 3) and len(notes) == sampled * 2  # two prompts each
     assert all(source.startswith("story") for _, source in notes)
 
 

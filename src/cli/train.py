@@ -9,6 +9,7 @@ import math
 import os
 import shlex
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,7 @@ def run_train(args: argparse.Namespace, flags: dict[str, str], callbacks: Sequen
         claim.release()
 
 def _train(args: argparse.Namespace, flags: dict[str, str], callbacks: Sequence[Any], claim: Any) -> int:
+    started = time.perf_counter()  # the report splits the time into start-up, steps and evaluations
     import torch
 
     from src.dataset import DataChangedError, TokenDataset, data_fingerprint, prepare_dataset
@@ -194,13 +196,15 @@ def _train(args: argparse.Namespace, flags: dict[str, str], callbacks: Sequence[
     if stored is not None:
         restore_rng_state(stored["rng"])  # last: everything above may have drawn random numbers
     stopper.install()
+    startup_s = time.perf_counter() - started
     try:
         history = run_training(model, optimizer, train_set, val_set, train_cfg, device=device, precision=precision,
                                scaler=scaler, state=state, schedule=schedule, callbacks=all_callbacks,
                                compiled=compiled, tokens_per_char=tokens_per_char)
     finally:
         stopper.uninstall()
-    return _report(history, run_dir, train_cfg, precision.name, stopper, saver, data_changes)
+    return _report(history, run_dir, train_cfg, precision.name, stopper, saver, data_changes,
+                   time_split=time_split_line(history.timing, startup_s, compiled is not None))
 
 
 _RESUME_ON_OTHER_DATA = ("this run trained on the data as it was, so resuming on other data would no longer "
@@ -311,8 +315,36 @@ def _maybe_compile(model: Any, train_cfg: TrainConfig, device: Any) -> Any:
         return None
     return torch.compile(model)
 
+def _duration(seconds: float) -> str:
+    """'4m10s', '25s', '0.4s' (hours as minutes: '75m00s')."""
+    if seconds >= 60:
+        minutes, rest = divmod(int(round(seconds)), 60)
+        return f"{minutes}m{rest:02d}s"
+    return f"{seconds:.0f}s" if seconds >= 10 else f"{seconds:.1f}s"
+
+
+def time_split_line(timing: Any, startup_s: float, compiled: bool = False) -> str:
+    """Where this command's time went, e.g. "Time: 4m10s steps, 25s in 18 evaluations (9%), 3.1s start-up."
+
+    The share is that of the evaluations (validation loss, samples, pictures, checkpoints) in steps +
+    evaluations. `timing` is the run's `TimeSplit`; `startup_s` the time before the first step
+    (data set, model, run files).
+    """
+    from src.training.callbacks import EXTRAS_SHARE
+
+    share = timing.evals_s / max(timing.steps_s + timing.evals_s, 1e-9)
+    line = (f"Time: {_duration(timing.steps_s)} steps, {_duration(timing.evals_s)} in {timing.evals} "
+            f"evaluation(s) ({100 * share:.0f}%), {_duration(startup_s)} start-up.")
+    if 0 < timing.extras < timing.evals:
+        line += (f" Samples and pictures at {timing.extras} of {timing.evals} evaluations (they may take "
+                 f"{100 * EXTRAS_SHARE:.0f}% of the step time).")
+    if compiled and timing.first_step_s is not None:
+        line += f" The first step took {_duration(timing.first_step_s)} (torch.compile compiles then)."
+    return line
+
+
 def _report(history: Any, run_dir: Path, train_cfg: TrainConfig, dtype: str, stopper: Any,
-            saver: Any, data_changes: Sequence[dict] = ()) -> int:
+            saver: Any, data_changes: Sequence[dict] = (), time_split: str | None = None) -> int:
     """The end-of-run summary; returns the exit code."""
     from src.training.trainer import DIVERGED
 
@@ -328,6 +360,8 @@ def _report(history: Any, run_dir: Path, train_cfg: TrainConfig, dtype: str, sto
     saved = [str(p) for p in (best, last) if p.is_file()]
     if saved:
         lines.append("Checkpoints: " + ", ".join(saved))
+    if time_split:
+        lines.append(time_split)
     lines.append(f"TensorBoard: tensorboard --logdir {run_dir.parent}")
     if data_changes:
         steps = ", ".join(str(change["step"]) for change in data_changes)

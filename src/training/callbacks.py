@@ -2,9 +2,10 @@
 
 * `RunLogger` writes TensorBoard event files (scalars `train/loss`, `val/loss`, `val/perplexity`,
   `val/bpc`, `lr`, `grad_norm`, `tokens_per_sec`, `epoch`; text samples; hyperparameters with the
-  final metrics), `metrics.jsonl` (one JSON object per line) and `samples.md`. At every evaluation
+  final metrics), `metrics.jsonl` (one JSON object per line) and `samples.md`. At evaluations
   it samples text from fixed prompts with a fixed seed, a time-lapse of how the model learns to
-  write, and calls the `eval_hooks` (e.g. to add attention images).
+  write, and calls the `eval_hooks` (e.g. to add attention images) - at every evaluation while
+  these extras cost at most `EXTRAS_SHARE` of the training time, else at fewer (`extras_due`).
 * `CheckpointSaver` writes `checkpoints/last.pt` at every evaluation and at the end, and
   `checkpoints/best.pt` whenever the validation loss improves.
 * `ProgressBar` draws a tqdm bar per epoch and one line per evaluation (stderr).
@@ -20,6 +21,7 @@ import json
 import math
 import signal
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,23 @@ SAMPLE_TOP_K = 50
 
 # An evaluation hook gets (step, unwrapped model, SummaryWriter) after every evaluation.
 EvalHook = Callable[[int, nn.Module, Any], None]
+
+# The extras of an evaluation - text samples with their memorisation check, and the eval hooks'
+# pictures - may take at most this share of the time spent in training steps, so that an evaluation
+# costs <= 10% of the training between two (issue 15). On a GPU, or with the tiny preset, a few
+# hundred steps take seconds and drawing two attention figures alone takes one or two, so there some
+# evaluations skip them. The validation loss and the checkpoints are never skipped.
+EXTRAS_SHARE = 0.06
+
+
+def extras_due(spent_s: float, steps_s: float, last: bool, share: float = EXTRAS_SHARE) -> bool:
+    """Whether this evaluation writes samples and pictures: always at the run's last step, otherwise
+    while they have taken at most `share` of the training steps' time so far.
+
+    Example (share 0.06): 5 s of extras after 100 s of steps -> True; 7 s -> False, until the steps
+    reach 117 s. The evaluation before the first step (0 s of each) -> True.
+    """
+    return last or spent_s <= share * steps_s
 
 
 def sample_text(
@@ -147,12 +166,18 @@ class RunLogger(Callback):
         if ctx.stop_reason == "interrupted":  # Ctrl-C: save and stop soon, skip the slow extras
             self.writer.flush()
             return
-        if ctx.config.sample_tokens > 0:
-            self._write_samples(ctx, record)
-        if self.eval_hooks:
-            with evaluating(ctx.model):  # hooks must not change the training run
-                for hook in self.eval_hooks:
-                    hook(record.step, ctx.model, self.writer)
+        timing = ctx.timing
+        if (ctx.config.sample_tokens > 0 or self.eval_hooks) and extras_due(
+                timing.extras_s, timing.steps_s, last=record.step == ctx.total_steps):
+            started = time.perf_counter()
+            if ctx.config.sample_tokens > 0:
+                self._write_samples(ctx, record)
+            if self.eval_hooks:
+                with evaluating(ctx.model):  # hooks must not change the training run
+                    for hook in self.eval_hooks:
+                        hook(record.step, ctx.model, self.writer)
+            timing.extras_s += time.perf_counter() - started
+            timing.extras += 1
         self.writer.flush()
 
     def on_train_end(self, ctx: LoopContext, history: History) -> None:

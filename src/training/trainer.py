@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,12 +89,29 @@ class EvalRecord:
 
 
 @dataclass
+class TimeSplit:
+    """Where this command's training time went (for a resumed run: this segment only).
+
+    Evaluations cost time the steps do not learn from; the final report shows their share, and
+    `RunLogger` keeps its extras (samples, images) within `EXTRAS_SHARE` of the steps' time.
+    """
+
+    steps_s: float = 0.0  # the optimiser steps: batches, forward, backward, update
+    evals_s: float = 0.0  # the evaluations: validation loss and every callback's on_eval (samples, checkpoints)
+    evals: int = 0
+    first_step_s: float | None = None  # the first step alone (with --compile: mostly compiling)
+    extras_s: float = 0.0  # the part of evals_s spent on samples, memorisation checks and images
+    extras: int = 0  # evaluations that drew them
+
+
+@dataclass
 class History:
     steps: list[StepRecord] = field(default_factory=list)
     evals: list[EvalRecord] = field(default_factory=list)
     stop_reason: str = "completed"  # completed | early_stopping | interrupted | non_finite_loss
     state: TrainState = field(default_factory=TrainState)
     total_steps: int = 0
+    timing: TimeSplit = field(default_factory=TimeSplit)
 
 
 @dataclass
@@ -110,6 +127,7 @@ class LoopContext:
     steps_per_epoch: int
     device: torch.device
     stop_reason: str | None = None
+    timing: TimeSplit = field(default_factory=TimeSplit)
 
     @property
     def total_steps(self) -> int:
@@ -166,7 +184,8 @@ def epoch_batches(
     while True:
         with preserved_rng(device):  # creating the iterator must not move the global RNG (exact resume)
             loader = iter(make_dataloader(train_set, config.batch_size, shuffle=True, seed=config.seed, epoch=epoch,
-                                          start_batch=steps_done * config.grad_accum, num_workers=config.num_workers))
+                                          start_batch=steps_done * config.grad_accum, num_workers=config.num_workers,
+                                          pin_memory=device.type == "cuda"))  # page-locked: non_blocking copies
         for _ in range((steps_per_epoch - steps_done) * config.grad_accum):
             yield next(loader)
         del loader  # shuts DataLoader workers down before the next epoch starts its own
@@ -189,6 +208,18 @@ class RunBook(TrainHooks):
     def emit(self, hook: str, *args: Any) -> None:
         for callback in self.callbacks:
             getattr(callback, hook)(self.ctx, *args)
+
+    def timed(self, evaluate: Callable[[], float | None]) -> Callable[[], float | None]:
+        """`evaluate` with its wall time counted in the evaluations' share (`TimeSplit.evals_s`)."""
+
+        def timed_evaluate() -> float | None:
+            started = time.perf_counter()
+            try:
+                return evaluate()
+            finally:
+                self.ctx.timing.evals_s += time.perf_counter() - started
+
+        return timed_evaluate
 
     def elapsed(self) -> float:
         self.ctx.state.elapsed_s = time.perf_counter() - self.segment_start
@@ -220,6 +251,9 @@ class RunBook(TrainHooks):
                             report.clipped, state.tokens_seen, report.tokens / max(report.seconds, 1e-9), self.elapsed())
         self.history.steps.append(record)
         self.train_losses.append(report.loss)
+        self.ctx.timing.steps_s += report.seconds
+        if self.ctx.timing.first_step_s is None:
+            self.ctx.timing.first_step_s = report.seconds
         self.emit("on_step", record)
 
     def on_eval(self, step: int, val_loss: float) -> None:
@@ -246,7 +280,10 @@ class RunBook(TrainHooks):
                             bits_per_character(val_loss, self.tokens_per_char),
                             train_loss, improved, overfitting, state.tokens_seen, self.elapsed(), self.eval_windows)
         self.history.evals.append(record)
-        self.emit("on_eval", record)
+        started = time.perf_counter()
+        self.emit("on_eval", record)  # samples, images, checkpoints: part of the evaluation's cost
+        self.ctx.timing.evals_s += time.perf_counter() - started
+        self.ctx.timing.evals += 1
         patience = self.ctx.config.early_stopping
         if patience and state.evals_without_improvement >= patience:
             self.ctx.request_stop("early_stopping")
@@ -284,7 +321,7 @@ def run_training(
     steps_per_epoch = steps_per_epoch_for(len(train_set), config)
     schedule = schedule or LRSchedule.plan(config, total_steps_for(steps_per_epoch, config))
     ctx = LoopContext(model, optimizer, scaler, config, state, schedule, steps_per_epoch, device)
-    history = History(state=state, total_steps=schedule.total_steps)
+    history = History(state=state, total_steps=schedule.total_steps, timing=ctx.timing)
     sample = validation_sample(len(val_set), config.eval_batches * config.batch_size, config.seed)
     book = RunBook(ctx, history, callbacks, tokens_per_char, len(sample))
 
@@ -292,6 +329,7 @@ def run_training(
         return estimate_loss(model, val_set, sample, config.batch_size, precision,
                              should_stop=lambda: ctx.stop_reason == "interrupted")
 
+    evaluate = book.timed(evaluate)  # its time counts as evaluation (the final report's split)
     book.emit("on_train_start")
     if book.evaluation_was_cut_short() and ctx.stop_reason is None:
         val_loss = evaluate()
