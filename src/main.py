@@ -94,6 +94,12 @@ def _run(argv: list[str], debug: bool, callbacks: Sequence[Any]) -> int:
         mode = chosen[0]
         if args.resume and mode != "train":
             raise UsageError("--resume: only with --train")
+        if args.find_batch_size and mode != "train":
+            raise UsageError("--find-batch-size: only with --train")
+        if mode == "train" and args.find_batch_size:  # "will it fit?": trains nothing, writes no run
+            from src.cli.find_batch_size import run_find_batch_size
+
+            return run_find_batch_size(args, flags)
         if mode == "train":
             return _handler(mode)(args, flags, callbacks)
         return _handler(mode)(args, flags)

@@ -111,6 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="--train: start from the weights and tokenizer of a trained model (a run directory, "
                           "an export, or a Hugging Face GPT-2 folder) and fine-tune it on the data; its shape "
                           "and tokenizer are fixed by DIR (default: a fresh model)")
+    run.add_argument("--find-batch-size", action="store_true",
+                     help="--train: do not train; try a few steps at micro-batch sizes 1, 2, 4, ... up to the "
+                          "effective batch (--batch-size x --grad-accum) on the chosen device, report peak memory "
+                          "and tokens/s, and suggest --batch-size and --grad-accum; writes no run directory "
+                          "(default: off)")
     run.add_argument("--quiet", action="store_true", help="no progress bars (default: off)")
     run.add_argument("--debug", action="store_true", help="show full tracebacks on errors (default: off)")
 
