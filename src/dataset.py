@@ -623,12 +623,24 @@ def make_dataloader(
     start_batch: int = 0,
     num_workers: int = 0,
     pin_memory: bool | None = None,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> DataLoader:
     """A DataLoader whose batch order is a pure function of (seed, epoch).
 
     It calls `dataset.set_epoch(epoch)`, so the windows and their order are fully determined by the
     arguments. `start_batch=k` skips
     the first k batches of that order: resuming a run mid-epoch sees exactly the remaining batches.
+
+    Several processes (DDP, `world_size` > 1): the same order is cut into global batches of
+    batch_size * world_size windows, and process `rank` takes slice `rank` of each. The processes see
+    disjoint windows which together make exactly the batches of one process with a batch world_size
+    times larger, so after a step the weights equal that single process's. Example: order
+    [5, 2, 7, 0, 3, 1, 6, 4], batch_size 2, world_size 2: rank 0 gets [5, 2], [3, 1]; rank 1 [7, 0], [6, 4].
+    PyTorch's `DistributedSampler` gives each global batch the same windows (rank r takes every
+    world_size-th, r, r + W, ...), but draws its own order and cannot start mid-epoch. A last global
+    batch without a full share for every process is dropped (in a smaller share each window would
+    weigh more in the averaged gradient); `DistributedSampler` repeats windows to fill it instead.
     """
     if hasattr(dataset, "set_epoch"):
         dataset.set_epoch(epoch)
@@ -637,7 +649,11 @@ def make_dataloader(
         order = torch.randperm(len(dataset), generator=generator).tolist()
     else:
         order = list(range(len(dataset)))
-    order = order[start_batch * batch_size :]
+    order = order[start_batch * batch_size * world_size :]
+    if world_size > 1:
+        whole = len(order) // (batch_size * world_size) * batch_size * world_size
+        shares = np.asarray(order[:whole], dtype=np.int64).reshape(-1, world_size, batch_size)  # (batches, W, B)
+        order = shares[:, rank].reshape(-1).tolist()  # (batches * B,): this process's windows, batch by batch
     return DataLoader(
         dataset, batch_size=batch_size, sampler=order, num_workers=num_workers,
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import math
@@ -50,13 +51,21 @@ def _default_run_dir() -> Path:
     return Path("runs") / dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
 
 def run_train(args: argparse.Namespace, flags: dict[str, str], callbacks: Sequence[Any] = ()) -> int:
-    """--train: the run directory is locked for the whole command (one writer per run) and let go at the end."""
+    """--train: the run directory is locked for the whole command (one writer per run) and let go at the end.
+
+    Under torchrun (several processes, DDP) every process runs this; they join one process group
+    (`distributed.setup`), rank 0 alone locks the run directory, prints and writes files.
+    """
+    from src.training import distributed
     from src.training.run_dir import RunClaim
 
     claim = RunClaim()
     try:
-        return _train(args, flags, callbacks, claim)
+        code = _train(args, flags, callbacks, claim)
+        distributed.shutdown()  # DDP: wait for every process (rank 0 may still be saving), then leave
+        return code
     finally:
+        distributed.shutdown(wait=False)  # after an error: leave at once (a no-op when already left)
         claim.release()
 
 def _train(args: argparse.Namespace, flags: dict[str, str], callbacks: Sequence[Any], claim: Any) -> int:
@@ -67,6 +76,7 @@ def _train(args: argparse.Namespace, flags: dict[str, str], callbacks: Sequence[
     from src.memorization import memorization_note
     from src.model import MiniTransformer
     from src.tokenizer import load_tokenizer
+    from src.training import distributed
     from src.training.callbacks import CheckpointSaver, ProgressBar, RunLogger, SignalStop
     from src.training.checkpoints import CheckpointError, check_resumable, load_checkpoint
     from src.training.run_dir import check_new_run_dir, resume_target
@@ -84,7 +94,8 @@ def _train(args: argparse.Namespace, flags: dict[str, str], callbacks: Sequence[
     stored = None
     if args.resume:
         run_dir, last = resume_target(args.resume)
-        claim.take(run_dir, resuming=True)  # before reading: another process may be writing this checkpoint
+        if distributed.is_main():  # DDP: one lock per run, held by the process that writes
+            claim.take(run_dir, resuming=True)  # before reading: another process may be writing this checkpoint
         stored = load_checkpoint(last)
         check_resumable(stored, last)
     settings = resolve_settings(args, flags, stored)
@@ -98,29 +109,36 @@ def _train(args: argparse.Namespace, flags: dict[str, str], callbacks: Sequence[
         train_cfg.logdir = run_dir
         check_new_run_dir(run_dir)  # ours or untouched: a folder of the user's is refused before any work
         _check_can_create(run_dir, "--logdir")
-        claim.take(run_dir, resuming=False)
+        if distributed.is_main():
+            claim.take(run_dir, resuming=False)
     try:
         device = resolve_device(train_cfg.device)
         precision = resolve_precision(train_cfg.dtype, device)
+        device = distributed.setup(device)  # torchrun: join the other processes; CUDA: this process's GPU
     except ValueError as err:
         raise UsageError(name_the_flag(str(err), flags)) from None
     enable_tf32(device)
-    if (note := cpu_fallback_note(train_cfg.device, device)) is not None:
+    main_process = distributed.is_main()  # DDP: rank 0 prints and writes for all processes
+    if (note := cpu_fallback_note(train_cfg.device, device)) is not None and main_process:
         print(note, file=sys.stderr, flush=True)
 
-    try:
-        prepared = prepare_dataset(data_cfg, block_size=settings.model.get("block_size", 256),
-                                   show_progress=not args.quiet)
+    try:  # DDP: rank 0 builds the data set (or finds it built) while the others wait, then they reuse it
+        prepared = distributed.main_first(lambda: prepare_dataset(
+            data_cfg if main_process else dataclasses.replace(data_cfg, force=False),
+            block_size=settings.model.get("block_size", 256), show_progress=not args.quiet and main_process),
+            what="prepare the data set")
+        distributed.check_same_everywhere(data_fingerprint(prepared.meta), "the data set")
     except DataChangedError as err:
         if stored is None:
             raise
         raise DataChangedError(f"--resume: {str(err).split('; ')[0]}; {_RESUME_ON_OTHER_DATA}") from None
     tokenizer = load_tokenizer(prepared.path / "tokenizer.json")
     splits = prepared.meta.get("splits", {})
-    print(f"Data set {prepared.path} ({'reused' if prepared.reused else 'built'}): "
-          f"{splits.get('train', {}).get('tokens', 0):,} training and {splits.get('val', {}).get('tokens', 0):,} "
-          f"validation tokens, {tokenizer.kind} tokenizer with {tokenizer.vocab_size} tokens",
-          file=sys.stderr, flush=True)
+    if main_process:
+        print(f"Data set {prepared.path} ({'reused' if prepared.reused else 'built'}): "
+              f"{splits.get('train', {}).get('tokens', 0):,} training and {splits.get('val', {}).get('tokens', 0):,} "
+              f"validation tokens, {tokenizer.kind} tokenizer with {tokenizer.vocab_size} tokens",
+              file=sys.stderr, flush=True)
     if stored is not None and tokenizer.fingerprint() != stored.get("tokenizer_fingerprint"):
         raise CheckpointError(f"{last}: the data set {prepared.path} has a different tokenizer than the run; "
                               "it was rebuilt differently - resume with the original data")
@@ -129,6 +147,13 @@ def _train(args: argparse.Namespace, flags: dict[str, str], callbacks: Sequence[
 
     set_seed(train_cfg.seed)
     model = MiniTransformer(model_cfg).to(device)
+    world_size = distributed.world_size()
+    if distributed.rank() > 0:  # DDP: own dropout masks per process (the weights are rank 0's in any case)
+        set_seed(train_cfg.seed + distributed.rank())
+    if stored is not None and stored.get("world_size", 1) != world_size:
+        raise UsageError(f"--resume: {run_dir} was trained by {stored.get('world_size', 1)} process(es), this "
+                         f"command started {world_size}; resume it with as many (e.g. torchrun --nproc_per_node="
+                         f"{stored.get('world_size', 1)}): the data order and the effective batch depend on it")
     train_set = TokenDataset(prepared.path, "train", model_cfg.block_size, seed=train_cfg.seed)
     val_set = TokenDataset(prepared.path, "val", model_cfg.block_size)
     optimizer = build_optimizer(model, train_cfg, device)
@@ -144,12 +169,12 @@ def _train(args: argparse.Namespace, flags: dict[str, str], callbacks: Sequence[
         except (RuntimeError, ValueError, TypeError, KeyError) as err:
             raise CheckpointError(f"{last}: cannot resume: {str(err).splitlines()[0]}") from None
 
-    steps_per_epoch = steps_per_epoch_for(len(train_set), train_cfg)
+    steps_per_epoch = steps_per_epoch_for(len(train_set), train_cfg, world_size)
     total_steps = total_steps_for(steps_per_epoch, train_cfg)
     schedule = LRSchedule.plan(train_cfg, total_steps)
     if stored is not None:
         schedule = _resumed_schedule(stored, schedule, state.step, last)
-    if train_cfg.warmup_steps >= total_steps:
+    if train_cfg.warmup_steps >= total_steps and main_process:
         print(f"warning: --warmup-steps {train_cfg.warmup_steps} is not shorter than the run ({total_steps} "
               f"steps): the learning rate never reaches --lr {train_cfg.lr:g}; use a smaller --warmup-steps",
               file=sys.stderr)
@@ -161,6 +186,7 @@ def _train(args: argparse.Namespace, flags: dict[str, str], callbacks: Sequence[
         "data_config": config_to_dict(data_cfg),
         "data_path": str(prepared.path),
         "preset": settings.preset,
+        "world_size": world_size,  # processes (DDP); --batch-size is per process
         "tokenizer": tokenizer.to_dict(),
         "tokenizer_fingerprint": tokenizer.fingerprint(),
         "data_fingerprint": data_fingerprint(prepared.meta),
@@ -170,31 +196,35 @@ def _train(args: argparse.Namespace, flags: dict[str, str], callbacks: Sequence[
     val_note = (f"val/loss is measured during training on {val_windows[0]:,} of the {val_windows[1]:,} validation "
                 "windows: a fixed, seeded sample spread evenly over the whole split, so every book counts in "
                 "proportion to its validation text. `--evaluate` measures every window, book by book.")
-    _write_run_files(run_dir, args, static, tokenizer, model, device, precision.name,
-                     steps_per_epoch, schedule, state.step, library_versions(), val_note)
+    batch = effective_batch(train_cfg, world_size, model_cfg.block_size)
+    if main_process:
+        _write_run_files(run_dir, args, static, tokenizer, model, device, precision.name,
+                         steps_per_epoch, schedule, state.step, library_versions(), val_note, batch)
 
     compiled = _maybe_compile(model, train_cfg, device)
     hparams = {**static["model_config"], **{k: v for k, v in static["train_config"].items() if k != "logdir"},
                "preset": settings.preset or "none", "tokenizer": tokenizer.kind,
-               "books": len(data_cfg.books) or len(data_cfg.input)}
+               "books": len(data_cfg.books) or len(data_cfg.input), "world_size": world_size,
+               "effective_batch": batch["sequences"]}
     stopper = SignalStop()
-    saver = CheckpointSaver(run_dir, static)
+    saver = CheckpointSaver(run_dir, static)  # on every process: each hands in its RNG state, rank 0 writes
     all_callbacks = [
         stopper,
-        RunLogger(run_dir, tokenizer, hparams=hparams, eval_hooks=eval_hooks(args, tokenizer),
-                  notes={"about/val_loss": val_note},
-                  describe_sample=memorization_note(prepared.path)),
+        *([RunLogger(run_dir, tokenizer, hparams=hparams, eval_hooks=eval_hooks(args, tokenizer),
+                     notes={"about/val_loss": val_note},
+                     describe_sample=memorization_note(prepared.path))] if main_process else []),
         saver,
-        ProgressBar(enabled=not args.quiet),
-        *callbacks,
+        *([ProgressBar(enabled=not args.quiet), *callbacks] if main_process else []),
     ]
     n_params = model.num_parameters()
     verb = f"Resuming at step {state.step}" if stored is not None else "Training"
-    print(f"{verb}: {n_params / 1e6:.2f} M parameters, {model.flops_per_token() / 1e6:.1f} MFLOPs/token, "
-          f"device {device.type} ({precision.name}), {steps_per_epoch} steps/epoch, {total_steps} steps in all; "
-          f"run directory {run_dir}", file=sys.stderr, flush=True)
-    if stored is not None:
-        restore_rng_state(stored["rng"])  # last: everything above may have drawn random numbers
+    if main_process:
+        print(batch["line"], file=sys.stderr, flush=True)
+        print(f"{verb}: {n_params / 1e6:.2f} M parameters, {model.flops_per_token() / 1e6:.1f} MFLOPs/token, "
+              f"device {device.type} ({precision.name}), {steps_per_epoch} steps/epoch, {total_steps} steps in all; "
+              f"run directory {run_dir}", file=sys.stderr, flush=True)
+    if stored is not None:  # last: everything above may have drawn random numbers. DDP: each its own
+        restore_rng_state(stored.get("rng_per_rank", [stored["rng"]])[distributed.rank()])
     stopper.install()
     startup_s = time.perf_counter() - started
     try:
@@ -251,16 +281,32 @@ def _resumed_schedule(stored: dict[str, Any], planned: Any, step: int, path: Pat
         except TypeError as err:
             raise CheckpointError(f"{path}: stored learning-rate schedule is not usable: {err}") from None
     if schedule.total_steps != planned.total_steps:
+        from src.training import distributed
+
         replanned = schedule.replanned(step, planned.total_steps)
-        print(f"note: the run's length changes from {schedule.total_steps} to {planned.total_steps} steps; the "
-              f"learning rate decays from its current {replanned.decay_from_lr:.3g} to --min-lr "
-              f"{replanned.min_lr:g} over the remaining steps (no jump)", file=sys.stderr)
+        if distributed.is_main():
+            print(f"note: the run's length changes from {schedule.total_steps} to {planned.total_steps} steps; the "
+                  f"learning rate decays from its current {replanned.decay_from_lr:.3g} to --min-lr "
+                  f"{replanned.min_lr:g} over the remaining steps (no jump)", file=sys.stderr)
         schedule = replanned
     return schedule
 
+def effective_batch(train_cfg: TrainConfig, world_size: int, block_size: int) -> dict[str, Any]:
+    """What one optimiser step learns from: --batch-size per process x processes x --grad-accum.
+
+    Example: batch_size 32, 2 GPUs, grad_accum 4, block_size 256: 256 sequences = 65,536 tokens per step.
+    """
+    sequences = train_cfg.batch_size * world_size * train_cfg.grad_accum
+    line = (f"Effective batch: {train_cfg.batch_size} sequences per device (--batch-size) x {world_size} device(s) x "
+            f"{train_cfg.grad_accum} micro-step(s) (--grad-accum) = {sequences} sequences = "
+            f"{sequences * block_size:,} tokens per optimiser step")
+    return {"per_device": train_cfg.batch_size, "devices": world_size, "grad_accum": train_cfg.grad_accum,
+            "sequences": sequences, "tokens": sequences * block_size, "line": line}
+
 def _write_run_files(run_dir: Path, args: argparse.Namespace, static: dict[str, Any], tokenizer: Any,
                      model: Any, device: Any, dtype: str, steps_per_epoch: int, schedule: Any,
-                     start_step: int, versions: dict[str, Any], val_note: str) -> None:
+                     start_step: int, versions: dict[str, Any], val_note: str,
+                     batch: dict[str, Any] | None = None) -> None:
     """config.json (resolved settings, command line, versions) and tokenizer.json."""
     from src.training.run_dir import RUN_FORMAT
 
@@ -291,6 +337,8 @@ def _write_run_files(run_dir: Path, args: argparse.Namespace, static: dict[str, 
         "dtype": dtype,
         "parameters": model.num_parameters(),
         "flops_per_token": model.flops_per_token(),
+        "world_size": static.get("world_size", 1),  # processes (DDP under torchrun); 1 without
+        "effective_batch": {k: v for k, v in (batch or {}).items() if k != "line"},
         "steps_per_epoch": steps_per_epoch,
         "total_steps": schedule.total_steps,
         "lr_schedule": dict(schedule.__dict__),
@@ -345,8 +393,15 @@ def time_split_line(timing: Any, startup_s: float, compiled: bool = False) -> st
 
 def _report(history: Any, run_dir: Path, train_cfg: TrainConfig, dtype: str, stopper: Any,
             saver: Any, data_changes: Sequence[dict] = (), time_split: str | None = None) -> int:
-    """The end-of-run summary; returns the exit code."""
+    """The end-of-run summary (rank 0 only under DDP); returns the exit code."""
+    from src.training import distributed
     from src.training.trainer import DIVERGED
+
+    signum = stopper.signum or history.stop_signal  # DDP: a signal to any process ends all with its code
+    if not distributed.is_main():
+        if history.stop_reason in DIVERGED:
+            return EXIT_DIVERGED
+        return EXIT_SIGNAL.get(signum, 130) if history.stop_reason == "interrupted" else EXIT_OK
 
     state = history.state
     last, best = run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt"
@@ -373,17 +428,26 @@ def _report(history: Any, run_dir: Path, train_cfg: TrainConfig, dtype: str, sto
         return EXIT_DIVERGED
     if history.stop_reason == "interrupted":
         if last.is_file():
-            lines.append(f"Resume with: python -m src.main --train --resume {shlex.quote(str(run_dir))}")
+            lines.append(f"Resume with: {_launcher(distributed.world_size())} --train --resume {shlex.quote(str(run_dir))}")
         else:
             lines.append("Nothing was trained yet, so there is nothing to resume: run the same command again.")
         print("\n".join(lines), file=sys.stderr, flush=True)
-        return EXIT_SIGNAL.get(stopper.signum, 130)
+        return EXIT_SIGNAL.get(signum, 130)
     if history.stop_reason == "completed" and not history.steps and state.step > 0:
         lines.append("This run had already finished; to train on, pass a larger --epochs or --max-steps "
                      "with --resume.")
     lines.append(f"Sample: python -m src.main --generate --checkpoint {shlex.quote(str(run_dir))} --prompt \"The \"")
     print("\n".join(lines), file=sys.stderr, flush=True)
     return EXIT_OK
+
+def _launcher(world_size: int) -> str:
+    """How to start the same kind of run again: one process, or torchrun with as many processes."""
+    if world_size == 1:
+        return "python -m src.main"
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+    if per_node == world_size:
+        return f"torchrun --standalone --nproc_per_node={world_size} -m src.main"
+    return f"torchrun --nnodes={world_size // per_node} --nproc_per_node={per_node} ... (as before) -m src.main"
 
 def _divergence_advice(history: Any, last: Path, saved_step: int | None, train_cfg: TrainConfig, dtype: str) -> str:
     """What happened after a NaN/inf loss, where the last good weights are, and what to try."""

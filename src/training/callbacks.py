@@ -12,6 +12,9 @@
 * `SignalStop` turns SIGINT (Ctrl-C) and SIGTERM into "finish this step, save, stop".
 
 Neither draws from the global random generators, so they never change what the model learns.
+Under DDP (several processes, `src/training/distributed.py`) the CLI installs `RunLogger` and
+`ProgressBar` on rank 0 only; `SignalStop` and `CheckpointSaver` run on every process (each handles
+its own signals, and each hands its random-generator state to the checkpoint that rank 0 writes).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import torch
 from torch import nn
 
 from src.fileio import atomic_write_text
+from src.training import distributed
 from src.training.checkpoints import (
     CHECKPOINT_DIR,
     CHECKPOINT_FORMAT_VERSION,
@@ -237,10 +241,11 @@ class CheckpointSaver(Callback):
         payload = checkpoint_payload(ctx, self.static)
         if non_finite_tensors(payload["model"]):
             return  # never "last good": the run stops (RunBook's NaN guard), last.pt keeps the previous state
-        save_checkpoint(self.last_path, payload)
         self.saved_step = record.step
-        if record.improved:
-            save_checkpoint(self.best_path, payload)
+        if distributed.is_main():  # DDP: every process took part in the payload; rank 0 writes it
+            save_checkpoint(self.last_path, payload)
+            if record.improved:
+                save_checkpoint(self.best_path, payload)
 
     def on_train_end(self, ctx: LoopContext, history: History) -> None:
         if history.stop_reason in DIVERGED or ctx.state.step == 0:
@@ -249,21 +254,30 @@ class CheckpointSaver(Callback):
             payload = checkpoint_payload(ctx, self.static)
             if non_finite_tensors(payload["model"]):
                 return  # e.g. interrupted right after an update that overflowed: last.pt stays the last good
-            save_checkpoint(self.last_path, payload)
             self.saved_step = ctx.state.step
+            if distributed.is_main():
+                save_checkpoint(self.last_path, payload)
 
 
 def checkpoint_payload(ctx: LoopContext, static: dict[str, Any]) -> dict[str, Any]:
-    """Everything needed to resume exactly - only tensors and plain Python values."""
+    """Everything needed to resume exactly - only tensors and plain Python values.
+
+    Under DDP every process must call it (a collective): `rng_per_rank` holds each process's random
+    generators (its own dropout masks), `rng` rank 0's. The model, optimiser and state are the same
+    on every process.
+    """
+    rng = capture_rng_state()
+    rng_per_rank = distributed.all_gather_states(rng) if distributed.world_size() > 1 else None
     return {
         "format_version": CHECKPOINT_FORMAT_VERSION,
         **static,
-        "model": ctx.model.state_dict(),  # the unwrapped module: no `_orig_mod.` keys
+        "model": ctx.model.state_dict(),  # the unwrapped module: no `_orig_mod.` or DDP `module.` keys
         "optimizer": ctx.optimizer.state_dict(),
         "scaler": ctx.scaler.state_dict(),
         "schedule": dataclasses.asdict(ctx.schedule),  # a resumed run continues on the same curve
         "state": ctx.state.to_dict(),
-        "rng": capture_rng_state(),
+        "rng": rng,
+        **({"rng_per_rank": rng_per_rank} if rng_per_rank is not None else {}),
     }
 
 
@@ -384,12 +398,13 @@ class SignalStop(Callback):
         if self.signum is not None:
             raise Interrupted(signum)  # second signal: stop now, without saving
         self.signum = signum
-        print(f"\n{signal.Signals(signum).name} received: finishing this step and saving checkpoints/last.pt "
+        who = f"rank {distributed.rank()}: " if distributed.world_size() > 1 else ""
+        print(f"\n{who}{signal.Signals(signum).name} received: finishing this step and saving checkpoints/last.pt "
               "(press Ctrl-C again to quit at once, without saving)", file=sys.stderr, flush=True)
         if self.ctx is not None:
-            self.ctx.request_stop("interrupted")
+            self.ctx.request_stop("interrupted", signum)
 
     def on_train_start(self, ctx: LoopContext) -> None:
         self.ctx = ctx
         if self.signum is not None:
-            ctx.request_stop("interrupted")
+            ctx.request_stop("interrupted", self.signum)

@@ -12,6 +12,11 @@
 * **Callbacks** (`Callback`) get every record: TensorBoard and metrics.jsonl, checkpoints, the
   progress bar and Ctrl-C handling live in `src/training/callbacks.py`. A callback must not draw
   from the global random generators (use a private `torch.Generator`), or exact resume breaks.
+* **Several processes** (DDP under torchrun, `src/training/distributed.py`): every process runs this
+  same code on its share of each batch (`epoch_batches`); the forward pass goes through the DDP
+  wrapper, the validation loss is averaged over the processes, and every decision that ends a step
+  differently - a stop - is agreed by all of them in `RunBook.should_stop`, so no process is left
+  waiting in a collective. The numbers in the records (loss, tokens) are those of all processes.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import torch
 from torch import nn
 
 from src.config import TrainConfig
+from src.training import distributed
 from src.training.evaluation import bits_per_character, estimate_loss, validation_sample
 from src.training.train_loop import LRSchedule, StepReport, TrainHooks, train
 from src.training.utils import FP32, Precision, preserved_rng
@@ -109,6 +115,7 @@ class History:
     steps: list[StepRecord] = field(default_factory=list)
     evals: list[EvalRecord] = field(default_factory=list)
     stop_reason: str = "completed"  # completed | early_stopping | interrupted | non_finite_loss
+    stop_signal: int | None = None  # the signal behind "interrupted" (any process's, under DDP)
     state: TrainState = field(default_factory=TrainState)
     total_steps: int = 0
     timing: TimeSplit = field(default_factory=TimeSplit)
@@ -127,16 +134,20 @@ class LoopContext:
     steps_per_epoch: int
     device: torch.device
     stop_reason: str | None = None
+    stop_signal: int | None = None  # e.g. signal.SIGTERM when a signal asked for the stop
     timing: TimeSplit = field(default_factory=TimeSplit)
 
     @property
     def total_steps(self) -> int:
         return self.schedule.total_steps
 
-    def request_stop(self, reason: str) -> None:
-        """Finish the current step, then stop (reason e.g. "interrupted" or "early_stopping")."""
+    def request_stop(self, reason: str, signum: int | None = None) -> None:
+        """Finish the current step, then stop (reason e.g. "interrupted" or "early_stopping"; `signum`
+        the signal that asked, if one did)."""
         if self.stop_reason is None:
             self.stop_reason = reason
+        if signum is not None and self.stop_signal is None:
+            self.stop_signal = signum
 
 
 class Callback:
@@ -154,15 +165,24 @@ class Callback:
 # --- the run's length and its batches ---------------------------------------------------------
 
 
-def steps_per_epoch_for(num_windows: int, config: TrainConfig) -> int:
+def steps_per_epoch_for(num_windows: int, config: TrainConfig, world_size: int = 1) -> int:
     """Optimiser steps per epoch for a training set of `num_windows` windows (leftover micro-batches
-    that do not fill a whole step are skipped)."""
-    micro_batches = math.ceil(num_windows / config.batch_size)
+    that do not fill a whole step are skipped).
+
+    With `world_size` processes (DDP) a micro-batch takes `batch_size` windows on every process, and a
+    last global batch too small to give every process a full share is dropped (see `make_dataloader`).
+    Example: 100 windows, batch_size 8: 13 steps in one process, 6 with two (6 x 16 = 96 windows).
+    """
+    if world_size == 1:
+        micro_batches = math.ceil(num_windows / config.batch_size)
+    else:
+        micro_batches = num_windows // (config.batch_size * world_size)
     steps = micro_batches // config.grad_accum
     if steps == 0:
+        per_batch = f"{config.batch_size}" + (f" x {world_size} processes" if world_size > 1 else "")
         raise ValueError(
-            f"the training split gives only {micro_batches} batch(es) of {config.batch_size}, fewer than "
-            f"--grad-accum {config.grad_accum}; use a smaller --grad-accum or more text"
+            f"the training split gives only {micro_batches} batch(es) of {per_batch}, fewer than "
+            f"--grad-accum {config.grad_accum}; use a smaller --grad-accum or --batch-size, or more text"
         )
     return steps
 
@@ -177,7 +197,9 @@ def epoch_batches(
     train_set: torch.utils.data.Dataset, config: TrainConfig, steps_per_epoch: int, start_step: int,
     device: torch.device,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Training batches from `start_step` on, epoch after epoch, in the order of an uninterrupted run."""
+    """Training batches from `start_step` on, epoch after epoch, in the order of an uninterrupted run.
+
+    Under DDP each process gets its own `batch_size` share of every global batch."""
     from src.dataset import make_dataloader  # the data layer sits beside training, not below it
 
     epoch, steps_done = divmod(start_step, steps_per_epoch)
@@ -185,6 +207,7 @@ def epoch_batches(
         with preserved_rng(device):  # creating the iterator must not move the global RNG (exact resume)
             loader = iter(make_dataloader(train_set, config.batch_size, shuffle=True, seed=config.seed, epoch=epoch,
                                           start_batch=steps_done * config.grad_accum, num_workers=config.num_workers,
+                                          rank=distributed.rank(), world_size=distributed.world_size(),
                                           pin_memory=device.type == "cuda"))  # page-locked: non_blocking copies
         for _ in range((steps_per_epoch - steps_done) * config.grad_accum):
             yield next(loader)
@@ -229,7 +252,18 @@ class RunBook(TrainHooks):
         return self.ctx.state.step / self.ctx.steps_per_epoch
 
     def should_stop(self) -> bool:
-        return self.ctx.stop_reason is not None
+        ctx = self.ctx
+        # DDP: all processes must stop after the same step, or the others wait forever in the next
+        # gradient all-reduce. A signal may reach one process only (and some callbacks run on rank 0
+        # only), so they agree here: if any process stops, all do, for the lowest rank's reason.
+        # Only the agreed answer counts: a signal may arrive while they agree.
+        if distributed.world_size() > 1:
+            stop, signum = distributed.max_over_ranks(ctx.stop_reason is not None, ctx.stop_signal or 0)
+            if stop:
+                reasons = [s["reason"] for s in distributed.all_gather_states({"reason": ctx.stop_reason or ""})]
+                ctx.request_stop(next(reason for reason in reasons if reason), signum or None)
+            return bool(stop)
+        return ctx.stop_reason is not None
 
     def should_evaluate(self, step: int) -> bool:
         return step % self.ctx.steps_per_epoch == 0  # every epoch end
@@ -242,15 +276,17 @@ class RunBook(TrainHooks):
 
     def on_step(self, report: StepReport) -> None:
         state, ctx = self.ctx.state, self.ctx
+        # DDP: the report is this process's share of the step; the records count all processes.
+        loss, tokens = distributed.mean_over_ranks(report.loss), report.tokens * distributed.world_size()
         state.step = report.step
         state.epoch, steps_done = divmod(report.step, ctx.steps_per_epoch)
         state.batch_in_epoch = steps_done * ctx.config.grad_accum
-        state.tokens_seen += report.tokens
+        state.tokens_seen += tokens
         state.clipped_steps += int(report.clipped)
-        record = StepRecord(report.step, self.fractional_epoch(), report.loss, report.lr, report.grad_norm,
-                            report.clipped, state.tokens_seen, report.tokens / max(report.seconds, 1e-9), self.elapsed())
+        record = StepRecord(report.step, self.fractional_epoch(), loss, report.lr, report.grad_norm,
+                            report.clipped, state.tokens_seen, tokens / max(report.seconds, 1e-9), self.elapsed())
         self.history.steps.append(record)
-        self.train_losses.append(report.loss)
+        self.train_losses.append(loss)
         self.ctx.timing.steps_s += report.seconds
         if self.ctx.timing.first_step_s is None:
             self.ctx.timing.first_step_s = report.seconds
@@ -314,33 +350,46 @@ def run_training(
     `state` and `schedule` continue a resumed run; the caller restores weights, optimiser, scaler and
     RNG states before calling. `compiled` is an optional `torch.compile` wrapper used for the forward
     pass; callbacks always get the unwrapped `model`. `tokens_per_char` turns nats per token into bits
-    per character.
+    per character. Under torchrun (`distributed.setup` done) the forward pass runs through DDP.
     """
     state = state or TrainState()
     scaler = scaler or torch.amp.GradScaler(device.type, enabled=False)
-    steps_per_epoch = steps_per_epoch_for(len(train_set), config)
+    steps_per_epoch = steps_per_epoch_for(len(train_set), config, distributed.world_size())
     schedule = schedule or LRSchedule.plan(config, total_steps_for(steps_per_epoch, config))
     ctx = LoopContext(model, optimizer, scaler, config, state, schedule, steps_per_epoch, device)
     history = History(state=state, total_steps=schedule.total_steps, timing=ctx.timing)
     sample = validation_sample(len(val_set), config.eval_batches * config.batch_size, config.seed)
     book = RunBook(ctx, history, callbacks, tokens_per_char, len(sample))
+    # DDP: every process measures its share of the sample and the losses are averaged, weighted by
+    # windows. A Ctrl-C does not cut the evaluation short then: the processes would part ways.
+    share = sample[distributed.rank() :: distributed.world_size()]
+    cut_short = (lambda: ctx.stop_reason == "interrupted") if distributed.world_size() == 1 else None
 
     def evaluate() -> float | None:
-        return estimate_loss(model, val_set, sample, config.batch_size, precision,
-                             should_stop=lambda: ctx.stop_reason == "interrupted")
+        if len(share) == 0:  # DDP with fewer validation windows than processes: this one has none
+            return distributed.mean_over_ranks(0.0, weight=0)
+        loss = estimate_loss(model, val_set, share, config.batch_size, precision, should_stop=cut_short)
+        return None if loss is None else distributed.mean_over_ranks(loss, weight=len(share))
 
     evaluate = book.timed(evaluate)  # its time counts as evaluation (the final report's split)
+    forward, no_sync = compiled, None
+    if distributed.world_size() > 1:  # DDP: `backward` averages the gradients of all processes
+        forward = distributed.data_parallel(compiled or model, device)
+        no_sync = forward.no_sync
     book.emit("on_train_start")
-    if book.evaluation_was_cut_short() and ctx.stop_reason is None:
+    if book.evaluation_was_cut_short() and not book.should_stop():
         val_loss = evaluate()
         if val_loss is not None:
             book.on_eval(state.step, val_loss)
     reason = "stopped"
-    if ctx.stop_reason is None:
+    if not book.should_stop():
         batches = epoch_batches(train_set, config, steps_per_epoch, state.step, device)
         reason = train(model, optimizer, batches, evaluate, config, schedule, start_step=state.step, hooks=book,
-                       precision=precision, scaler=scaler, forward=compiled)
+                       precision=precision, scaler=scaler, forward=forward, no_sync=no_sync)
+    if reason == "completed":
+        book.should_stop()  # DDP: a signal during the last step ends every process alike
     book.elapsed()
     history.stop_reason = ctx.stop_reason or ("completed" if reason == "stopped" else reason)
+    history.stop_signal = ctx.stop_signal
     book.emit("on_train_end", history)
     return history
