@@ -8,10 +8,16 @@ same logits, so every difference in speed comes from the implementation, not fro
 Measured side by side in one run (repetitions interleaved, medians reported, because a shared
 machine is noisy and numbers from different runs are not comparable):
 
-1. Training step throughput: tokens/s for forward + cross-entropy + backward + AdamW step, ours with
-   attention="sdpa" and "manual" vs HF with attn_implementation "sdpa" and "eager", same batch.
-   From it the achieved FLOP/s (`MiniTransformer.flops_per_token()` x tokens/s) and, with
-   --peak-tflops, the MFU (model FLOPs utilisation, PaLM paper, Chowdhery et al. 2022, appendix B).
+1. Training step throughput (issue 15), ours exactly as a run takes its steps - the learner's loop
+   `train_loop.train` with `Precision.autocast`, the fused AdamW of `build_optimizer`, clipping - vs
+   HF's GPT2LMHeadModel stepped by hand the same way (autocast, clipping, fused AdamW as HF's Trainer
+   uses by default): fp32 vs fp32 and bf16 vs bf16 (target >= 1.0x), ours with `--dtype auto` vs HF
+   fp32 (bf16 on a CPU with AVX512-BF16/AMX: target >= 1.7x), and on CUDA ours bf16 + torch.compile
+   vs HF bf16 eager (target >= 1.3x; the time to the first, compiling step printed apart). From it the
+   achieved FLOP/s (`MiniTransformer.flops_per_token()` x tokens/s) and, with a known or given bf16
+   peak, the MFU (model FLOPs utilisation, PaLM paper, Chowdhery et al. 2022, appendix B).
+   --attention-table adds one plain step of ours sdpa/manual vs HF sdpa/eager attention;
+   --lm-head-padding times the LM head alone with V and V padded to a multiple of 64.
 2. Greedy generation, batch 1, N new tokens (default 200) from the same prompt: ours with the KV
    cache vs HF `generate` with its cache, in fp32 and with the weights cast to bf16
    (`model.to(torch.bfloat16)`); tokens/s and ours / HF.
@@ -21,7 +27,10 @@ Ratios are medians over rounds of the two times measured back to back in the sam
 so a slow phase of a shared machine hits both sides of a ratio alike.
 
     python -m benchmarks.model_bench [--device cpu|cuda] [--preset tiny|small|default] [--threads N]
+    python -m benchmarks.model_bench --preset default --batch-size 8 --skip-generation   # training only
     python -m benchmarks.model_bench --preset default --skip-training   # generation only
+    python -m benchmarks.model_bench --device cuda --n-layer 12 --n-head 12 --n-embd 768 --block-size 1024 \
+        --vocab-size 50257 --batch-size 8 --skip-generation           # GPT-2 small on a GPU, with MFU
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
+import itertools
 import os
 import platform
 import statistics
@@ -44,6 +54,8 @@ from torch import nn
 from src.cli.settings import PRESETS
 from src.config import ModelConfig, TrainConfig
 from src.model import MiniTransformer
+from src.training.train_loop import LRSchedule, build_optimizer, train
+from src.training.utils import FP32, Precision, auto_precision_name, enable_tf32, resolve_precision
 
 DEFAULT_BATCH_SIZE = next(f.default for f in fields(TrainConfig) if f.name == "batch_size")
 
@@ -52,11 +64,14 @@ DEFAULT_BATCH_SIZE = next(f.default for f in fields(TrainConfig) if f.name == "b
 # Building the two models
 # ---------------------------------------------------------------------------------------------------
 
-def model_config(preset: str, vocab_size: int, attention: str, block_size: int | None) -> ModelConfig:
-    """The preset's shape from src/main.py with dropout 0 (HF and we then compute the same thing)."""
+def model_config(preset: str, vocab_size: int, attention: str, block_size: int | None,
+                 **overrides: int | None) -> ModelConfig:
+    """The preset's shape from src/main.py with dropout 0 (HF and we then compute the same thing);
+    `block_size` and `overrides` (n_layer, n_head, n_embd) replace the preset's values where not None."""
     shape = {k: v for k, v in PRESETS[preset].items() if k in ("n_layer", "n_head", "n_embd", "block_size")}
-    if block_size is not None:
-        shape["block_size"] = block_size
+    for name, value in {"block_size": block_size, **overrides}.items():
+        if value is not None:
+            shape[name] = value
     return ModelConfig(vocab_size=vocab_size, dropout=0.0, attention=attention, **shape)
 
 
@@ -191,6 +206,87 @@ def make_train_step(model: nn.Module, is_hf: bool, x: torch.Tensor, y: torch.Ten
     return step
 
 
+def make_loop_steps(model: MiniTransformer, x: torch.Tensor, y: torch.Tensor, precision: Precision, steps: int,
+                    device: torch.device, forward: nn.Module | None = None) -> Callable[[], None]:
+    """`steps` optimiser steps of ours exactly as a run takes them: the learner's loop
+    (`train_loop.train`: learning rate, autocast via `Precision.autocast`, backward, gradient clipping,
+    one loss/norm sync per step), the optimiser from `build_optimizer` (fused AdamW), and `forward` a
+    `torch.compile` wrapper as `--compile` makes it. Every call continues where the last one stopped."""
+    config = TrainConfig(batch_size=x.size(0), lr=1e-4, min_lr=1e-5, warmup_steps=0, grad_clip=1.0)
+    optimizer = build_optimizer(model, config, device)
+    batches = itertools.repeat((x, y))  # (B, T), (B, T): the same batch, already on the device
+    done = [0]
+
+    def run() -> None:
+        schedule = LRSchedule.plan(config, done[0] + steps)  # ends after `steps` more steps
+        train(model, optimizer, batches, lambda: None, config, schedule, start_step=done[0], precision=precision,
+              forward=forward)
+        done[0] += steps
+
+    return run
+
+
+def make_hf_steps(hf: nn.Module, x: torch.Tensor, y: torch.Tensor, dtype: torch.dtype | None, steps: int,
+                  device: torch.device) -> Callable[[], None]:
+    """`steps` steps of GPT2LMHeadModel as a Hugging Face user trains it: autocast, cross-entropy over all
+    B*T positions, backward, gradient clipping to 1.0 and the optimiser of HF's Trainer for torch >= 2.8
+    (`adamw_torch_fused`), one loss sync per step - the same work as our loop."""
+    optimizer = torch.optim.AdamW(hf.parameters(), lr=1e-4, fused=device.type in ("cuda", "cpu"))
+    hf.train()
+
+    def run() -> None:
+        for _ in range(steps):
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                logits = hf(input_ids=x).logits  # (B, T, V)
+                loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+            loss.backward()
+            nn.utils.clip_grad_norm_(hf.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            loss.item()
+
+    return run
+
+
+def bench_lm_head_padding(config: ModelConfig, batch: int, repeats: int, device: torch.device) -> None:
+    """The LM head alone (forward + cross-entropy + backward) with V rows and with V padded to a multiple
+    of 64 (nanoGPT pads GPT-2's 50,257 to 50,304), the padded logits masked to -inf before the loss.
+
+    GPU matrix units work on tiles of 8-128 rows; a V that is not a multiple of them leaves a ragged
+    last tile. This measures whether padding would pay before the model gets a flag for it."""
+    C, V = config.n_embd, config.vocab_size
+    padded = -(-V // 64) * 64
+    x = torch.randn(batch * config.block_size, C, device=device)  # (B*T, C)
+    y = torch.randint(V, (batch * config.block_size,), device=device)  # (B*T,)
+    weight = (0.02 * torch.randn(V, C, device=device)).requires_grad_()  # (V, C), as the tied table
+    masked = torch.arange(padded, device=device) >= V  # (V_pad,)
+
+    def head(pad: bool, dtype: torch.dtype | None) -> Callable[[], None]:
+        def run() -> None:
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                w = F.pad(weight, (0, 0, 0, padded - V)) if pad else weight  # (V_pad, C) or (V, C)
+                logits = F.linear(x, w).float()  # (B*T, V_pad) or (B*T, V)
+                if pad:
+                    logits = logits.masked_fill(masked, float("-inf"))  # padded ids can never be predicted
+                loss = F.cross_entropy(logits, y)
+            loss.backward()
+            weight.grad = None
+        return run
+
+    rows = []
+    for name, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
+        plain = Variant(f"V = {V}, {name}", head(False, dtype), batch * config.block_size)
+        pad = Variant(f"V padded to {padded}, {name}", head(True, dtype), batch * config.block_size)
+        measure_interleaved([plain, pad], repeats, 3, warmup=1, device=device)
+        rows += [(pad, plain), (plain, None)]
+    print(f"\n## LM head alone (forward + cross-entropy + backward), B*T = {batch * config.block_size}, C = {C}; "
+          f"median of {repeats} interleaved rounds\n")
+    print("| LM head | tokens/s | ms per call | padded / plain |\n|---|---|---|---|")
+    for variant, reference in rows:
+        ratio = f"{paired_speedup(variant, reference):.2f}x" if reference else ""
+        print(f"| {variant.name} | {variant.tokens_per_sec:,.0f} | {1000 * variant.median_seconds:.2f} | {ratio} |")
+
+
 # ---------------------------------------------------------------------------------------------------
 # 2. Generation
 # ---------------------------------------------------------------------------------------------------
@@ -277,10 +373,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="model shape from src/main.py PRESETS (default: tiny; 'default' = RTX 4080 shape)")
     parser.add_argument("--vocab-size", type=int, default=121, help="vocabulary size V (default: 121, a char vocab)")
     parser.add_argument("--block-size", type=int, default=None, help="override the preset's block size T")
+    parser.add_argument("--n-layer", type=int, default=None, help="override the preset's n_layer")
+    parser.add_argument("--n-head", type=int, default=None, help="override the preset's n_head")
+    parser.add_argument("--n-embd", type=int, default=None,
+                        help="override the preset's n_embd (GPT-2 small: --n-layer 12 --n-head 12 --n-embd 768 "
+                             "--block-size 1024 --vocab-size 50257)")
     parser.add_argument("--batch-size", type=int, default=None,
                         help=f"training batch B (default: the preset's, else {DEFAULT_BATCH_SIZE})")
     parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
-                        help="autocast dtype for the training step, the same for both models (default: fp32)")
+                        help="autocast dtype of --attention-table, the same for both models (default: fp32)")
+    parser.add_argument("--attention-table", action="store_true",
+                        help="also time one step of ours sdpa/manual against HF sdpa/eager attention")
+    parser.add_argument("--compile", choices=("auto", "yes", "no"), default="auto",
+                        help="time ours bf16 + torch.compile (auto: on CUDA only; on a CPU compiling takes "
+                             "minutes and did not pay here)")
+    parser.add_argument("--lm-head-padding", action="store_true",
+                        help="also time the LM head alone with V and with V padded to a multiple of 64")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch.set_num_threads for CPU runs (default: 1, the most reproducible on a shared "
                              f"machine; this one has {os.cpu_count()} logical cores)")
@@ -291,13 +399,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="tokens to generate (default: 200, capped so prompt + new tokens fit in block_size)")
     parser.add_argument("--prompt-length", type=int, default=8, help="prompt tokens for generation (default: 8)")
     parser.add_argument("--peak-tflops", type=float, default=None,
-                        help="the device's peak TFLOP/s for the dtype used, to print MFU (e.g. RTX 4080: "
-                             "~48.7 fp32, ~97.5 dense bf16 with fp32 accumulate on the spec sheet)")
+                        help="the device's dense bf16 peak TFLOP/s, to print MFU (default: looked up for known "
+                             "GPUs, e.g. RTX 4080 ~97.5 with fp32 accumulate, H100/H200 SXM 989)")
     parser.add_argument("--skip-training", action="store_true",
                         help="only the generation tables (the training table takes minutes at --preset default)")
+    parser.add_argument("--skip-generation", action="store_true", help="only the training tables")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    for name in ("vocab_size", "threads", "repeats", "steps", "new_tokens", "prompt_length", "batch_size"):
+    for name in ("vocab_size", "threads", "repeats", "steps", "new_tokens", "prompt_length", "batch_size",
+                 "n_layer", "n_head", "n_embd", "block_size"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
     if args.peak_tflops is not None and not args.peak_tflops > 0:
@@ -305,9 +415,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def bench_training(ours: dict[str, MiniTransformer], hf: dict[str, nn.Module], batch: int,
-                   args: argparse.Namespace, device: torch.device) -> None:
-    """Table 1: training steps of all four models on the same random batch."""
+def bench_attention_implementations(ours: dict[str, MiniTransformer], hf: dict[str, nn.Module], batch: int,
+                                    args: argparse.Namespace, device: torch.device) -> None:
+    """--attention-table: one training step (plain AdamW, no loop) of ours sdpa/manual and HF sdpa/eager."""
     cfg = ours["sdpa"].config
     dtype = torch.bfloat16 if args.dtype == "bf16" else None
     x = torch.randint(cfg.vocab_size, (batch, cfg.block_size), device=device)  # (B, T)
@@ -320,11 +430,92 @@ def bench_training(ours: dict[str, MiniTransformer], hf: dict[str, nn.Module], b
     )
     start = time.perf_counter()
     measure_interleaved([ours_sdpa, ours_manual, hf_sdpa, hf_eager], args.repeats, args.steps, warmup=2, device=device)
-    print(f"## Training step: B={batch}, T={cfg.block_size}, {tokens:,} tokens/step, AdamW, {args.dtype}; "
-          f"median of {args.repeats} interleaved rounds x {args.steps} steps "
+    print(f"\n## Attention implementations, one training step: B={batch}, T={cfg.block_size}, {tokens:,} tokens/step, "
+          f"AdamW, {args.dtype}; median of {args.repeats} interleaved rounds x {args.steps} steps "
           f"({time.perf_counter() - start:.0f} s)\n")
     rows = [(ours_sdpa, hf_sdpa), (ours_manual, hf_eager), (hf_sdpa, None), (hf_eager, None)]
     print(training_table(rows, ours["sdpa"].flops_per_token(), args.peak_tflops))
+
+
+# Dense bf16 peak TFLOP/s (tensor cores, fp32 accumulate) from the vendors' spec sheets, for MFU.
+KNOWN_PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "RTX 4090": 165.2, "RTX 4080": 97.5,
+                          "L40S": 362.0, "L4": 121.0, "A10": 125.0}
+
+
+def peak_tflops(device: torch.device, given: float | None) -> float | None:
+    """--peak-tflops, else the table's value for this GPU's name (H100 PCIe is lower: pass it), else None."""
+    if given is not None or device.type != "cuda":
+        return given
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in KNOWN_PEAK_BF16_TFLOPS.items() if key in name), None)
+
+
+def bench_training(ours: MiniTransformer, hf: nn.Module, batch: int, args: argparse.Namespace,
+                   device: torch.device) -> None:
+    """Table 1 (issue 15): our training step as the loop runs it against HF's, paired per round.
+
+    Rows: fp32 vs fp32 and bf16 vs bf16 (the same dtype: target >= 1.0x), ours with --dtype auto vs HF
+    fp32 (bf16 on a CPU with AVX512-BF16/AMX: target >= 1.7x), and - on CUDA, or with --compile yes -
+    ours bf16 + torch.compile vs HF bf16 eager (target >= 1.3x on a GPU).
+    """
+    cfg = ours.config
+    x = torch.randint(cfg.vocab_size, (batch, cfg.block_size), device=device)  # (B, T)
+    y = torch.randint(cfg.vocab_size, (batch, cfg.block_size), device=device)  # (B, T)
+    work = args.steps * batch * cfg.block_size
+    bf16 = resolve_precision("bf16", device)
+    auto_name, why = auto_precision_name(device)
+    variants = {
+        "ours fp32": Variant("ours fp32", make_loop_steps(copy.deepcopy(ours), x, y, FP32, args.steps, device), work),
+        "HF fp32": Variant("HF fp32", make_hf_steps(copy.deepcopy(hf), x, y, None, args.steps, device), work),
+        "ours bf16": Variant("ours bf16", make_loop_steps(copy.deepcopy(ours), x, y, bf16, args.steps, device), work),
+        "HF bf16": Variant("HF bf16", make_hf_steps(copy.deepcopy(hf), x, y, torch.bfloat16, args.steps, device),
+                           work),
+    }
+    compile_it = args.compile == "yes" or (args.compile == "auto" and device.type == "cuda")
+    first_step = None
+    if compile_it:
+        model = copy.deepcopy(ours)
+        compiled = torch.compile(model)
+        synchronize(device)
+        start = time.perf_counter()
+        make_loop_steps(model, x, y, bf16, 1, device, forward=compiled)()  # the first step compiles
+        synchronize(device)
+        first_step = time.perf_counter() - start
+        variants["ours bf16 + compile"] = Variant(
+            "ours bf16 + compile", make_loop_steps(model, x, y, bf16, args.steps, device, forward=compiled), work)
+    start = time.perf_counter()
+    measure_interleaved(list(variants.values()), args.repeats, 1, warmup=1, device=device)
+    v = variants
+    auto = v["ours bf16"] if auto_name == "bf16" else v["ours fp32"]
+    auto_target = ">= 1.7x (a CPU with native bf16)" if device.type == "cpu" and auto_name == "bf16" else (
+        "n/a: fp32 here" if auto_name == "fp32" else "")
+    rows = [("fp32 vs fp32", v["ours fp32"], v["HF fp32"], ">= 1.0x"),
+            ("bf16 autocast vs bf16 autocast", v["ours bf16"], v["HF bf16"], ">= 1.0x"),
+            (f"ours --dtype auto ({auto_name}: {why}) vs HF fp32", auto, v["HF fp32"], auto_target)]
+    if compile_it:
+        rows.append(("ours bf16 + torch.compile vs HF bf16 eager", v["ours bf16 + compile"], v["HF bf16"],
+                     ">= 1.3x (GPU)"))
+    print(f"## Training step: B={batch}, T={cfg.block_size}, {batch * cfg.block_size:,} tokens/step; median of "
+          f"{args.repeats} interleaved rounds x {args.steps} steps ({time.perf_counter() - start:.0f} s)")
+    print("ours: the learner's loop (train_loop.train, Precision.autocast, fused AdamW from build_optimizer, "
+          "clipping); HF: GPT2LMHeadModel (sdpa), autocast, clipping, fused AdamW (HF Trainer's default)"
+          + ("; fp32 matmuls in TF32 on both (enable_tf32, as --train does)" if device.type == "cuda" else "") + "\n")
+    print("| training step | ours tokens/s | HF tokens/s | ours / HF | target |\n|---|---|---|---|---|")
+    for name, mine, theirs, target in rows:
+        print(f"| {name} | {mine.tokens_per_sec:,.0f} | {theirs.tokens_per_sec:,.0f} | "
+              f"{paired_speedup(mine, theirs):.2f}x | {target} |")
+    if not compile_it:
+        print("| ours bf16 + torch.compile vs HF bf16 eager | skipped: CUDA only (--compile yes to time it here) "
+              "| | | >= 1.3x (GPU) |")
+    flops = ours.flops_per_token()
+    peak = peak_tflops(device, args.peak_tflops)
+    achieved = ", ".join(f"{name} {format_si(variant.tokens_per_sec * flops, 'FLOP/s')}"
+                         + (f" = {100 * variant.tokens_per_sec * flops / (peak * 1e12):.1f} % MFU"
+                            if peak and "bf16" in name else "")
+                         for name, variant in variants.items())
+    print(f"\nachieved ({flops:,} FLOPs/token" + (f", bf16 peak {peak:g} TFLOP/s" if peak else "") + f"): {achieved}")
+    if first_step is not None:
+        print(f"time to the first step with torch.compile (compiling): {first_step:.1f} s")
 
 
 def bench_generation(model: MiniTransformer, hf: nn.Module, args: argparse.Namespace, device: torch.device) -> None:
@@ -391,10 +582,12 @@ def main(argv: list[str] | None = None) -> int:
         device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
+    enable_tf32(device)  # as --train does: on CUDA fp32 matmuls use TF32 (for HF as well)
     transformers = import_transformers()
     transformers.logging.set_verbosity_error()
     try:
-        configs = {a: model_config(args.preset, args.vocab_size, a, args.block_size) for a in ("sdpa", "manual")}
+        configs = {a: model_config(args.preset, args.vocab_size, a, args.block_size, n_layer=args.n_layer,
+                                   n_head=args.n_head, n_embd=args.n_embd) for a in ("sdpa", "manual")}
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -427,12 +620,18 @@ def main(argv: list[str] | None = None) -> int:
     print()
 
     if not args.skip_training:
-        bench_training(ours, hf, batch, args, device)
-        # Training changed the weights differently in each model: copy ours into HF again.
-        copy_weights_to_hf(ours["sdpa"], hf["sdpa"])
-    ours["sdpa"].eval()
-    hf["sdpa"].eval()
-    bench_generation(ours["sdpa"], hf["sdpa"], args, device)
+        bench_training(ours["sdpa"], hf["sdpa"], batch, args, device)  # on copies: these stay as they are
+        if args.attention_table:
+            bench_attention_implementations(ours, hf, batch, args, device)
+            # Training changed the weights differently in each model: copy ours into HF again.
+            copy_weights_to_hf(ours["sdpa"], hf["sdpa"])
+        if args.lm_head_padding:
+            bench_lm_head_padding(cfg, batch, args.repeats, device)
+    if not args.skip_generation:
+        ours["sdpa"].eval()
+        hf["sdpa"].eval()
+        print()
+        bench_generation(ours["sdpa"], hf["sdpa"], args, device)
     return 0
 
 
