@@ -97,7 +97,7 @@ def try_sizes(sizes: list[int], measure: Callable[[int], tuple[int, float]],
 
 
 def _gb(n: int | None) -> str:
-    return "-" if n is None else f"{n / 1e9:.2f} GB"
+    return "-" if not n else f"{n / 1e9:.2f} GB"  # 0: not measured (no peak RSS on Windows)
 
 
 def _is_out_of_memory(err: BaseException) -> bool:
@@ -109,8 +109,10 @@ def _is_out_of_memory(err: BaseException) -> bool:
 
 
 def _cpu_peak_rss() -> int:
-    import resource
-
+    try:
+        import resource
+    except ImportError:  # Windows: no peak RSS without extra packages
+        return 0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024  # macOS counts bytes, Linux kilobytes
 
