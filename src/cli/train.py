@@ -352,7 +352,8 @@ def _write_run_files(run_dir: Path, args: argparse.Namespace, static: dict[str, 
     tokenizer.save(run_dir / "tokenizer.json")
 
 def _maybe_compile(model: Any, train_cfg: TrainConfig, device: Any) -> Any:
-    """torch.compile where it works (CUDA on Linux); otherwise a warning and eager mode."""
+    """torch.compile where it works and pays (CUDA on Linux); otherwise a warning and eager mode. On a CPU
+    Inductor compiled for one to two minutes and the steps were then 15-25% slower (benchmarks/README.md)."""
     import torch
 
     if not train_cfg.compile:
