@@ -236,14 +236,17 @@ class PreparedDataset:
     reused: bool
 
 
-def dataset_name(config: DataConfig) -> str:
+def dataset_name(config: DataConfig, tokenizer: Any = None) -> str:
     """A name derived from the settings: `gutenberg12-char256` for the defaults.
 
     Anything else that changes the content (another book list, --input files, --no-unwrap, a
     different --val-fraction or --holdout-book) adds a short hash of those settings, so that
-    different data sets never share a folder: e.g. `gutenberg4-bpe1024-3fa2c1`.
+    different data sets never share a folder: e.g. `gutenberg4-bpe1024-3fa2c1`. A given tokenizer
+    (fine-tuning a model that brings its own) names itself by its fingerprint: `gutenberg12-bpe50257-1a2b3c4d`.
     """
     kind = f"{config.tokenizer}{config.max_vocab_size}"
+    if tokenizer is not None:
+        kind = f"{tokenizer.kind}{tokenizer.vocab_size}-{tokenizer.fingerprint()[:8]}"
     settings = {"books": list(config.books), "unwrap": config.unwrap, "val_fraction": config.val_fraction,
                 "holdout_books": list(config.holdout_books)}
     if config.input:
@@ -258,16 +261,19 @@ def dataset_name(config: DataConfig) -> str:
     return f"{base}-{kind}-{digest}"
 
 
-def prepare_dataset(config: DataConfig, *, block_size: int | None = None, show_progress: bool = True) -> PreparedDataset:
+def prepare_dataset(config: DataConfig, *, block_size: int | None = None, show_progress: bool = True,
+                    tokenizer: Any = None) -> PreparedDataset:
     """Build `<data_dir>/processed/<name>/` (or reuse it when it exists with the same settings).
 
     With `block_size`, each split must hold at least block_size + 1 tokens (one (x, y) window).
+    With `tokenizer`, the text is encoded with it instead of a tokenizer trained here (fine-tuning a
+    model that brings its own, e.g. GPT-2); `config.tokenizer`/`max_vocab_size` are then not used.
     Raises DataError for every problem with the input; nothing is left behind on failure.
     """
     if config.name is not None and not NAME_RE.fullmatch(config.name):
         raise DataError(f"--name {config.name!r}: use letters, digits, '.', '_' and '-' only "
                         f"(it becomes a folder in {config.data_dir / 'processed'})")
-    name = config.name or dataset_name(config)
+    name = config.name or dataset_name(config, tokenizer)
     out_dir = config.data_dir / "processed" / name
     processed = out_dir.parent
     created = not processed.exists()
@@ -284,13 +290,16 @@ def prepare_dataset(config: DataConfig, *, block_size: int | None = None, show_p
             meta = load_meta(out_dir)
             check_reusable(meta, config, out_dir, show_progress)
             check_files(meta, out_dir)
+            if tokenizer is not None and meta["tokenizer"].get("fingerprint") != tokenizer.fingerprint():
+                raise DataChangedError(f"{out_dir} was encoded with another tokenizer than the model's; pass --force "
+                                       "to rebuild it, or choose another --name")
             check_split_sizes(meta, block_size)
             return PreparedDataset(path=out_dir, meta=meta, reused=True)
         if out_dir.exists() and not is_data_set(out_dir):  # --force replaces only a data set, never other files
             raise DataError(f"{out_dir} exists but is not a data set of this project (no meta.json of ours); nothing "
                             "there was touched - choose another --name or --data-dir")
         documents = load_documents(config, show_progress)
-        meta = build_into(out_dir, documents, config, block_size, show_progress)
+        meta = build_into(out_dir, documents, config, block_size, show_progress, tokenizer)
     except OSError as error:  # e.g. --data-dir on a read-only disk, or a full disk
         raise DataError(f"{describe_os_error(error, error.filename or out_dir)}; choose another --data-dir") from None
     finally:
@@ -301,7 +310,7 @@ def prepare_dataset(config: DataConfig, *, block_size: int | None = None, show_p
 
 
 def build_into(out_dir: Path, documents: list[Document], config: DataConfig, block_size: int | None,
-               show_progress: bool) -> dict:
+               show_progress: bool, tokenizer: Any = None) -> dict:
     """`build` into a temporary folder that replaces `out_dir` only when everything succeeded."""
     processed = out_dir.parent
     created = not processed.exists()
@@ -309,7 +318,7 @@ def build_into(out_dir: Path, documents: list[Document], config: DataConfig, blo
     tmp_dir = processed / f".{out_dir.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
     tmp_dir.mkdir()
     try:
-        meta = build(documents, config, out_dir.name, tmp_dir, show_progress)
+        meta = build(documents, config, out_dir.name, tmp_dir, show_progress, tokenizer)
         check_split_sizes(meta, block_size)
         replace_dir(tmp_dir, out_dir)
     except BaseException:
@@ -320,14 +329,17 @@ def build_into(out_dir: Path, documents: list[Document], config: DataConfig, blo
     return meta
 
 
-def build(documents: list[Document], config: DataConfig, name: str, out: Path, show_progress: bool) -> dict:
-    """Train the tokenizer, stream the ids into out/{train,val}.bin, write tokenizer.json + meta.json."""
+def build(documents: list[Document], config: DataConfig, name: str, out: Path, show_progress: bool,
+          tokenizer: Any = None) -> dict:
+    """Train the tokenizer (unless one is given), stream the ids into out/{train,val}.bin, write
+    tokenizer.json + meta.json."""
     parts = split_documents(documents, config)
     train_texts = [piece for train, _ in parts for piece in train]
     if not train_texts:
         raise DataError("the training split is empty; hold out fewer books (--holdout-book)")
     try:
-        tokenizer = train_tokenizer(config.tokenizer, train_texts, config.max_vocab_size)
+        if tokenizer is None:
+            tokenizer = train_tokenizer(config.tokenizer, train_texts, config.max_vocab_size)
     except ValueError as error:
         raise DataError(f"--tokenizer {config.tokenizer} --max-vocab-size {config.max_vocab_size}: {error}") from None
     del train_texts

@@ -83,6 +83,7 @@ def _train(args: argparse.Namespace, flags: dict[str, str], callbacks: Sequence[
     from src.training.train_loop import LRSchedule, build_optimizer
     from src.training.trainer import TrainState, run_training, steps_per_epoch_for, total_steps_for
     from src.training.utils import (
+        auto_precision_name,
         enable_tf32,
         library_versions,
         resolve_device,
@@ -100,6 +101,7 @@ def _train(args: argparse.Namespace, flags: dict[str, str], callbacks: Sequence[
         check_resumable(stored, last)
     settings = resolve_settings(args, flags, stored)
     train_cfg, data_cfg = settings.train, settings.data
+    init = _load_init_from(args, flags, settings, stored)  # --init-from: a trained model's weights and tokenizer
     if stored is not None:
         if args.logdir is not None and Path(args.logdir).resolve() != run_dir.resolve():
             raise UsageError(f"--logdir: a resumed run stays in {run_dir}; drop --logdir")
@@ -114,6 +116,7 @@ def _train(args: argparse.Namespace, flags: dict[str, str], callbacks: Sequence[
     try:
         device = resolve_device(train_cfg.device)
         precision = resolve_precision(train_cfg.dtype, device)
+        why_dtype = auto_precision_name(device)[1] if train_cfg.dtype == "auto" else "--dtype"
         device = distributed.setup(device)  # torchrun: join the other processes; CUDA: this process's GPU
     except ValueError as err:
         raise UsageError(name_the_flag(str(err), flags)) from None
@@ -125,7 +128,8 @@ def _train(args: argparse.Namespace, flags: dict[str, str], callbacks: Sequence[
     try:  # DDP: rank 0 builds the data set (or finds it built) while the others wait, then they reuse it
         prepared = distributed.main_first(lambda: prepare_dataset(
             data_cfg if main_process else dataclasses.replace(data_cfg, force=False),
-            block_size=settings.model.get("block_size", 256), show_progress=not args.quiet and main_process),
+            block_size=settings.model.get("block_size", 256), show_progress=not args.quiet and main_process,
+            tokenizer=init.tokenizer if init else None),
             what="prepare the data set")
         distributed.check_same_everywhere(data_fingerprint(prepared.meta), "the data set")
     except DataChangedError as err:
@@ -147,6 +151,8 @@ def _train(args: argparse.Namespace, flags: dict[str, str], callbacks: Sequence[
 
     set_seed(train_cfg.seed)
     model = MiniTransformer(model_cfg).to(device)
+    if init is not None and stored is None:
+        init.load_weights(model)
     world_size = distributed.world_size()
     if distributed.rank() > 0:  # DDP: own dropout masks per process (the weights are rank 0's in any case)
         set_seed(train_cfg.seed + distributed.rank())
@@ -191,6 +197,7 @@ def _train(args: argparse.Namespace, flags: dict[str, str], callbacks: Sequence[
         "tokenizer_fingerprint": tokenizer.fingerprint(),
         "data_fingerprint": data_fingerprint(prepared.meta),
         "data_changes": data_changes,  # steps where a resume continued on other data (--force): not exact
+        "init_from": init.source if init else None,  # fine-tuned from this model (None: trained from scratch)
     }
     val_windows = (min(train_cfg.eval_batches * train_cfg.batch_size, len(val_set)), len(val_set))
     val_note = (f"val/loss is measured during training on {val_windows[0]:,} of the {val_windows[1]:,} validation "
@@ -221,8 +228,8 @@ def _train(args: argparse.Namespace, flags: dict[str, str], callbacks: Sequence[
     if main_process:
         print(batch["line"], file=sys.stderr, flush=True)
         print(f"{verb}: {n_params / 1e6:.2f} M parameters, {model.flops_per_token() / 1e6:.1f} MFLOPs/token, "
-              f"device {device.type} ({precision.name}), {steps_per_epoch} steps/epoch, {total_steps} steps in all; "
-              f"run directory {run_dir}", file=sys.stderr, flush=True)
+              f"device {device.type}, {precision.name} ({why_dtype}), {steps_per_epoch} steps/epoch, {total_steps} "
+              f"steps in all; run directory {run_dir}", file=sys.stderr, flush=True)
     if stored is not None:  # last: everything above may have drawn random numbers. DDP: each its own
         restore_rng_state(stored.get("rng_per_rank", [stored["rng"]])[distributed.rank()])
     stopper.install()
@@ -235,6 +242,67 @@ def _train(args: argparse.Namespace, flags: dict[str, str], callbacks: Sequence[
         stopper.uninstall()
     return _report(history, run_dir, train_cfg, precision.name, stopper, saver, data_changes,
                    time_split=time_split_line(history.timing, startup_s, compiled is not None))
+
+
+@dataclasses.dataclass
+class InitFrom:
+    """A trained model to fine-tune (--init-from): where it came from, its weights and its tokenizer."""
+
+    source: str
+    state: dict[str, Any]  # our parameter names (a Hugging Face folder is already translated)
+    tokenizer: Any
+
+    def load_weights(self, model: Any) -> None:
+        """Copy the weights into `model`; a smaller --block-size keeps the first rows of the position table."""
+        state = dict(self.state)
+        name = "embeddings.position_embedding.weight"
+        if name in state and state[name].shape[0] > model.config.block_size:
+            state[name] = state[name][: model.config.block_size]
+        model.load_state_dict(state)
+
+
+# Shape settings a fine-tuned model inherits from --init-from (the weights fix them).
+INHERITED_SHAPE = ("n_layer", "n_head", "n_embd", "bias", "pos_encoding")
+
+
+def _load_init_from(args: argparse.Namespace, flags: dict[str, str], settings: Any,
+                    stored: dict[str, Any] | None) -> InitFrom | None:
+    """--init-from DIR: its model shape replaces the settings' (a given flag must agree), its tokenizer
+    encodes the data. Resuming such a run takes the tokenizer from the run's own checkpoint."""
+    from src.training.checkpoints import find_checkpoint, load_checkpoint, tokenizer_from_checkpoint
+
+    if stored is not None:
+        if args.init_from is not None:
+            raise UsageError("--init-from: only for a new run; --resume continues with the run's own weights")
+        if not stored.get("init_from"):
+            return None
+        return InitFrom(stored["init_from"], {}, tokenizer_from_checkpoint(stored, args.resume))
+    if args.init_from is None:
+        return None
+    if args.preset or args.config:
+        raise UsageError("--init-from: the model's shape comes from DIR; drop --preset/--config")
+    for name in ("tokenizer", "max_vocab_size"):
+        if getattr(args, name, None) is not None:
+            raise UsageError(f"{flags[name]}: with --init-from the tokenizer comes from {args.init_from}")
+    path = find_checkpoint(args.init_from)
+    payload = load_checkpoint(path)
+    tokenizer = tokenizer_from_checkpoint(payload, path)
+    loaded = payload["model_config"]
+    for name in INHERITED_SHAPE:
+        given = getattr(args, name, None)
+        if given is not None and given != loaded.get(name):
+            raise UsageError(f"{flags[name]}: {path} has {name}={loaded.get(name)!r}; a fine-tuned model keeps the "
+                             "shape of its weights (drop the flag)")
+    block_size = args.block_size if args.block_size is not None else loaded["block_size"]
+    if block_size > loaded["block_size"]:
+        raise UsageError(f"{flags['block_size']}: {path} learned positions up to {loaded['block_size']}; choose "
+                         f"at most that")
+    settings.model.update({name: loaded[name] for name in INHERITED_SHAPE if name in loaded})
+    settings.model["block_size"] = block_size
+    for name in ("dropout", "attention"):  # no weights of their own: the flag wins, else the model's value
+        if getattr(args, name, None) is None and name in loaded:
+            settings.model[name] = loaded[name]
+    return InitFrom(str(path), payload["model"], tokenizer)
 
 
 _RESUME_ON_OTHER_DATA = ("this run trained on the data as it was, so resuming on other data would no longer "
@@ -331,6 +399,7 @@ def _write_run_files(run_dir: Path, args: argparse.Namespace, static: dict[str, 
         "train": static["train_config"],
         "data": static["data_config"],
         "data_path": static["data_path"],
+        "init_from": static["init_from"],
         "tokenizer": {"kind": tokenizer.kind, "vocab_size": tokenizer.vocab_size,
                       "fingerprint": static["tokenizer_fingerprint"]},
         "device": str(device),
