@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -20,6 +21,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -474,16 +476,25 @@ def test_a_failed_write_names_the_file_and_the_free_space_and_keeps_the_old_file
     assert issubclass(WriteError, ValueError) and atomic_write  # the CLI turns it into one line
 
 
+@contextlib.contextmanager
+def tmpfs(disk: Path, size: str) -> Iterator[Path]:
+    """A real, small file system at `disk` (a tmpfs of `size`, e.g. "1m"); skips the test where mounting
+    is not allowed (not root, or a container without CAP_SYS_ADMIN)."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs root")
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("mount -t tmpfs is not allowed here (e.g. a container without CAP_SYS_ADMIN)")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
+
+
 @pytest.mark.slow  # subprocesses: several seconds
 def test_a_full_disk_during_training_is_one_line_and_last_pt_stays_intact(tmp_path, story):
     """A real full file system: a 1 MB tmpfs (needs root and mount; skipped elsewhere)."""
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a tiny tmpfs needs root")
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True).returncode:
-        pytest.skip("mount -t tmpfs is not allowed here (e.g. a container without CAP_SYS_ADMIN)")
-    try:
+    with tmpfs(tmp_path / "disk", "1m") as disk:
         run = disk / "run"
         assert main([*train_args(tmp_path, story, run, "--max-steps", "2", "--eval-interval", "2"), "--quiet"]) == 0
         last = run / "checkpoints" / "last.pt"
@@ -499,8 +510,6 @@ def test_a_full_disk_during_training_is_one_line_and_last_pt_stays_intact(tmp_pa
         assert "No space left on device" in line and "free on its disk" in line and str(run) in line
         assert last.read_bytes() == before
         assert not [p for p in run.rglob("*.tmp")]
-    finally:
-        subprocess.run(["umount", str(disk)], capture_output=True)
 
 
 def test_export_never_replaces_a_file_that_is_not_an_export_of_ours(tmp_path, tiny_run, capsys):
@@ -520,13 +529,7 @@ def test_a_finished_data_set_on_a_read_only_disk_is_reused_without_a_lock(tmp_pa
     """A shared, read-only copy of a data set: reusing it writes nothing, so it needs no lock file."""
     from src.dataset import main as dataset_main
 
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a tmpfs needs root")
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True).returncode:
-        pytest.skip("mount -t tmpfs is not allowed here (e.g. a container without CAP_SYS_ADMIN)")
-    try:
+    with tmpfs(tmp_path / "disk", "4m") as disk:
         args = ["--input", str(story), "--data-dir", str(disk / "data"), "--quiet", "--block-size", "16"]
         assert dataset_main(args) == 0
         assert subprocess.run(["mount", "-o", "remount,ro", str(disk)], capture_output=True).returncode == 0
@@ -535,8 +538,6 @@ def test_a_finished_data_set_on_a_read_only_disk_is_reused_without_a_lock(tmp_pa
         assert "nothing was rebuilt" in capsys.readouterr().out
         assert dataset_main([*args, "--force"]) == 2  # a rebuild must write: one line naming the folder
         assert "choose another --data-dir" in one_error_line(capsys.readouterr().err)
-    finally:
-        subprocess.run(["umount", str(disk)], capture_output=True)
 
 
 def test_a_data_set_name_that_is_someone_elses_folder_is_never_replaced(tmp_path, story, capsys):
