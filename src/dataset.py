@@ -26,7 +26,7 @@ reuse, the .bin sizes and the tokenizer's fingerprint are checked against meta.j
 Left out on purpose: sharding for corpora larger than memory-mapped files handle, document
 packing/masking across `<|endoftext|>` (the model simply learns that a new book starts there).
 
-Why one file of ~700 lines: it is the whole pipeline the user runs as `python -m src.dataset`, in
+Why one file of ~800 lines: it is the whole pipeline the user runs as `python -m src.dataset`, in
 numbered sections that follow the steps above; downloading and cleaning already live apart in
 `src/gutenberg.py`, and the training loop never imports this module (it receives batches).
 """
@@ -351,8 +351,8 @@ def build(documents: list[Document], config: DataConfig, name: str, out: Path, s
     for index, split in enumerate(("train", "val")):
         tokens = characters = 0
         with open(out / f"{split}.bin", "wb") as f:
-            for doc, source, pair in tqdm(
-                list(zip(documents, sources, parts)), desc=f"encode {split}", unit="book",
+            for source, pair in tqdm(
+                list(zip(sources, parts)), desc=f"encode {split}", unit="book",
                 disable=not show_progress, leave=False,
             ):
                 pieces = pair[index]

@@ -42,6 +42,9 @@ for BPE too, so our export loads back exactly), and the model card shows the few
 Loading looks for our JSON, then tokenizer.json, then vocab.json + merges.txt. A tokenizer ours does
 not reproduce exactly (a normalizer, another pre-tokenizer, added tokens, add_prefix_space) loads as
 None, and `load_hf_tokenizer` says why.
+
+Why one file of ~650 lines: it is the one place that knows both naming worlds; splitting export
+and import would split the translation table above, which both directions read.
 """
 
 from __future__ import annotations

@@ -37,6 +37,10 @@ their tokens in their own order, so a tokenizer read from them hands out the fil
 Left out on purpose: normalisation (NFC etc.), byte fallback for the char tokenizer, parallel
 training. `id_to_token` shows bytes directly; GPT-2's printable stand-ins for bytes ("Ġ" for a
 space) appear only inside GPT-2-format files.
+
+Why one file of ~900 lines: both tokenizers share the chunking, the special tokens, the JSON format
+and the checks (`_TokenizerBase`), and the learner reads the BPE algorithm top-down in one place
+(training: `_learn_merges`, encoding: `_encode_chunk`); the GPT-2-file section at the end can be skipped.
 """
 
 from __future__ import annotations

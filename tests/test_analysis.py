@@ -97,7 +97,7 @@ def test_explain_reads_the_real_forward_pass(attention):
     explanation = explain_forward(model, None, "Guten Tag")
     assert model.training
     stages = {s.key: s for s in explanation.stages}
-    idx = torch.tensor([list("Guten Tag".encode())])
+    idx = torch.tensor([list(b"Guten Tag")])
     maps = model.attention_maps(idx)  # (n_layer, B, nh, T, T)
     for i in range(config.n_layer):
         torch.testing.assert_close(stages[f"block{i}.softmax"].value, maps[i], rtol=0, atol=1e-6)

@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from src.memorization import training_texts
 from src.main import main
+from src.memorization import training_texts
 from src.training.checkpoints import load_checkpoint
 from tests.conftest import TINY_RUN_EVAL_INTERVAL, TINY_RUN_SHAPE, TINY_RUN_STEPS, make_story
 

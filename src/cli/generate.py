@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
 
 from src.cli.common import EXIT_OK, UsageError, load_for_inference
 from src.config import TrainConfig

@@ -1,4 +1,9 @@
-"""--train: build (or reuse) the data set, build the model, and run the training with its callbacks."""
+"""--train: build (or reuse) the data set, build the model, and run the training with its callbacks.
+
+Why ~550 lines: training is the one mode with a life cycle - settings, data set, model, resume or
+--init-from, the run's files, the callbacks and the final report - read top-down from `run_train`;
+the loop itself is `src/training/train_loop.py`, the bookkeeping `src/training/trainer.py`.
+"""
 
 from __future__ import annotations
 

@@ -14,6 +14,9 @@ for the model. One lock (`model_lock`) lets one forward pass run at a time; a ge
 for one token, so the Attention and Innenleben tabs still answer while text streams. A second
 generation while one runs is refused with a message (one at a time keeps the page honest about
 speed). No component takes files or paths: a request can only read what the app was built with.
+
+Why ~450 lines: the page's layout and its event wiring are read together; the logic behind each
+handler lives in `src/playground/core.py` and `figures.py`.
 """
 
 from __future__ import annotations
