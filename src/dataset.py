@@ -458,7 +458,15 @@ def check_reusable(meta: dict, config: DataConfig, path: Path, show_progress: bo
         url = book_url(mirror, book_id) if is_url(mirror) else None
         if url and source.get("url") == url and not cache_path(config.data_dir / "raw", book_id).is_file():
             continue  # built from this very URL; its cached copy was deleted since
-        if fetch_book(book_id, mirror, config.data_dir / "raw", show_progress).sha256 != source.get("sha256"):
+        try:
+            fetched = fetch_book(book_id, mirror, config.data_dir / "raw", show_progress)
+        except DataError as error:
+            built_from = stored.get("mirror")
+            if built_from and built_from != mirror:  # e.g. built with --mirror DIR, now run without it
+                raise DataError(f"{path} was built from --mirror {built_from}; checking that its books are "
+                                f"unchanged needs them: pass --mirror {built_from} again ({error})") from None
+            raise
+        if fetched.sha256 != source.get("sha256"):
             differ.append(book_id)
     if differ:
         raise DataChangedError(

@@ -343,6 +343,39 @@ def test_evaluate_on_other_text_uses_the_models_tokenizer(tmp_path, capsys):
     assert float(rows["second.txt"][3]) == pytest.approx(nll / count, abs=1e-4)
 
 
+@pytest.mark.parametrize(("cpuinfo", "expected"), [
+    ("flags\t\t: fpu sse avx2 avx512f avx512_bf16 avx512_vnni", ["avx512_bf16"]),
+    ("flags : fpu avx512f amx_tile amx_bf16 avx512_bf16", ["avx512_bf16", "amx_bf16"]),
+    ("flags : fpu sse avx2 avx512f avx512_vnni", []),  # AVX-512 without bf16: emulated, slower than fp32
+    ("flags : fpu avx512_bf16x amx_bf16_extra", []),  # whole flags only, not parts of other names
+    ("", []),
+])
+def test_native_bf16_is_read_from_the_cpu_flags(cpuinfo, expected):
+    from src.training.utils import cpu_bf16_flags
+
+    assert cpu_bf16_flags(cpuinfo) == expected
+
+
+def test_dtype_auto_says_which_dtype_and_why_in_the_start_line(tmp_path, story, capsys):
+    """On this machine's real CPU: bf16 where /proc/cpuinfo lists native bf16, else fp32 - and the
+    run's start line and config.json say so; an explicit --dtype is named as the reason instead."""
+    from src.training.utils import cpu_bf16_flags
+
+    flags = ["--train", "--input", str(story), "--data-dir", str(tmp_path / "data"), *TINY, "--max-steps", "1",
+             "--device", "cpu"]
+    assert main([*flags, "--logdir", str(tmp_path / "auto")]) == 0
+    start = [line for line in capsys.readouterr().err.splitlines() if line.startswith("Training:")]
+    native = cpu_bf16_flags()
+    if native:
+        assert f"device cpu, bf16 (--dtype auto: this CPU computes in bf16 natively, with {native[0]}" in start[0]
+    else:
+        assert "device cpu, fp32 (--dtype auto: this CPU has no native bf16" in start[0]
+    config = json.loads((tmp_path / "auto" / "config.json").read_text())
+    assert config["dtype"] == ("bf16" if native else "fp32") and config["dtype_reason"].startswith("--dtype auto: ")
+    assert main([*flags, "--dtype", "fp32", "--logdir", str(tmp_path / "fp32")]) == 0
+    assert "device cpu, fp32 (--dtype)" in capsys.readouterr().err
+
+
 def test_device_auto_says_when_it_falls_back_to_the_cpu(tmp_path, story, capsys):
     import torch
 

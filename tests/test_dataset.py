@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import unicodedata
 from pathlib import Path
@@ -205,6 +206,18 @@ def test_reuse_compares_the_source_files_not_the_mirror_string(mirror, tmp_path,
     assert rebuilt.path == first.path and rebuilt.meta["sources"][1]["sha256"] != first.meta["sources"][1]["sha256"]
     with pytest.raises(DataError, match="book\\(s\\) 2 than"):  # and the old mirror is now the mismatch
         prepare_dataset(config(mirror, tmp_path), show_progress=False)
+
+
+def test_reuse_without_the_mirror_it_was_built_from_names_that_mirror(mirror, tmp_path):
+    """Built with --mirror A, later run with a mirror that lacks the books (e.g. no --mirror and no
+    internet): one line that says to pass --mirror A again, not only that a download failed."""
+    prepare_dataset(config(mirror, tmp_path), show_progress=False)
+    empty = tmp_path / "other"
+    empty.mkdir()
+    with pytest.raises(DataError, match=rf"was built from --mirror {re.escape(str(mirror))}.*pass --mirror "
+                                        rf"{re.escape(str(mirror))} again \(book 1 not found in mirror"):
+        prepare_dataset(config(empty, tmp_path), show_progress=False)
+    assert prepare_dataset(config(mirror, tmp_path), show_progress=False).reused
 
 
 def test_rebuild_is_reused_and_force_rebuilds(mirror, tmp_path):

@@ -121,7 +121,7 @@ def _train(args: argparse.Namespace, flags: dict[str, str], callbacks: Sequence[
     try:
         device = resolve_device(train_cfg.device)
         precision = resolve_precision(train_cfg.dtype, device)
-        why_dtype = auto_precision_name(device)[1] if train_cfg.dtype == "auto" else "--dtype"
+        why_dtype = f"--dtype auto: {auto_precision_name(device)[1]}" if train_cfg.dtype == "auto" else "--dtype"
         device = distributed.setup(device)  # torchrun: join the other processes; CUDA: this process's GPU
     except ValueError as err:
         raise UsageError(name_the_flag(str(err), flags)) from None
@@ -203,6 +203,7 @@ def _train(args: argparse.Namespace, flags: dict[str, str], callbacks: Sequence[
         "data_fingerprint": data_fingerprint(prepared.meta),
         "data_changes": data_changes,  # steps where a resume continued on other data (--force): not exact
         "init_from": init.source if init else None,  # fine-tuned from this model (None: trained from scratch)
+        "dtype_reason": why_dtype,  # why this dtype: "--dtype", or what --dtype auto found
     }
     val_windows = (min(train_cfg.eval_batches * train_cfg.batch_size, len(val_set)), len(val_set))
     val_note = (f"val/loss is measured during training on {val_windows[0]:,} of the {val_windows[1]:,} validation "
@@ -409,6 +410,7 @@ def _write_run_files(run_dir: Path, args: argparse.Namespace, static: dict[str, 
                       "fingerprint": static["tokenizer_fingerprint"]},
         "device": str(device),
         "dtype": dtype,
+        "dtype_reason": static["dtype_reason"],
         "parameters": model.num_parameters(),
         "flops_per_token": model.flops_per_token(),
         "world_size": static.get("world_size", 1),  # processes (DDP under torchrun); 1 without

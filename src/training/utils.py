@@ -171,7 +171,7 @@ def auto_precision_name(device: torch.device) -> tuple[str, str]:
     if device.type == "cpu":
         flags = cpu_bf16_flags()
         if flags:
-            return "bf16", f"this CPU computes in bf16 natively ({', '.join(flags)})"
+            return "bf16", f"this CPU computes in bf16 natively, with {' and '.join(flags)}"
         return "fp32", "this CPU has no native bf16 (AVX512-BF16 or AMX)"
     return "fp32", f"no mixed precision on {device.type}"
 
