@@ -276,7 +276,7 @@ def prepare_dataset(config: DataConfig, *, block_size: int | None = None, show_p
     name = config.name or dataset_name(config, tokenizer)
     out_dir = config.data_dir / "processed" / name
     processed = out_dir.parent
-    created = not processed.exists()
+    created = [folder for folder in (processed, config.data_dir) if not folder.exists()]  # innermost first
     # One builder per data set: a second one waits here, then finds the first one's result and reuses it.
     lock = FileLock(processed / f".{name}.lock", f"the data set {out_dir}")
     try:
@@ -304,8 +304,9 @@ def prepare_dataset(config: DataConfig, *, block_size: int | None = None, show_p
         raise DataError(f"{describe_os_error(error, error.filename or out_dir)}; choose another --data-dir") from None
     finally:
         lock.release()
-        if created and processed.is_dir() and not any(processed.iterdir()):
-            processed.rmdir()  # a failed first build leaves no empty processed/ behind
+        for folder in created:  # a failed first build leaves no empty processed/ or --data-dir behind
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
     return PreparedDataset(path=out_dir, meta=meta, reused=False)
 
 

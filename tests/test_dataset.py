@@ -45,7 +45,7 @@ def config(mirror: Path, tmp_path: Path, **kw) -> DataConfig:
 
 
 def nothing_written(data_dir: Path) -> bool:
-    return not (data_dir / "processed").exists()  # not even an empty folder
+    return not data_dir.exists()  # not even an empty --data-dir or processed/ folder
 
 
 # --- cleaning -------------------------------------------------------------------------------
@@ -425,15 +425,19 @@ def test_vocabulary_below_minimum_and_gutenberg_file_without_markers(mirror, tmp
 
 
 def test_invalid_settings_fail_with_one_line(tmp_path, capsys):
-    expect_one_line_error(capsys, tmp_path, "--val-fraction", "1.5", match="val_fraction must lie in")
-    expect_one_line_error(capsys, tmp_path, "--books", "1", "--holdout-book", "2", match="holdout_books [2] are not among")
+    expect_one_line_error(capsys, tmp_path / "data", "--val-fraction", "1.5", match="val_fraction must lie in")
+    expect_one_line_error(capsys, tmp_path / "data", "--books", "1", "--holdout-book", "2", match="holdout_books [2] are not among")
     text = tmp_path / "own.txt"
     text.write_text(make_story(20), encoding="utf-8")
-    expect_one_line_error(capsys, tmp_path, "--input", str(text), "--holdout-book", "11",
+    expect_one_line_error(capsys, tmp_path / "data", "--input", str(text), "--holdout-book", "11",
                           match="--holdout-book takes whole Gutenberg books; it cannot be combined with --input")
     for bad in ("../escape", "a/b", "", ".hidden"):
-        expect_one_line_error(capsys, tmp_path, "--input", str(text), "--name", bad, match=f"--name {bad!r}: use letters")
+        expect_one_line_error(capsys, tmp_path / "data", "--input", str(text), "--name", bad, match=f"--name {bad!r}: use letters")
     assert not (tmp_path.parent / "escape").exists()
+    short = tmp_path / "short.txt"  # fails after the build began: the data set folders it made are gone again
+    short.write_text("hello world, a text far too short for one window\n\nand a second paragraph\n", encoding="utf-8")
+    expect_one_line_error(capsys, tmp_path / "data", "--input", str(short), "--block-size", "64",
+                          match="fewer than block_size + 1")
     code, err = run_cli(capsys, "--input", str(text), "--name", "own-1.0", "--data-dir", str(tmp_path), "--block-size", "8")
     assert code == 0 and (tmp_path / "processed" / "own-1.0" / "meta.json").is_file(), err
 
