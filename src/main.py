@@ -113,6 +113,22 @@ def _run(argv: list[str], debug: bool, callbacks: Sequence[Any]) -> int:
         message = " ".join(str(err).split("\n")).strip() or type(err).__name__
         print(f"error: {message}", file=sys.stderr)
         return EXIT_USAGE
+    except (MemoryError, RuntimeError) as err:  # torch.OutOfMemoryError is a RuntimeError
+        if debug or not _out_of_memory(err):
+            raise
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        print(f"error: out of memory ({first[:200]}); choose a smaller model (--n-layer, --n-embd), --batch-size or "
+              "--block-size (--grad-accum keeps the effective batch; --train ... --find-batch-size tries sizes)",
+              file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _out_of_memory(err: BaseException) -> bool:
+    """A failed allocation: Python's MemoryError, CUDA's OutOfMemoryError, or the CPU allocator's
+    RuntimeError ("DefaultCPUAllocator: can't allocate memory")."""
+    text = str(err)
+    return (isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError"
+            or "can't allocate memory" in text or "out of memory" in text.lower())
 
 
 if __name__ == "__main__":

@@ -552,3 +552,34 @@ def test_a_data_set_name_that_is_someone_elses_folder_is_never_replaced(tmp_path
         assert "is not a data set of this project" in one_error_line(capsys.readouterr().err)
     assert snapshot(tmp_path / "data") == {"processed": "dir", "processed/notes": "dir",
                                            "processed/notes/todo.txt": hashlib.sha256(b"my list\n").hexdigest()}
+
+
+# --- memory -------------------------------------------------------------------------------------
+
+
+def test_a_model_too_large_for_this_machine_is_refused_before_anything_is_allocated(tmp_path, story, capsys):
+    """64 layers of width 8192 need ~800 GiB to train: one line naming the flags, nothing written."""
+    from src.training.utils import free_memory
+
+    if free_memory(torch.device("cpu")) is None:
+        pytest.skip("no /proc/meminfo: free memory unknown, nothing is checked")
+    run = tmp_path / "big"
+    code = main(["--train", "--input", str(story), "--data-dir", str(tmp_path / "data"), "--device", "cpu",
+                 "--n-layer", "64", "--n-embd", "8192", "--n-head", "8", "--logdir", str(run), "--quiet"])
+    line = error_line(capsys.readouterr().err)
+    assert code == 2 and "GiB to train" in line and "--n-layer or --n-embd" in line
+    assert not run.exists()
+
+
+class AllocateTooMuch(Callback):
+    """Asks the real CPU allocator for 2**50 bytes (a petabyte) during the first step."""
+
+    def on_step(self, ctx, record) -> None:
+        torch.empty(2**50, dtype=torch.uint8)
+
+
+def test_running_out_of_memory_during_training_is_one_line_exit_2(tmp_path, story, capsys):
+    code = main(train_args(tmp_path, story, tmp_path / "run", "--max-steps", "3"),
+                callbacks=[AllocateTooMuch()])
+    line = error_line(capsys.readouterr().err)
+    assert code == 2 and line.startswith("error: out of memory (") and "--batch-size" in line

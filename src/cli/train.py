@@ -89,6 +89,7 @@ def _train(args: argparse.Namespace, flags: dict[str, str], callbacks: Sequence[
     from src.training.trainer import TrainState, run_training, steps_per_epoch_for, total_steps_for
     from src.training.utils import (
         auto_precision_name,
+        check_model_fits,
         enable_tf32,
         library_versions,
         resolve_device,
@@ -154,6 +155,12 @@ def _train(args: argparse.Namespace, flags: dict[str, str], callbacks: Sequence[
     data_changes = _data_changes(stored, data_fingerprint(prepared.meta), prepared.path, data_cfg.force)
     model_cfg = ModelConfig(vocab_size=tokenizer.vocab_size, **settings.model)
 
+    with torch.device("meta"):  # the shape alone, no memory: will it fit at all?
+        n_params = MiniTransformer(model_cfg).num_parameters()
+    try:
+        check_model_fits(n_params, device)
+    except ValueError as err:
+        raise UsageError(name_the_flag(str(err), flags)) from None
     set_seed(train_cfg.seed)
     model = MiniTransformer(model_cfg).to(device)
     if init is not None and stored is None:

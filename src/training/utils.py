@@ -115,6 +115,38 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+# Bytes per parameter that training needs at the least, whatever the batch: fp32 weights, their
+# gradients, and AdamW's two moment estimates (4 bytes each). Activations come on top.
+TRAINING_BYTES_PER_PARAMETER = 16
+
+
+def free_memory(device: torch.device) -> int | None:
+    """Bytes free for tensors on `device`: the GPU's free memory, or MemAvailable of Linux's
+    /proc/meminfo for the CPU; None where it cannot be read (then nothing is checked)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type == "cpu":
+        try:
+            with open("/proc/meminfo", encoding="ascii", errors="replace") as handle:
+                for line in handle:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except (OSError, ValueError, IndexError):
+            return None
+    return None
+
+
+def check_model_fits(n_parameters: int, device: torch.device) -> None:
+    """ValueError, before a single weight is allocated, when training a model of `n_parameters`
+    cannot fit on `device` even at batch size 1 (instead of a crash or the kernel's OOM killer)."""
+    need, free = n_parameters * TRAINING_BYTES_PER_PARAMETER, free_memory(device)
+    if free is not None and need > free:
+        raise ValueError(
+            f"model: {n_parameters / 1e6:,.1f} M parameters need at least {need / 2**30:,.1f} GiB to train (weights, "
+            f"gradients and AdamW's state, 16 bytes each), but the {device.type} has {free / 2**30:,.1f} GiB free; "
+            "choose a smaller --n-layer or --n-embd")
+
+
 def enable_tf32(device: torch.device) -> None:
     """On CUDA, let float32 matrix products use TF32 tensor cores (Ampere and newer, e.g. an RTX 4080).
 
