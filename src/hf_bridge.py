@@ -339,7 +339,7 @@ def read_hf_weights(folder: str | Path) -> dict[str, torch.Tensor]:
 
 
 def load_hf_model(folder: str | Path, device: str | torch.device = "cpu") -> MiniTransformer:
-    """A GPT-2 model folder -> our MiniTransformer with its weights, in eval() mode on `device`."""
+    """A GPT-2 model folder -> our MiniTransformer with its weights, in evaluation mode (dropout off) on `device`."""
     config, state = _hf_config_and_state(Path(folder))
     model = MiniTransformer(config)
     model.load_state_dict(state)  # strict: from_hf_state_dict produced exactly our names
@@ -462,7 +462,7 @@ def _split_pattern(pre: dict) -> str:
 def load_hf_gpt2(folder: str | Path, device: str | torch.device = "cpu") -> tuple[MiniTransformer, Tokenizer | None]:
     """Load a Hugging Face GPT-2 folder: `model, tokenizer = load_hf_gpt2("gpt2-folder")`.
 
-    The model is in eval() mode on `device`. The tokenizer is None when the folder has none that
+    The model is in evaluation mode (dropout off) on `device`. The tokenizer is None when the folder has none that
     reproduces Hugging Face's exactly or fits the model; `load_hf_tokenizer(folder)` raises the reason.
     Raises CheckpointError (a ValueError) naming the file and the problem for a folder that is not
     a usable GPT-2.

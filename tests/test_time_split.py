@@ -28,7 +28,7 @@ def test_extras_due_examples():
 
 
 def test_time_split_line_states_the_share_of_evaluations():
-    from src.cli.train import time_split_line
+    from src.cli.report import time_split_line
 
     timing = TimeSplit(steps_s=250.0, evals_s=25.0, evals=18, extras=18)
     assert time_split_line(timing, 3.14) == "Time: 4m10s steps, 25s in 18 evaluation(s) (9%), 3.1s start-up."

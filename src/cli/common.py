@@ -64,3 +64,20 @@ def cpu_fallback_note(requested: str, device: Any) -> str | None:
                "missing or too old, or CUDA_VISIBLE_DEVICES hides it)")
     return (f"note: --device auto chose the CPU because {why}. Training runs many times slower than on a GPU; "
             "README section 'Installation' shows how to check the GPU. --device cpu hides this note.")
+
+
+def check_fits(model_config: Any, device: Any, flags: dict[str, str]) -> None:
+    """UsageError, before a single weight is allocated, when training this model cannot fit on `device`
+    (`check_model_fits`). The parameters are counted on PyTorch's "meta" device, which records shapes
+    but allocates nothing."""
+    import torch
+
+    from src.model import MiniTransformer
+    from src.training.utils import check_model_fits
+
+    with torch.device("meta"):
+        n_parameters = MiniTransformer(model_config).num_parameters()
+    try:
+        check_model_fits(n_parameters, device)
+    except ValueError as err:
+        raise UsageError(name_the_flag(str(err), flags)) from None

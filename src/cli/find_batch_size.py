@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from src.cli.common import EXIT_OK, UsageError, name_the_flag
+from src.cli.common import EXIT_OK, UsageError, check_fits, name_the_flag
 
 HEADROOM = 0.9  # suggest only sizes whose peak stays below this share of the device's memory
 TIMED_STEPS = 2  # optimiser steps timed per size, after one untimed warm-up step
@@ -117,30 +117,25 @@ def _cpu_peak_rss() -> int:
     return peak if sys.platform == "darwin" else peak * 1024  # macOS counts bytes, Linux kilobytes
 
 
-def _cpu_available() -> int | None:
-    """Bytes of memory available to new allocations now (Linux: MemAvailable), else None."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
 def run_find_batch_size(args: argparse.Namespace, flags: dict[str, str]) -> int:
     """The --find-batch-size report; returns the exit code."""
     import torch
 
+    from src.cli.init_from import load_init_from
     from src.cli.settings import resolve_settings
-    from src.cli.train import _load_init_from, _maybe_compile
+    from src.cli.train import maybe_compile
     from src.config import ModelConfig
     from src.dataset import prepare_dataset
     from src.model import MiniTransformer
     from src.tokenizer import load_tokenizer
     from src.training.train_loop import LRSchedule, build_optimizer, train
-    from src.training.utils import auto_precision_name, enable_tf32, resolve_device, resolve_precision
+    from src.training.utils import (
+        dtype_reason,
+        enable_tf32,
+        free_memory,
+        resolve_device,
+        resolve_precision,
+    )
 
     if args.resume:
         raise UsageError("--find-batch-size: not with --resume (a resumed run keeps its --batch-size and "
@@ -150,20 +145,21 @@ def run_find_batch_size(args: argparse.Namespace, flags: dict[str, str]) -> int:
                          "and --batch-size is per device")
     settings = resolve_settings(args, flags)
     train_cfg = settings.train
-    init = _load_init_from(args, flags, settings, None)
+    init = load_init_from(args, flags, settings, None)
     try:
         device = resolve_device(train_cfg.device)
         precision = resolve_precision(train_cfg.dtype, device)
     except ValueError as err:
         raise UsageError(name_the_flag(str(err), flags)) from None
-    why = auto_precision_name(device)[1] if train_cfg.dtype == "auto" else "--dtype"
+    why = dtype_reason(train_cfg.dtype, device)
     enable_tf32(device)
     prepared = prepare_dataset(settings.data, block_size=settings.model.get("block_size", 256),
                                show_progress=not args.quiet, tokenizer=init.tokenizer if init else None)
     vocab_size = load_tokenizer(prepared.path / "tokenizer.json").vocab_size
     model_cfg = ModelConfig(vocab_size=vocab_size, **settings.model)
+    check_fits(model_cfg, device, flags)  # will it fit at all? Before any weight is allocated
     model = MiniTransformer(model_cfg).to(device)
-    forward = _maybe_compile(model, train_cfg, device)
+    forward = maybe_compile(model, train_cfg, device)
     scaler = torch.amp.GradScaler(device.type, enabled=precision.use_grad_scaler)
     effective = train_cfg.batch_size * train_cfg.grad_accum
     T = model_cfg.block_size
@@ -172,7 +168,7 @@ def run_find_batch_size(args: argparse.Namespace, flags: dict[str, str]) -> int:
         capacity = torch.cuda.get_device_properties(device).total_memory
         what = "torch.cuda.max_memory_allocated (all tensors: weights, gradients, optimiser, activations)"
     else:
-        available = _cpu_available()
+        available = free_memory(device)
         capacity = None if available is None else _cpu_peak_rss() + available
         what = "the peak resident memory of this process (Python, PyTorch, model and activations)"
     print(f"Will it fit? {model.num_parameters() / 1e6:.2f} M parameters, block_size {T}, {precision.name} ({why}), "

@@ -1,8 +1,9 @@
 """--train: build (or reuse) the data set, build the model, and run the training with its callbacks.
 
-Why ~550 lines: training is the one mode with a life cycle - settings, data set, model, resume or
---init-from, the run's files, the callbacks and the final report - read top-down from `run_train`;
-the loop itself is `src/training/train_loop.py`, the bookkeeping `src/training/trainer.py`.
+Read top-down from `run_train`: settings, data set, model, resume, the run's files, the callbacks.
+Beside it: `src/cli/init_from.py` (--init-from: fine-tuning a trained model) and `src/cli/report.py`
+(the final report). The loop itself is `src/training/train_loop.py`, the bookkeeping
+`src/training/trainer.py`.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import argparse
 import dataclasses
 import datetime as dt
 import json
-import math
 import os
 import shlex
 import sys
@@ -21,14 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from src.cli.common import (
-    EXIT_DIVERGED,
-    EXIT_OK,
-    EXIT_SIGNAL,
     INSPECT_PROMPT,
     UsageError,
+    check_fits,
     cpu_fallback_note,
     name_the_flag,
 )
+from src.cli.init_from import load_init_from
+from src.cli.report import final_report, time_split_line
 from src.cli.settings import resolve_settings
 from src.config import ModelConfig, TrainConfig, config_to_dict
 from src.fileio import atomic_write_text
@@ -88,8 +88,7 @@ def _train(args: argparse.Namespace, flags: dict[str, str], callbacks: Sequence[
     from src.training.train_loop import LRSchedule, build_optimizer
     from src.training.trainer import TrainState, run_training, steps_per_epoch_for, total_steps_for
     from src.training.utils import (
-        auto_precision_name,
-        check_model_fits,
+        dtype_reason,
         enable_tf32,
         library_versions,
         resolve_device,
@@ -107,7 +106,7 @@ def _train(args: argparse.Namespace, flags: dict[str, str], callbacks: Sequence[
         check_resumable(stored, last)
     settings = resolve_settings(args, flags, stored)
     train_cfg, data_cfg = settings.train, settings.data
-    init = _load_init_from(args, flags, settings, stored)  # --init-from: a trained model's weights and tokenizer
+    init = load_init_from(args, flags, settings, stored)  # --init-from: a trained model's weights and tokenizer
     if stored is not None:
         if args.logdir is not None and Path(args.logdir).resolve() != run_dir.resolve():
             raise UsageError(f"--logdir: a resumed run stays in {run_dir}; drop --logdir")
@@ -122,7 +121,7 @@ def _train(args: argparse.Namespace, flags: dict[str, str], callbacks: Sequence[
     try:
         device = resolve_device(train_cfg.device)
         precision = resolve_precision(train_cfg.dtype, device)
-        why_dtype = f"--dtype auto: {auto_precision_name(device)[1]}" if train_cfg.dtype == "auto" else "--dtype"
+        why_dtype = dtype_reason(train_cfg.dtype, device)
         device = distributed.setup(device)  # torchrun: join the other processes; CUDA: this process's GPU
     except ValueError as err:
         raise UsageError(name_the_flag(str(err), flags)) from None
@@ -155,12 +154,7 @@ def _train(args: argparse.Namespace, flags: dict[str, str], callbacks: Sequence[
     data_changes = _data_changes(stored, data_fingerprint(prepared.meta), prepared.path, data_cfg.force)
     model_cfg = ModelConfig(vocab_size=tokenizer.vocab_size, **settings.model)
 
-    with torch.device("meta"):  # the shape alone, no memory: will it fit at all?
-        n_params = MiniTransformer(model_cfg).num_parameters()
-    try:
-        check_model_fits(n_params, device)
-    except ValueError as err:
-        raise UsageError(name_the_flag(str(err), flags)) from None
+    check_fits(model_cfg, device, flags)  # will it fit at all? Before any weight is allocated
     set_seed(train_cfg.seed)
     model = MiniTransformer(model_cfg).to(device)
     if init is not None and stored is None:
@@ -221,7 +215,7 @@ def _train(args: argparse.Namespace, flags: dict[str, str], callbacks: Sequence[
         _write_run_files(run_dir, args, static, tokenizer, model, device, precision.name,
                          steps_per_epoch, schedule, state.step, library_versions(), val_note, batch)
 
-    compiled = _maybe_compile(model, train_cfg, device)
+    compiled = maybe_compile(model, train_cfg, device)
     hparams = {**static["model_config"], **{k: v for k, v in static["train_config"].items() if k != "logdir"},
                "preset": settings.preset or "none", "tokenizer": tokenizer.kind,
                "books": len(data_cfg.books) or len(data_cfg.input), "world_size": world_size,
@@ -253,69 +247,8 @@ def _train(args: argparse.Namespace, flags: dict[str, str], callbacks: Sequence[
                                compiled=compiled, tokens_per_char=tokens_per_char)
     finally:
         stopper.uninstall()
-    return _report(history, run_dir, train_cfg, precision.name, stopper, saver, data_changes,
-                   time_split=time_split_line(history.timing, startup_s, compiled is not None))
-
-
-@dataclasses.dataclass
-class InitFrom:
-    """A trained model to fine-tune (--init-from): where it came from, its weights and its tokenizer."""
-
-    source: str
-    state: dict[str, Any]  # our parameter names (a Hugging Face folder is already translated)
-    tokenizer: Any
-
-    def load_weights(self, model: Any) -> None:
-        """Copy the weights into `model`; a smaller --block-size keeps the first rows of the position table."""
-        state = dict(self.state)
-        name = "embeddings.position_embedding.weight"
-        if name in state and state[name].shape[0] > model.config.block_size:
-            state[name] = state[name][: model.config.block_size]
-        model.load_state_dict(state)
-
-
-# Shape settings a fine-tuned model inherits from --init-from (the weights fix them).
-INHERITED_SHAPE = ("n_layer", "n_head", "n_embd", "bias", "pos_encoding")
-
-
-def _load_init_from(args: argparse.Namespace, flags: dict[str, str], settings: Any,
-                    stored: dict[str, Any] | None) -> InitFrom | None:
-    """--init-from DIR: its model shape replaces the settings' (a given flag must agree), its tokenizer
-    encodes the data. Resuming such a run takes the tokenizer from the run's own checkpoint."""
-    from src.training.checkpoints import find_checkpoint, load_checkpoint, tokenizer_from_checkpoint
-
-    if stored is not None:
-        if args.init_from is not None:
-            raise UsageError("--init-from: only for a new run; --resume continues with the run's own weights")
-        if not stored.get("init_from"):
-            return None
-        return InitFrom(stored["init_from"], {}, tokenizer_from_checkpoint(stored, args.resume))
-    if args.init_from is None:
-        return None
-    if args.preset or args.config:
-        raise UsageError("--init-from: the model's shape comes from DIR; drop --preset/--config")
-    for name in ("tokenizer", "max_vocab_size"):
-        if getattr(args, name, None) is not None:
-            raise UsageError(f"{flags[name]}: with --init-from the tokenizer comes from {args.init_from}")
-    path = find_checkpoint(args.init_from)
-    payload = load_checkpoint(path)
-    tokenizer = tokenizer_from_checkpoint(payload, path)
-    loaded = payload["model_config"]
-    for name in INHERITED_SHAPE:
-        given = getattr(args, name, None)
-        if given is not None and given != loaded.get(name):
-            raise UsageError(f"{flags[name]}: {path} has {name}={loaded.get(name)!r}; a fine-tuned model keeps the "
-                             "shape of its weights (drop the flag)")
-    block_size = args.block_size if args.block_size is not None else loaded["block_size"]
-    if block_size > loaded["block_size"]:
-        raise UsageError(f"{flags['block_size']}: {path} learned positions up to {loaded['block_size']}; choose "
-                         f"at most that")
-    settings.model.update({name: loaded[name] for name in INHERITED_SHAPE if name in loaded})
-    settings.model["block_size"] = block_size
-    for name in ("dropout", "attention"):  # no weights of their own: the flag wins, else the model's value
-        if getattr(args, name, None) is None and name in loaded:
-            settings.model[name] = loaded[name]
-    return InitFrom(str(path), payload["model"], tokenizer)
+    return final_report(history, run_dir, train_cfg, precision.name, stopper, saver, data_changes,
+                        time_split=time_split_line(history.timing, startup_s, compiled is not None))
 
 
 _RESUME_ON_OTHER_DATA = ("this run trained on the data as it was, so resuming on other data would no longer "
@@ -434,7 +367,7 @@ def _write_run_files(run_dir: Path, args: argparse.Namespace, static: dict[str, 
     atomic_write_text(config_path, json.dumps(config, indent=2) + "\n")
     tokenizer.save(run_dir / "tokenizer.json")
 
-def _maybe_compile(model: Any, train_cfg: TrainConfig, device: Any) -> Any:
+def maybe_compile(model: Any, train_cfg: TrainConfig, device: Any) -> Any:
     """torch.compile where it works and pays (CUDA on Linux); otherwise a warning and eager mode. On a CPU
     Inductor compiled for one to two minutes and the steps were then 15-25% slower (benchmarks/README.md)."""
     import torch
@@ -446,109 +379,3 @@ def _maybe_compile(model: Any, train_cfg: TrainConfig, device: Any) -> Any:
               "running eagerly", file=sys.stderr)
         return None
     return torch.compile(model)
-
-def _duration(seconds: float) -> str:
-    """'4m10s', '25s', '0.4s' (hours as minutes: '75m00s')."""
-    if seconds >= 60:
-        minutes, rest = divmod(int(round(seconds)), 60)
-        return f"{minutes}m{rest:02d}s"
-    return f"{seconds:.0f}s" if seconds >= 10 else f"{seconds:.1f}s"
-
-
-def time_split_line(timing: Any, startup_s: float, compiled: bool = False) -> str:
-    """Where this command's time went, e.g. "Time: 4m10s steps, 25s in 18 evaluations (9%), 3.1s start-up."
-
-    The share is that of the evaluations (validation loss, samples, pictures, checkpoints) in steps +
-    evaluations. `timing` is the run's `TimeSplit`; `startup_s` the time before the first step
-    (data set, model, run files).
-    """
-    from src.training.callbacks import EXTRAS_SHARE
-
-    share = timing.evals_s / max(timing.steps_s + timing.evals_s, 1e-9)
-    line = (f"Time: {_duration(timing.steps_s)} steps, {_duration(timing.evals_s)} in {timing.evals} "
-            f"evaluation(s) ({100 * share:.0f}%), {_duration(startup_s)} start-up.")
-    if 0 < timing.extras < timing.evals:
-        line += (f" Samples and pictures at {timing.extras} of {timing.evals} evaluations (they may take "
-                 f"{100 * EXTRAS_SHARE:.0f}% of the step time).")
-    if compiled and timing.first_step_s is not None:
-        line += f" The first step took {_duration(timing.first_step_s)} (torch.compile compiles then)."
-    return line
-
-
-def _report(history: Any, run_dir: Path, train_cfg: TrainConfig, dtype: str, stopper: Any,
-            saver: Any, data_changes: Sequence[dict] = (), time_split: str | None = None) -> int:
-    """The end-of-run summary (rank 0 only under DDP); returns the exit code."""
-    from src.training import distributed
-    from src.training.trainer import DIVERGED
-
-    signum = stopper.signum or history.stop_signal  # DDP: a signal to any process ends all with its code
-    if not distributed.is_main():
-        if history.stop_reason in DIVERGED:
-            return EXIT_DIVERGED
-        return EXIT_SIGNAL.get(signum, 130) if history.stop_reason == "interrupted" else EXIT_OK
-
-    state = history.state
-    last, best = run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt"
-    minutes, seconds = divmod(int(state.elapsed_s), 60)
-    lines = [
-        f"\nStopped: {history.stop_reason} after {state.step} step(s) ({state.tokens_seen:,} tokens) in {minutes}m{seconds:02d}s.",
-    ]
-    if math.isfinite(state.best_val_loss):
-        lines.append(f"Best val loss {state.best_val_loss:.4f} (perplexity {math.exp(state.best_val_loss):.2f}) "
-                     f"at step {state.best_step}; {state.clipped_steps} steps had their gradient clipped.")
-    saved = [str(p) for p in (best, last) if p.is_file()]
-    if saved:
-        lines.append("Checkpoints: " + ", ".join(saved))
-    if time_split:
-        lines.append(time_split)
-    lines.append(f"TensorBoard: tensorboard --logdir {run_dir.parent}")
-    if data_changes:
-        steps = ", ".join(str(change["step"]) for change in data_changes)
-        lines.append(f"Not an exact continuation: the data changed at step {steps} (resumed with --force); "
-                     "config.json records it.")
-    if history.stop_reason in DIVERGED:
-        print("\n".join(lines), file=sys.stderr)
-        print(f"error: training stopped: {_divergence_advice(history, last, saver.saved_step, train_cfg, dtype)}", file=sys.stderr)
-        return EXIT_DIVERGED
-    if history.stop_reason == "interrupted":
-        if last.is_file():
-            lines.append(f"Resume with: {_launcher(distributed.world_size())} --train --resume {shlex.quote(str(run_dir))}")
-        else:
-            lines.append("Nothing was trained yet, so there is nothing to resume: run the same command again.")
-        print("\n".join(lines), file=sys.stderr, flush=True)
-        return EXIT_SIGNAL.get(signum, 130)
-    if history.stop_reason == "completed" and not history.steps and state.step > 0:
-        lines.append("This run had already finished; to train on, pass a larger --epochs or --max-steps "
-                     "with --resume.")
-    lines.append(f"Sample: python -m src.main --generate --checkpoint {shlex.quote(str(run_dir))} --prompt \"The \"")
-    print("\n".join(lines), file=sys.stderr, flush=True)
-    return EXIT_OK
-
-def _launcher(world_size: int) -> str:
-    """How to start the same kind of run again: one process, or torchrun with as many processes."""
-    if world_size == 1:
-        return "python -m src.main"
-    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
-    if per_node == world_size:
-        return f"torchrun --standalone --nproc_per_node={world_size} -m src.main"
-    return f"torchrun --nnodes={world_size // per_node} --nproc_per_node={per_node} ... (as before) -m src.main"
-
-def _divergence_advice(history: Any, last: Path, saved_step: int | None, train_cfg: TrainConfig, dtype: str) -> str:
-    """What happened after a NaN/inf loss, where the last good weights are, and what to try."""
-    state = history.state
-    if last.is_file():
-        good = f"the last good checkpoint is {last}" + (f" (step {saved_step})" if saved_step else "")
-    else:
-        good = "no checkpoint was written before it"
-    tips = [f"a lower --lr (now {train_cfg.lr:g}, e.g. {train_cfg.lr / 3:.2g})"]
-    if dtype == "fp16":
-        tips.append("--dtype bf16 or fp32")
-    elif dtype == "bf16":
-        tips.append("--dtype fp32")
-    tips.append(f"a longer --warmup-steps (now {train_cfg.warmup_steps})")
-    if not 0 < train_cfg.grad_clip <= 1.0:
-        tips.append("--grad-clip 1.0")
-    what = {"non_finite_val_loss": f"the validation loss became NaN/inf after step {state.step}",
-            "non_finite_weights": f"the weights became NaN/inf by step {state.step}"}.get(
-        history.stop_reason, f"the loss became NaN/inf at step {state.step + 1}")
-    return f"{what}; {good}. Try " + ", ".join(tips[:-1]) + f" or {tips[-1]}."

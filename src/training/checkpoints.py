@@ -246,7 +246,7 @@ def load_model(path_or_run_dir: str | Path, device: str | torch.device = "cpu"):
 
     Accepts a `.pt` file, a run directory (then `checkpoints/best.pt`, else `last.pt`), a
     `.safetensors` file written by `export_safetensors` or a Hugging Face GPT-2 folder. The model
-    is returned in `eval()` mode on `device`. Raises `CheckpointError` naming the file and problem.
+    is returned in evaluation mode (dropout off) on `device`. Raises `CheckpointError` naming the file and problem.
     """
     path = find_checkpoint(path_or_run_dir)
     payload = load_checkpoint(path, map_location="cpu")

@@ -137,8 +137,8 @@ def free_memory(device: torch.device) -> int | None:
 
 
 def check_model_fits(n_parameters: int, device: torch.device) -> None:
-    """ValueError, before a single weight is allocated, when training a model of `n_parameters`
-    cannot fit on `device` even at batch size 1 (instead of a crash or the kernel's OOM killer)."""
+    """ValueError when training a model of `n_parameters` cannot fit on `device` even at batch size 1
+    (instead of a crash or the kernel's OOM killer)."""
     need, free = n_parameters * TRAINING_BYTES_PER_PARAMETER, free_memory(device)
     if free is not None and need > free:
         raise ValueError(
@@ -206,6 +206,12 @@ def auto_precision_name(device: torch.device) -> tuple[str, str]:
             return "bf16", f"this CPU computes in bf16 natively, with {' and '.join(flags)}"
         return "fp32", "this CPU has no native bf16 (AVX512-BF16 or AMX)"
     return "fp32", f"no mixed precision on {device.type}"
+
+
+def dtype_reason(dtype: str, device: torch.device) -> str:
+    """Why a run computes in its dtype, for its start line: "--dtype" when the flag chose it, else what
+    --dtype auto found, e.g. "--dtype auto: this CPU computes in bf16 natively, with avx512_bf16"."""
+    return f"--dtype auto: {auto_precision_name(device)[1]}" if dtype == "auto" else "--dtype"
 
 
 def resolve_precision(name: str, device: torch.device) -> Precision:
