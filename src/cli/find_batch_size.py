@@ -168,7 +168,7 @@ def run_find_batch_size(args: argparse.Namespace, flags: dict[str, str]) -> int:
         capacity = torch.cuda.get_device_properties(device).total_memory
         what = "torch.cuda.max_memory_allocated (all tensors: weights, gradients, optimiser, activations)"
     else:
-        available = free_memory(device)
+        available = free_memory(torch.device("cpu"))  # the CPU, and the unified memory of an Apple GPU
         capacity = None if available is None else _cpu_peak_rss() + available
         what = "the peak resident memory of this process (Python, PyTorch, model and activations)"
     print(f"Will it fit? {model.num_parameters() / 1e6:.2f} M parameters, block_size {T}, {precision.name} ({why}), "
