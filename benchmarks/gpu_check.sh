@@ -56,7 +56,9 @@ PY
 
 echo "== 1. CUDA tests"
 if [[ "$device" == cuda ]]; then
-  python -m pytest -q -m gpu tests/ 2>&1 | tail -5
+  # --continue-on-collection-errors: a GPU box without the playground's or notebooks' packages still runs the CUDA tests
+  python -m pytest -q -m gpu --continue-on-collection-errors tests/ 2>&1 | tail -15 \
+    || echo "(CUDA tests: failures or modules not collected, see above; the checks below still run)"
 else
   echo "(skipped in the dry run)"
 fi
