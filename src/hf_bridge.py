@@ -35,7 +35,7 @@ than 4 n_embd, other activations or epsilons, scale_attn_by_inverse_layer_idx, c
 an untied LM head, sharded weights.
 
 Tokenizer files: a byte-level BPE is written in GPT-2 format (vocab.json + merges.txt, see
-src/tokenizer.py) plus Hugging Face's tokenizer.json, which also carries our split pattern (GPT-2's
+src/gpt2_tokenizer.py) plus Hugging Face's tokenizer.json, which also carries our split pattern (GPT-2's
 files cannot): `AutoTokenizer.from_pretrained(folder)` then encodes exactly like ours. The char
 tokenizer has no Hugging Face counterpart; it is written as our JSON (`OUR_TOKENIZER_FILE`, written
 for BPE too, so our export loads back exactly), and the model card shows the few lines that use it.
@@ -64,15 +64,13 @@ from src.errors import CheckpointError
 from src.fileio import atomic_write, atomic_write_text
 from src.model import MiniTransformer
 from src.model.embeddings import sinusoidal_table
-from src.tokenizer import (
-    EOT_TOKEN,
+from src.gpt2_tokenizer import (
     GPT2_SPLIT_PATTERN,
-    BPETokenizer,
-    CharTokenizer,
-    load_tokenizer,
-    tokenizer_from_dict,
+    gpt2_vocab_and_merges,
+    read_gpt2_files,
     tokenizer_from_gpt2_vocab,
 )
+from src.tokenizer import EOT_TOKEN, BPETokenizer, CharTokenizer, load_tokenizer, tokenizer_from_dict
 
 Tokenizer = CharTokenizer | BPETokenizer
 
@@ -379,7 +377,7 @@ def load_hf_tokenizer(folder: str | Path) -> Tokenizer:
             return _tokenizer_from_hf_json(folder / "tokenizer.json")
         if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
             _check_tokenizer_config(folder)
-            return BPETokenizer.from_gpt2_files(folder / "vocab.json", folder / "merges.txt")
+            return read_gpt2_files(folder / "vocab.json", folder / "merges.txt")
     except ValueError as err:
         raise CheckpointError(str(err)) from None
     raise CheckpointError(f"{folder}: no tokenizer ({OUR_TOKENIZER_FILE}, tokenizer.json or vocab.json + merges.txt)")
@@ -553,7 +551,7 @@ def hf_tokenizer_files(tokenizer: BPETokenizer, block_size: int) -> dict[str, st
     special_tokens_map.json. tokenizer.json carries the split pattern (vocab.json cannot); for a
     pattern other than GPT-2's the class is PreTrainedTokenizerFast, because transformers 5's
     GPT2Tokenizer replaces the pre-tokenizer with GPT-2's own."""
-    vocab, merges = tokenizer.to_gpt2_vocab()  # ValueError if one token has two ids
+    vocab, merges = gpt2_vocab_and_merges(tokenizer)  # ValueError if one token has two ids
     gpt2 = tokenizer.pattern == GPT2_SPLIT_PATTERN
     byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": gpt2}
     pre_tokenizer = byte_level if gpt2 else {"type": "Sequence", "pretokenizers": [

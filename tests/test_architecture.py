@@ -22,6 +22,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "src.fileio": (),
     "src.model": ("src.config", "src.model"),
     "src.tokenizer": ("src.fileio",),
+    "src.gpt2_tokenizer": ("src.fileio", "src.tokenizer"),
     "src.gutenberg": ("src.config", "src.fileio"),
     "src.dataset": ("src.config", "src.fileio", "src.gutenberg", "src.tokenizer"),
     "src.training.utils": ("src.config",),
@@ -29,7 +30,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "src.training": ("src.config", "src.errors", "src.fileio", "src.model", "src.tokenizer", "src.dataset", "src.training",
                      "src.hf_bridge"),
     # GPT-2 files <-> our model: below the checkpoints that use it to read a Hugging Face directory
-    "src.hf_bridge": ("src.config", "src.errors", "src.fileio", "src.model", "src.tokenizer"),
+    "src.hf_bridge": ("src.config", "src.errors", "src.fileio", "src.model", "src.tokenizer", "src.gpt2_tokenizer"),
     "src.memorization": ("src.dataset", "src.tokenizer"),
     "src.analysis": ("src.config", "src.model", "src.tokenizer", "src.training.utils"),
     "src.visualization": ("src.config", "src.fileio", "src.model", "src.analysis", "src.training.utils"),
