@@ -38,7 +38,7 @@ from matplotlib.patches import Rectangle
 
 from src.analysis import display_token, encode_prompt, quoted_token, token_surprisal  # noqa: F401 - re-exported
 from src.fileio import atomic_write
-from src.training.utils import evaluating
+from src.model.eval_mode import evaluating
 
 # Heat-maps over more tokens than this are drawn without tick labels (they would overlap): a grid
 # cell is at most 5 inches wide, a single head 12 inches (8-point labels need ~0.13 inch each).

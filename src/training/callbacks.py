@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from src.fileio import atomic_write_text
+from src.model.eval_mode import evaluating
 from src.training import distributed
 from src.training.checkpoints import (
     CHECKPOINT_DIR,
@@ -42,7 +43,7 @@ from src.training.checkpoints import (
 )
 from src.training.run_dir import RunDirError, is_run_dir
 from src.training.trainer import DIVERGED, Callback, EvalRecord, History, LoopContext, StepRecord
-from src.training.utils import capture_rng_state, evaluating
+from src.training.utils import capture_rng_state
 
 SAMPLE_PROMPTS: tuple[str, ...] = ("The ", "Once upon a time")
 SAMPLE_TEMPERATURE = 0.8

@@ -82,20 +82,6 @@ def preserved_rng(device: torch.device):
         yield
 
 
-@contextlib.contextmanager
-def evaluating(model: torch.nn.Module):
-    """Run a block with `model.eval()` (dropout off), no gradients and the global RNG untouched; the
-    model's previous train/eval mode is restored afterwards, even after an exception."""
-    was_training = model.training
-    device = next(model.parameters()).device
-    model.eval()
-    try:
-        with preserved_rng(device), torch.no_grad():
-            yield model
-    finally:
-        model.train(was_training)
-
-
 # --- devices and numeric precision ------------------------------------------------------------
 
 
