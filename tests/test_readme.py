@@ -11,9 +11,19 @@ import ast
 import re
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")
-NANOGPT_CODE_LINES = 670  # model.py + train.py of nanoGPT, without docstrings, comments and blank lines
+# nanoGPT's model.py + train.py at the commit named in ../shared/anchors/README.md, counted with `code_lines`
+# below (test_nanogpt_numbers_are_a_recount recounts them where the anchor is present)
+NANOGPT_COMMIT = "3adf61e154c3fe3fca428ad6bc3818b27a3b8291"
+NANOGPT_LINES = 666
+NANOGPT_CODE_LINES = 453
+NANOGPT = ROOT.parent / "shared" / "anchors" / "nanoGPT"
+CORE_CODE_LINES_LIMIT = 700  # config + model + loop, the learner's core (issues 18 and 21: "within 700 code lines")
+# src/model/ files that are not the model a learner reads: the evaluation-mode helper of the training shell
+NOT_THE_MODEL = {"src/model/__init__.py", "src/model/eval_mode.py"}
 
 
 def code_lines(source: str) -> int:
@@ -58,8 +68,12 @@ def test_reading_path_totals_and_the_core_stays_small():
     assert total, "the Kernpfad total row is missing"
     assert int(total.group(1).replace(".", "")) == sum(n for _, n, _ in rows)
     assert int(total.group(2).replace(".", "")) == sum(c for _, _, c in rows)
-    core = [r for r in rows if r[0] == "src/config.py" or r[0].startswith(("src/model/", "src/training/train_loop"))]
-    assert sum(c for _, _, c in core) <= NANOGPT_CODE_LINES * 1.05, "the core path grew past nanoGPT's size"
+    core = [r for r in rows if r[0] in ("src/config.py", "src/training/train_loop.py") or r[0].startswith("src/model/")]
+    model_files = {str(p.relative_to(ROOT)) for p in (ROOT / "src" / "model").glob("*.py")} - NOT_THE_MODEL
+    assert {"src/config.py", "src/training/train_loop.py"} | model_files <= {r[0] for r in core}, \
+        "every file of the core (config, src/model/, the loop) must be a row of the Lesepfad table"
+    core_code = sum(c for _, _, c in core)
+    assert core_code <= CORE_CODE_LINES_LIMIT, f"the core path has {core_code} code lines, more than {CORE_CODE_LINES_LIMIT}"
 
 
 def defined_names(path: Path) -> set[str]:
@@ -82,3 +96,24 @@ def test_the_four_questions_point_to_functions_that_exist():
         assert wanted, f"{path}: no function named"
         missing = set(wanted) - defined_names(ROOT / path)
         assert not missing, f"README names {missing} in {path}, which does not define them"
+
+
+def test_the_readme_states_nanogpts_size_as_recounted():
+    """The comparison names the commit and the same numbers as the recount below."""
+    prose = " ".join(README.split())  # the sentence may be wrapped anywhere
+    match = re.search(r"nanoGPT \(Commit `([0-9a-f]{7,40})`\) hat in `model\.py` \+ `train\.py` ([\d.]+) Zeilen, "
+                      r"davon ([\d.]+) Code-Zeilen", prose)
+    assert match, "the README's nanoGPT comparison (commit, lines, code lines) was not found"
+    commit, lines, code = match.group(1), int(match.group(2).replace(".", "")), int(match.group(3).replace(".", ""))
+    assert NANOGPT_COMMIT.startswith(commit) and (lines, code) == (NANOGPT_LINES, NANOGPT_CODE_LINES)
+    assert f"unter {CORE_CODE_LINES_LIMIT} Code-Zeilen" in prose
+
+
+def test_nanogpt_numbers_are_a_recount():
+    """model.py + train.py of the nanoGPT anchor, counted with the counter that counts our files."""
+    if not (NANOGPT / "train.py").is_file():
+        pytest.skip(f"the nanoGPT anchor {NANOGPT} is not present")
+    assert NANOGPT_COMMIT in (NANOGPT.parent / "README.md").read_text(encoding="utf-8")
+    texts = [(NANOGPT / name).read_text(encoding="utf-8") for name in ("model.py", "train.py")]
+    assert sum(len(text.splitlines()) for text in texts) == NANOGPT_LINES
+    assert sum(code_lines(text) for text in texts) == NANOGPT_CODE_LINES
