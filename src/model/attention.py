@@ -196,8 +196,8 @@ class MultiHeadAttention(nn.Module):
         # Query i sits at position past + i and may see keys 0 .. past + i.
         mask = self.causal_mask[past : past + T, : past + T]  # (T, past + T)
         dropout_p = self.dropout_p if self.training else 0.0
-        # 3.-6. Attention proper (steps 1-5 of scaled_dot_product_attention): scores, causal mask,
-        # softmax, dropout, weighted sum of the values.
+        # 3.-6. Attention proper, steps 1-5 of scaled_dot_product_attention: 3. scores, 4. causal mask,
+        # 5. softmax (then dropout on the weights), 6. weighted sum of the values.
         if self.attention == "manual":
             context, _ = scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, causal_mask=mask)
         elif past == 0:

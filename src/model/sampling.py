@@ -5,9 +5,10 @@ The model outputs one score per vocabulary entry; softmax turns them into probab
 * Temperature: divide the logits by it before the softmax; < 1 sharpens, > 1 flattens the distribution.
 * Top-k (Fan et al. 2018, "Hierarchical Neural Story Generation"): sample only among the k most
   likely tokens.
-* Top-p / nucleus (Holtzman et al. 2020, "The Curious Case of Neural Text Degeneration"): sample
-  only among the smallest set of most likely tokens whose total probability reaches p, so the
-  number of candidates adapts to how confident the model is.
+* Top-p / nucleus (Holtzman et al. 2020, "The Curious Case of Neural Text Degeneration"): sort the
+  tokens from most to least likely and keep the shortest prefix whose cumulative probability (the
+  running sum) reaches p; sample only among those. The number of candidates adapts to how
+  confident the model is.
 
 Shapes: B batch, V = vocab_size (legend in attention.py).
 """
@@ -29,7 +30,7 @@ def filter_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
 
 def filter_top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
     """Nucleus filtering (Holtzman et al. 2020): keep the smallest set of most likely tokens whose
-    total probability reaches p, set the rest to -inf. (B, V) -> (B, V).
+    cumulative probability reaches p, set the rest to -inf. (B, V) -> (B, V).
 
     Example: probabilities [0.5, 0.3, 0.15, 0.05] with p = 0.75 keep the first two (0.5 < 0.75 <= 0.8).
     p = 1.0 keeps every token (the cumulative sum can round to 1.0 before the last tokens).

@@ -137,7 +137,8 @@ class MiniTransformer(nn.Module):
             idx: (B, T) prompt token ids (T >= 1; only the last block_size tokens are used).
             temperature: divides the logits; < 1 sharper, > 1 flatter, 0 = greedy (argmax).
             top_k: sample only among the k most likely tokens.
-            top_p: nucleus sampling - only among the smallest set of tokens whose probability >= top_p.
+            top_p: nucleus sampling - only among the smallest set of most likely tokens whose
+                cumulative probability reaches top_p.
             use_cache: reuse keys/values of earlier tokens while the sequence fits in block_size.
                 Beyond it the window slides and every position shifts, so each step then recomputes
                 the last block_size tokens; the tokens are the same as with use_cache=False.
