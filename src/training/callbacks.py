@@ -11,7 +11,7 @@
 * `ProgressBar` draws a tqdm bar per epoch and one line per evaluation (stderr).
 * `SignalStop` turns SIGINT (Ctrl-C) and SIGTERM into "finish this step, save, stop".
 
-Neither draws from the global random generators, so they never change what the model learns.
+None of them draws from the global random generators, so they never change what the model learns.
 Under DDP (several processes, `src/training/distributed.py`) the CLI installs `RunLogger` and
 `ProgressBar` on rank 0 only; `SignalStop` and `CheckpointSaver` run on every process (each handles
 its own signals, and each hands its random-generator state to the checkpoint that rank 0 writes).

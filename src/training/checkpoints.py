@@ -204,7 +204,7 @@ def _load_failure(err: Exception) -> str:
 
 def model_from_checkpoint(payload: dict[str, Any], path: str | Path, device: str | torch.device = "cpu"):
     """Rebuild `MiniTransformer` from the stored config and load the stored weights (strictly)."""
-    from src.model import MiniTransformer  # imported here so utils stays importable on its own
+    from src.model import MiniTransformer
 
     try:
         config = config_from_dict(ModelConfig, payload["model_config"])

@@ -2,8 +2,9 @@
 
 A resumed run can only continue *exactly* if every random number generator (python, numpy, torch,
 CUDA) is where it was: the dropout masks and the data order depend on them. `capture_rng_state` and
-`restore_rng_state` save and restore all of them; `preserved_rng` lets side work (evaluation,
-sampling) run without moving them. Checkpoints themselves live in `src/training/checkpoints.py`.
+`restore_rng_state` save and restore all of them; `preserved_rng` lets side work (creating the data
+iterator) run without moving them - evaluation and sampling use `src/model/eval_mode.py:evaluating`.
+Checkpoints themselves live in `src/training/checkpoints.py`.
 """
 
 from __future__ import annotations
