@@ -11,6 +11,7 @@ edges included. Both checks are run on small made-up packages first, to show tha
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -233,6 +234,22 @@ def test_architecture_md_names_every_layer_module():
                if rule_for(module) is not None and path.name != "__init__.py"
                and path.stem not in doc]
     assert not missing, f"docs/ARCHITECTURE.md does not mention {missing}"
+
+
+def test_architecture_md_points_to_functions_that_exist():
+    """Every `src/...py:name` in docs/ARCHITECTURE.md names a function, class or constant of that file."""
+    doc = (ROOT / "docs" / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    pointers = re.findall(r"`(src/[\w/]+\.py):(\w+)`", doc)
+    assert len(pointers) >= 8, pointers
+    missing = []
+    for path, name in pointers:
+        tree = ast.parse((ROOT / path).read_text(encoding="utf-8"))
+        defined = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+        defined |= {t.id for n in tree.body if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)}
+        defined |= {n.target.id for n in tree.body if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)}
+        if name not in defined:
+            missing.append(f"{path}:{name}")
+    assert not missing, f"docs/ARCHITECTURE.md points to {missing}, which do not exist"
 
 
 # --- the checks themselves can fail -------------------------------------------------------------
