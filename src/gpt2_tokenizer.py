@@ -175,6 +175,15 @@ def read_gpt2_files(vocab_json: str | Path, merges_txt: str | Path, pattern: str
 def save_gpt2_files(tok: BPETokenizer, vocab_json: str | Path, merges_txt: str | Path) -> None:
     """Write vocab.json and merges.txt. They do not record the split pattern: readers assume
     GPT-2's (`GPT2_SPLIT_PATTERN`), so pass `pattern=` to `read_gpt2_files` for any other."""
-    vocab, merges = gpt2_vocab_and_merges(tok)
-    atomic_write_text(vocab_json, json.dumps(vocab, ensure_ascii=False) + "\n")
-    atomic_write_text(merges_txt, "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+    vocab_text, merges_text = gpt2_file_texts(*gpt2_vocab_and_merges(tok))
+    atomic_write_text(vocab_json, vocab_text)
+    atomic_write_text(merges_txt, merges_text)
+
+
+def gpt2_file_texts(vocab: dict[str, int], merges: Sequence[tuple[str, str]]) -> tuple[str, str]:
+    """The texts of vocab.json and merges.txt for GPT-2-format data.
+
+    Example: gpt2_file_texts({"a": 0}, [("a", "b")]) -> ('{"a": 0}\\n', '#version: 0.2\\na b\\n').
+    """
+    return (json.dumps(vocab, ensure_ascii=False) + "\n",
+            "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))

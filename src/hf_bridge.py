@@ -66,6 +66,7 @@ from src.model import MiniTransformer
 from src.model.embeddings import sinusoidal_table
 from src.gpt2_tokenizer import (
     GPT2_SPLIT_PATTERN,
+    gpt2_file_texts,
     gpt2_vocab_and_merges,
     read_gpt2_files,
     tokenizer_from_gpt2_vocab,
@@ -569,9 +570,10 @@ def hf_tokenizer_files(tokenizer: BPETokenizer, block_size: int) -> dict[str, st
     specials = {"bos_token": EOT_TOKEN, "eos_token": EOT_TOKEN, "unk_token": EOT_TOKEN}
     tokenizer_config = {"tokenizer_class": "GPT2Tokenizer" if gpt2 else "PreTrainedTokenizerFast", **specials,
                         "add_prefix_space": False, "model_max_length": block_size, "clean_up_tokenization_spaces": False}
+    vocab_text, merges_text = gpt2_file_texts(vocab, merges)
     return {
-        "vocab.json": json.dumps(vocab, ensure_ascii=False) + "\n",
-        "merges.txt": "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges),
+        "vocab.json": vocab_text,
+        "merges.txt": merges_text,
         "tokenizer.json": json.dumps(tokenizer_json, ensure_ascii=False) + "\n",
         "tokenizer_config.json": _json_text(tokenizer_config),
         "special_tokens_map.json": _json_text(specials),

@@ -32,6 +32,7 @@ from src.model import MiniTransformer
 from src.gpt2_tokenizer import (
     GPT2_SPLIT_PATTERN,
     bytes_to_unicode,
+    gpt2_file_texts,
     gpt2_vocab_and_merges,
     read_gpt2_files,
     save_gpt2_files,
@@ -533,6 +534,10 @@ def test_vocab_json_must_be_an_object_of_ids(tmp_path):
         read_gpt2_files(tmp_path / "vocab.json", tmp_path / "merges.txt")
     with pytest.raises(ValueError, match="no such file"):
         read_gpt2_files(tmp_path / "missing.json", tmp_path / "merges.txt")
+
+
+def test_gpt2_file_texts_docstring_example():
+    assert gpt2_file_texts({"a": 0}, [("a", "b")]) == ('{"a": 0}\n', "#version: 0.2\na b\n")
 
 
 def test_our_bpe_in_gpt2_files_comes_back_unchanged(bpe, tmp_path):
