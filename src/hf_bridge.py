@@ -61,7 +61,7 @@ import torch
 
 from src.config import ModelConfig, config_from_dict, config_to_dict
 from src.errors import CheckpointError
-from src.fileio import atomic_write, atomic_write_text
+from src.fileio import atomic_write, atomic_write_text, read_json
 from src.model import MiniTransformer
 from src.model.embeddings import sinusoidal_table
 from src.tokenizer import (
@@ -283,16 +283,8 @@ def is_hf_gpt2_dir(path: str | Path) -> bool:
 
 
 def _read_json(path: Path) -> Any:
-    if not path.is_file():
-        raise ValueError(f"{path}: no such file")
-    if path.stat().st_size > _JSON_LIMIT:
-        raise ValueError(f"{path}: larger than {_JSON_LIMIT >> 20} MB, too large for a JSON file of a model folder")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: not valid JSON: {err}") from None
-    except OSError as err:
-        raise ValueError(f"{path}: cannot read: {err.strerror or err}") from None
+    """The project's bounded reader (size and nesting caps); StructuredFileError (a ValueError) names the file."""
+    return read_json(path, max_bytes=_JSON_LIMIT)
 
 
 def read_hf_config(folder: str | Path) -> dict[str, Any]:

@@ -23,7 +23,6 @@ the label helpers and the heat-map drawing, and the user's plan names this one m
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -37,7 +36,7 @@ from matplotlib.figure import Figure  # figures are built without pyplot: no GUI
 from matplotlib.patches import Rectangle
 
 from src.analysis import display_token, encode_prompt, quoted_token, token_surprisal  # noqa: F401 - re-exported
-from src.fileio import atomic_write
+from src.fileio import StructuredFileError, atomic_write, read_json, read_jsonl
 from src.training.utils import evaluating
 
 # Heat-maps over more tokens than this are drawn without tick labels (they would overlap): a grid
@@ -227,12 +226,11 @@ def _tokens_per_step(run_dir: Path) -> float | None:
     config_path = run_dir / "config.json"
     if not config_path.is_file():
         return None
-    config = json.loads(config_path.read_text(encoding="utf-8"))
-    model = config.get("model", {})
-    train = config.get("train", {})
     try:
+        config = read_json(config_path)
+        model, train = config["model"], config["train"]
         return float(train["batch_size"] * train.get("grad_accum", 1) * model["block_size"])
-    except (KeyError, TypeError):
+    except (StructuredFileError, KeyError, TypeError, AttributeError):  # damaged: the curves need no tokens axis
         return None
 
 
@@ -241,11 +239,13 @@ def _tokens_at(run_dir: Path, scalars: dict[str, list[tuple[int, float, float]]]
     metrics = run_dir / "metrics.jsonl"
     if metrics.is_file():
         seen: dict[int, float] = {}
-        for line in metrics.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                record = json.loads(line)
-                if "step" in record and "tokens" in record:
-                    seen[int(record["step"])] = float(record["tokens"])
+        try:
+            rows = read_jsonl(metrics).rows  # lines that are not a JSON object are skipped (metrics_note says so)
+        except StructuredFileError:
+            rows = []
+        for record in rows:
+            if isinstance(record.get("step"), int) and isinstance(record.get("tokens"), (int, float)):
+                seen[record["step"]] = float(record["tokens"])
         if seen:
             return seen
     per_step = _tokens_per_step(run_dir)

@@ -31,7 +31,7 @@ from src.cli.init_from import load_init_from
 from src.cli.report import final_report, time_split_line
 from src.cli.settings import resolve_settings
 from src.config import ModelConfig, TrainConfig, config_to_dict
-from src.fileio import atomic_write_text
+from src.fileio import atomic_write_text, read_json
 
 
 def eval_hooks(args: argparse.Namespace, tokenizer: Any) -> list[Callable[[int, Any, Any], None]]:
@@ -329,8 +329,8 @@ def _write_run_files(run_dir: Path, args: argparse.Namespace, static: dict[str, 
     segments = []
     if start_step > 0 and config_path.is_file():
         try:  # config.json only documents the run (last.pt holds what resuming needs): never fail on it
-            segments = list(json.loads(config_path.read_text(encoding="utf-8")).get("segments", []))
-        except (ValueError, AttributeError, TypeError):
+            segments = list(read_json(config_path).get("segments", []))
+        except (ValueError, AttributeError, TypeError):  # StructuredFileError is a ValueError
             print(f"warning: {config_path} was unreadable; writing it anew (earlier segments are not listed)",
                   file=sys.stderr)
     segments.append({"argv": list(args.argv), "started": dt.datetime.now().isoformat(timespec="seconds"),

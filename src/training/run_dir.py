@@ -19,10 +19,9 @@ of ours and a disaster in a folder of the user's. So:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from src.fileio import FileLock, LockedError
+from src.fileio import FileLock, LockedError, StructuredFileError, read_json
 from src.training.checkpoints import CHECKPOINT_DIR, REQUIRED_KEYS
 
 RUN_FORMAT = "mini_transformer-run"
@@ -39,8 +38,8 @@ def is_run_dir(path: str | Path) -> bool:
     damaged, e.g. by a full disk - a checkpoints/last.pt of ours."""
     config = Path(path) / CONFIG_NAME
     try:
-        values = json.loads(config.read_text(encoding="utf-8")) if config.is_file() else None
-    except (OSError, ValueError, RecursionError):
+        values = read_json(config) if config.is_file() else None
+    except StructuredFileError:
         values = None
     if isinstance(values, dict):
         legacy = isinstance(values.get("command"), str) and values["command"].startswith("python -m src.main")
