@@ -21,16 +21,18 @@ one line naming the file.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
 import shutil
+import signal
 import socket
 import stat
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -122,6 +124,21 @@ def atomic_write(path: str | Path, data: bytes | Callable[[BinaryIO], object], m
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """`atomic_write` for UTF-8 text."""
     return atomic_write(path, text.encode("utf-8"))
+
+
+@contextlib.contextmanager
+def deferred_signals() -> Iterator[None]:
+    """SIGINT and SIGTERM wait until the block ends (then they are delivered as usual): for the few
+    renames that put a finished set of files in place, which must happen all or not at all."""
+    if not hasattr(signal, "pthread_sigmask"):  # Windows: nothing to block
+        yield
+        return
+    blocked = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _sync_folder(folder: Path) -> None:

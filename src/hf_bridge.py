@@ -51,7 +51,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import shutil
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -61,7 +64,7 @@ import torch
 
 from src.config import ModelConfig, config_from_dict, config_to_dict
 from src.errors import CheckpointError
-from src.fileio import atomic_write, atomic_write_text, read_json
+from src.fileio import atomic_write, atomic_write_text, deferred_signals, read_json
 from src.model import MiniTransformer
 from src.model.embeddings import sinusoidal_table
 from src.tokenizer import (
@@ -517,15 +520,36 @@ def export_hf(model: MiniTransformer, tokenizer: Tokenizer, out_dir: str | Path,
         "README.md": model_card(model, tokenizer, out, card),
     }
     weights = save(to_hf_state_dict(model), metadata={"format": "pt"})
-    atomic_write_text(out / "config.json", _json_text(hf))  # first: the marker makes a broken export replaceable
-    atomic_write(out / "model.safetensors", weights)
-    tokenizer.save(out / OUR_TOKENIZER_FILE)
-    for name, text in files.items():
-        atomic_write_text(out / name, text)
-    stale = set(_EXPORT_FILES) - set(files) - {"config.json", "model.safetensors", OUR_TOKENIZER_FILE}
-    for name in sorted(stale) + ["pytorch_model.bin"]:  # e.g. vocab.json of an earlier BPE export, now char
-        (out / name).unlink(missing_ok=True)
+    # Written into a temporary folder beside `out` first: Ctrl-C, SIGTERM or a full disk while writing
+    # leaves `out` as it was (the temporary folder is removed), never half an export.
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    try:
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the export is an ordinary readable folder
+        atomic_write_text(tmp / "config.json", _json_text(hf))
+        atomic_write(tmp / "model.safetensors", weights)
+        tokenizer.save(tmp / OUR_TOKENIZER_FILE)
+        for name, text in files.items():
+            atomic_write_text(tmp / name, text)
+        stale = set(_EXPORT_FILES) - set(files) - {"config.json", "model.safetensors", OUR_TOKENIZER_FILE}
+        with deferred_signals():  # a handful of renames: all of them, or (signal before) none
+            _move_into_place(tmp, out, sorted(stale) + ["pytorch_model.bin"])
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _move_into_place(tmp: Path, out: Path, stale: list[str]) -> None:
+    """The finished files in `tmp` become `out`: a new or empty `out` by one rename of the folder, an
+    earlier export of ours file by file (files of the user's that lie there too are kept), removing
+    files of the earlier export that this one no longer has (e.g. vocab.json of a BPE export, now char)."""
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        os.replace(tmp, out)  # rename(2) may replace an empty folder
+        return
+    for entry in sorted(tmp.iterdir()):
+        os.replace(entry, out / entry.name)
+    for name in stale:
+        (out / name).unlink(missing_ok=True)
 
 
 def _json_text(data: Any) -> str:

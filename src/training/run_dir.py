@@ -82,6 +82,21 @@ def check_new_run_dir(path: str | Path, flag: str = "--logdir") -> None:
                           f"mini_transformer run; nothing there was touched - choose a new or empty folder")
 
 
+def lock_enclosing_run(path: str | Path, flag: str = "--out") -> FileLock | None:
+    """Take the lock of the run directory `path` is (or lies directly in), for a command that writes
+    there (--export, --visualize): a training of that run would otherwise write it at the same time.
+    Returns the held lock (release it when done), None when `path` is not in a run, RunDirError when
+    a training holds it. Example: `lock_enclosing_run("runs/x/visualizations")` locks runs/x."""
+    for folder in (Path(path), Path(path).parent):
+        if folder.is_dir() and is_run_dir(folder):
+            try:
+                return FileLock(folder / LOCK_NAME, f"the run {folder}").acquire()
+            except LockedError as err:
+                raise RunDirError(f"{flag}: {err} and would write into it; wait for the training to finish, "
+                                  f"or choose an {flag} outside the run") from None
+    return None
+
+
 def resume_target(resume: str | Path) -> tuple[Path, Path]:
     """(run directory, checkpoint) for --resume RUN_DIR or --resume RUN_DIR/checkpoints/NAME.pt."""
     resume = Path(resume)
