@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from src.cli.common import EXIT_OK, UsageError, load_for_inference
+from src.cli.common import EXIT_OK, UsageError, check_encodable, load_for_inference
 
 
 def run_export(args: argparse.Namespace, flags: dict[str, str]) -> int:
@@ -20,13 +20,15 @@ def run_export(args: argparse.Namespace, flags: dict[str, str]) -> int:
     if args.format == "hf":
         if args.out is None:
             raise UsageError("--out: --format hf writes a folder; name it, e.g. --out exports/my-gpt")
+        check_encodable(args.out, "--out")
         return _export_hf(args, flags)
     out = args.out
     if out is None:
         if is_hf_model_dir(source):  # its model.safetensors is Hugging Face's: never overwrite it
             raise UsageError(f"--out: {source} is a Hugging Face folder; name the export file with --out")
         out = source / "model.safetensors" if source.is_dir() else source.with_suffix(".safetensors")
-    if out is not None and out.suffix != ".safetensors":  # load_model recognises the format by it
+    check_encodable(out, "--out")
+    if out.suffix != ".safetensors":  # load_model recognises the format by it
         raise UsageError(f"--out: the export file must end in .safetensors, got {out}")
     _check_replaceable(out)
     from src.training.checkpoints import export_safetensors

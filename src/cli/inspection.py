@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from src.cli.common import EXIT_OK, INSPECT_PROMPT, load_for_inference
+from src.cli.common import EXIT_OK, INSPECT_PROMPT, check_encodable, load_for_inference
 from src.cli.settings import resolve_settings
 from src.config import ModelConfig
 
@@ -20,6 +20,7 @@ def run_visualize(args: argparse.Namespace, flags: dict[str, str]) -> int:
     run_dir = path.parent.parent if path.parent.name == "checkpoints" else None
     out = args.out or ((run_dir or Path(".")) / "visualizations")
     prompt = INSPECT_PROMPT if args.prompt is None else args.prompt
+    check_encodable(out, "--out")
     lock = lock_enclosing_run(out)  # e.g. runs/x/visualizations while runs/x is being trained
     try:
         written = write_visualizations(model, tokenizer, prompt, out, run_dir=run_dir)

@@ -23,6 +23,7 @@ from typing import Any
 from src.cli.common import (
     INSPECT_PROMPT,
     UsageError,
+    check_encodable,
     check_fits,
     cpu_fallback_note,
     name_the_flag,
@@ -114,6 +115,7 @@ def _train(args: argparse.Namespace, flags: dict[str, str], callbacks: Sequence[
     else:
         run_dir = train_cfg.logdir or _default_run_dir()
         train_cfg.logdir = run_dir
+        check_encodable(run_dir, "--logdir")  # before any folder is made: a name the disk cannot store
         check_new_run_dir(run_dir)  # ours or untouched: a folder of the user's is refused before any work
         _check_can_create(run_dir, "--logdir")
         if distributed.is_main():
