@@ -97,10 +97,12 @@ def atomic_write(path: str | Path, data: bytes | Callable[[BinaryIO], object], m
     Example: `atomic_write("out.txt", b"hello")`; `atomic_write("m.pt", lambda f: torch.save(obj, f))`.
     """
     path = Path(path)
+    created = missing_folders(path.parent)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as err:
+        remove_if_empty(created)
         raise WriteError(describe_os_error(err, path) + "; nothing was changed") from None
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -114,11 +116,27 @@ def atomic_write(path: str | Path, data: bytes | Callable[[BinaryIO], object], m
         os.replace(tmp, path)
     except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        remove_if_empty(created)  # e.g. Ctrl-C while writing into a new folder: no empty folders left behind
         if isinstance(err, OSError):  # e.g. ENOSPC while writing: the old file was never touched
             raise WriteError(describe_os_error(err, path) + f"; the previous {path.name} is unchanged") from None
         raise
     _sync_folder(path.parent)
     return path
+
+
+def missing_folders(folder: str | Path) -> list[Path]:
+    """`folder` and its ancestors that do not exist yet, innermost first (what a mkdir(parents=True) makes)."""
+    folder = Path(folder)
+    return [f for f in (folder, *folder.parents) if not f.exists()]
+
+
+def remove_if_empty(folders: list[Path]) -> None:
+    """Remove each of `folders` (innermost first) that exists and is empty: undoing a failed write's mkdir."""
+    for folder in folders:
+        try:
+            folder.rmdir()  # fails (and is left) unless it is an empty folder
+        except OSError:
+            return
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
@@ -241,17 +259,16 @@ def _open_regular(path: Path, max_bytes: int) -> BinaryIO:
         raise StructuredFileError(f"{path}: no such file") from None
     except OSError as err:
         raise StructuredFileError(f"{path}: cannot read: {err.strerror or err}") from None
-    handle = os.fdopen(fd, "rb")
     info = os.fstat(fd)
     if not stat.S_ISREG(info.st_mode):
-        handle.close()
+        os.close(fd)
         kind = "a folder" if stat.S_ISDIR(info.st_mode) else "a FIFO, socket or device"
         raise StructuredFileError(f"{path}: not a regular file ({kind})")
     if info.st_size > max_bytes:
-        handle.close()
+        os.close(fd)
         raise StructuredFileError(f"{path}: {info.st_size / 1e6:,.1f} MB, more than the {max_bytes >> 20} MB "
                                   "this program reads from such a file (not one written for it?)")
-    return handle
+    return os.fdopen(fd, "rb")
 
 
 def _read_text(path: Path, max_bytes: int) -> str:

@@ -64,7 +64,14 @@ import torch
 
 from src.config import ModelConfig, config_from_dict, config_to_dict
 from src.errors import CheckpointError
-from src.fileio import atomic_write, atomic_write_text, deferred_signals, read_json
+from src.fileio import (
+    atomic_write,
+    atomic_write_text,
+    deferred_signals,
+    missing_folders,
+    read_json,
+    remove_if_empty,
+)
 from src.model import MiniTransformer
 from src.model.embeddings import sinusoidal_table
 from src.tokenizer import (
@@ -522,6 +529,7 @@ def export_hf(model: MiniTransformer, tokenizer: Tokenizer, out_dir: str | Path,
     weights = save(to_hf_state_dict(model), metadata={"format": "pt"})
     # Written into a temporary folder beside `out` first: Ctrl-C, SIGTERM or a full disk while writing
     # leaves `out` as it was (the temporary folder is removed), never half an export.
+    created = missing_folders(out.parent)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
     try:
@@ -536,6 +544,8 @@ def export_hf(model: MiniTransformer, tokenizer: Tokenizer, out_dir: str | Path,
             _move_into_place(tmp, out, sorted(stale) + ["pytorch_model.bin"])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if not out.exists():  # failed or interrupted: no empty folders made for it either
+            remove_if_empty(created)
     return out
 
 

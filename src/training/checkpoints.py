@@ -30,7 +30,7 @@ import torch
 from src.config import ModelConfig, config_from_dict, config_to_dict
 from src.errors import CheckpointError  # noqa: F401 - raised here, and imported from here by callers
 from src.fileio import StructuredFileError, atomic_write, parse_json
-from src.hf_bridge import hf_checkpoint_payload, is_hf_model_dir
+from src.hf_bridge import hf_checkpoint_payload, is_hf_model_dir, read_hf_config
 
 CHECKPOINT_FORMAT_VERSION = 1
 CHECKPOINT_DIR = "checkpoints"
@@ -64,6 +64,8 @@ def find_checkpoint(path_or_run_dir: str | Path) -> Path:
             candidate = path / CHECKPOINT_DIR / name
             if candidate.is_file():
                 return candidate
+        if (path / "config.json").is_file() and not (path / CHECKPOINT_DIR).exists():
+            read_hf_config(path)  # a model folder whose config.json is damaged: this error names the file
         raise CheckpointError(f"{path}: no {CHECKPOINT_DIR}/best.pt or {CHECKPOINT_DIR}/last.pt in this run directory")
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file or run directory")
