@@ -143,6 +143,7 @@ def test_a_hostile_config_file_is_one_line(tmp_path, capsys, content):
     assert not (tmp_path / "run").exists() and not (tmp_path / "data").exists()
 
 
+@pytest.mark.slow  # reads the TensorBoard event files and draws every picture: ~10 s on a busy machine
 def test_visualize_draws_the_curves_from_a_run_with_broken_metrics_lines(tmp_path, tiny_run, capsys):
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
@@ -203,20 +204,23 @@ def test_export_out_onto_a_users_file_is_refused_and_an_earlier_export_is_replac
     assert main(["--export", "--checkpoint", str(tiny_run), "--out", str(ours)]) == 0  # ours: replaced
 
 
+@pytest.mark.slow  # draws the pictures twice: ~10 s on a busy 2-core machine
 def test_visualize_never_replaces_a_users_picture_of_the_same_name(tmp_path, tiny_run, capsys):
+    checkpoint = tmp_path / "model.pt"  # outside its run: no training curves to draw, which keeps the test short
+    shutil.copyfile(tiny_run / "checkpoints" / "last.pt", checkpoint)
     out = tmp_path / "pictures"
     out.mkdir()
     users = out / "embeddings.png"
     shutil.copyfile(REPO_ROOT / "docs" / "ARCHITECTURE.md", users)  # any bytes of the user's
     before = snapshot(out)
-    assert main(["--visualize", "--checkpoint", str(tiny_run), "--out", str(out)]) == 2
+    assert main(["--visualize", "--checkpoint", str(checkpoint), "--out", str(out)]) == 2
     line = one_error_line(capsys.readouterr().err)
     assert str(users) in line and "was not written by --visualize" in line
     assert snapshot(out) == before  # not even the other pictures were written
     users.unlink()
-    assert main(["--visualize", "--checkpoint", str(tiny_run), "--out", str(out)]) == 0
+    assert main(["--visualize", "--checkpoint", str(checkpoint), "--out", str(out)]) == 0
     first = snapshot(out)
-    assert main(["--visualize", "--checkpoint", str(tiny_run), "--out", str(out)]) == 0  # ours: replaced
+    assert main(["--visualize", "--checkpoint", str(checkpoint), "--out", str(out)]) == 0  # ours: replaced
     assert set(snapshot(out)) == set(first)
 
 
