@@ -312,7 +312,8 @@ def parse_json(text: str, name: str | Path, max_depth: int = MAX_NESTING) -> Any
     try:
         value = json.loads(text)
     except json.JSONDecodeError as err:
-        raise StructuredFileError(f"{name}: not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})") from None
+        where = f"line {err.lineno}, column {err.colno}"
+        raise StructuredFileError(f"{name}: not valid JSON ({where}: {err.msg})") from None
     except RecursionError:  # the C parser stops at Python's recursion limit (~1000 levels)
         raise StructuredFileError(f"{name}: nested more than {max_depth} levels deep (not a file written for "
                                   "this program?)") from None

@@ -36,7 +36,8 @@ def check_encodable(path: Any, flag: str) -> None:
         os.fsencode(path)
     except UnicodeEncodeError as err:
         raise UsageError(f"{flag}: {str(path)!r} cannot be a file name here (character {err.object[err.start]!r} "
-                         f"has no {sys.getfilesystemencoding()} encoding); choose a name of ordinary characters") from None
+                         f"has no {sys.getfilesystemencoding()} encoding); choose a name of ordinary "
+                         "characters") from None
 
 
 def load_for_inference(args: argparse.Namespace, flags: dict[str, str]):

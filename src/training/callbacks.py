@@ -287,7 +287,8 @@ def _truncate_metrics(path: Path, last_step: int) -> None:
     if not path.is_file():
         return
     rows = read_jsonl(path).rows  # bounded; lines that are not a JSON object are dropped
-    kept = [json.dumps(row, allow_nan=True) for row in rows if isinstance(row.get("step"), int) and row["step"] <= last_step]
+    kept = [json.dumps(row, allow_nan=True) for row in rows
+            if isinstance(row.get("step"), int) and row["step"] <= last_step]
     atomic_write_text(path, "".join(line + "\n" for line in kept))  # a full disk must not lose the old rows
 
 

@@ -315,7 +315,8 @@ def load_safetensors(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: export format version {metadata.get('format_version')!r} is not supported "
                               f"(this code reads version {SAFETENSORS_FORMAT_VERSION})")
     try:  # the project's JSON reader: nesting capped, a damaged value is one line
-        model_config, tokenizer = (parse_json(metadata[key], f"its header's {key}") for key in ("model_config", "tokenizer"))
+        model_config, tokenizer = (parse_json(metadata[key], f"its header's {key}")
+                                   for key in ("model_config", "tokenizer"))
         tied = parse_json(metadata.get("tied_weights", "{}"), "its header's tied_weights")
     except (KeyError, StructuredFileError) as err:
         raise CheckpointError(f"{path}: header metadata is incomplete or not valid JSON: {err}") from None
