@@ -298,6 +298,7 @@ def prepare_dataset(config: DataConfig, *, block_size: int | None = None, show_p
         if out_dir.exists() and not is_data_set(out_dir):  # --force replaces only a data set, never other files
             raise DataError(f"{out_dir} exists but is not a data set of this project (no meta.json of ours); nothing "
                             "there was touched - choose another --name or --data-dir")
+        check_only_our_files(out_dir)
         documents = load_documents(config, show_progress)
         meta = build_into(out_dir, documents, config, block_size, show_progress, tokenizer)
     except OSError as error:  # e.g. --data-dir on a read-only disk, or a full disk
@@ -483,6 +484,20 @@ def is_data_set(path: Path) -> bool:
     except DataError:
         return False
     return True
+
+
+DATA_SET_FILES = ("meta.json", "train.bin", "val.bin", "tokenizer.json")  # what `build` writes, nothing else
+
+
+def check_only_our_files(path: Path) -> None:
+    """DataError when the data set folder `path` holds anything `build` did not write: --force replaces
+    the whole folder, and a user's file put there must not go with it."""
+    if not path.is_dir():
+        return
+    foreign = sorted(entry.name for entry in path.iterdir() if entry.name not in DATA_SET_FILES)
+    if foreign:
+        raise DataError(f"--force: {path} also holds {len(foreign)} file(s) this project did not write (e.g. "
+                        f"{foreign[0]!r}); nothing was touched - move them elsewhere, or choose another --name")
 
 
 def check_files(meta: dict, path: Path) -> None:

@@ -51,7 +51,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import shutil
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -61,7 +64,14 @@ import torch
 
 from src.config import ModelConfig, config_from_dict, config_to_dict
 from src.errors import CheckpointError
-from src.fileio import atomic_write, atomic_write_text
+from src.fileio import (
+    atomic_write,
+    atomic_write_text,
+    deferred_signals,
+    missing_folders,
+    read_json,
+    remove_if_empty,
+)
 from src.model import MiniTransformer
 from src.model.embeddings import sinusoidal_table
 from src.gpt2_tokenizer import (
@@ -282,16 +292,8 @@ def is_hf_gpt2_dir(path: str | Path) -> bool:
 
 
 def _read_json(path: Path) -> Any:
-    if not path.is_file():
-        raise ValueError(f"{path}: no such file")
-    if path.stat().st_size > _JSON_LIMIT:
-        raise ValueError(f"{path}: larger than {_JSON_LIMIT >> 20} MB, too large for a JSON file of a model folder")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: not valid JSON: {err}") from None
-    except OSError as err:
-        raise ValueError(f"{path}: cannot read: {err.strerror or err}") from None
+    """The project's bounded reader (size and nesting caps); StructuredFileError (a ValueError) names the file."""
+    return read_json(path, max_bytes=_JSON_LIMIT)
 
 
 def read_hf_config(folder: str | Path) -> dict[str, Any]:
@@ -524,15 +526,39 @@ def export_hf(model: MiniTransformer, tokenizer: Tokenizer, out_dir: str | Path,
         "README.md": model_card(model, tokenizer, out, card),
     }
     weights = save(to_hf_state_dict(model), metadata={"format": "pt"})
-    atomic_write_text(out / "config.json", _json_text(hf))  # first: the marker makes a broken export replaceable
-    atomic_write(out / "model.safetensors", weights)
-    tokenizer.save(out / OUR_TOKENIZER_FILE)
-    for name, text in files.items():
-        atomic_write_text(out / name, text)
-    stale = set(_EXPORT_FILES) - set(files) - {"config.json", "model.safetensors", OUR_TOKENIZER_FILE}
-    for name in sorted(stale) + ["pytorch_model.bin"]:  # e.g. vocab.json of an earlier BPE export, now char
-        (out / name).unlink(missing_ok=True)
+    # Written into a temporary folder beside `out` first: Ctrl-C, SIGTERM or a full disk while writing
+    # leaves `out` as it was (the temporary folder is removed), never half an export.
+    created = missing_folders(out.parent)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    try:
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the export is an ordinary readable folder
+        atomic_write_text(tmp / "config.json", _json_text(hf))
+        atomic_write(tmp / "model.safetensors", weights)
+        tokenizer.save(tmp / OUR_TOKENIZER_FILE)
+        for name, text in files.items():
+            atomic_write_text(tmp / name, text)
+        stale = set(_EXPORT_FILES) - set(files) - {"config.json", "model.safetensors", OUR_TOKENIZER_FILE}
+        with deferred_signals():  # a handful of renames: all of them, or (signal before) none
+            _move_into_place(tmp, out, sorted(stale) + ["pytorch_model.bin"])
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not out.exists():  # failed or interrupted: no empty folders made for it either
+            remove_if_empty(created)
     return out
+
+
+def _move_into_place(tmp: Path, out: Path, stale: list[str]) -> None:
+    """The finished files in `tmp` become `out`: a new or empty `out` by one rename of the folder, an
+    earlier export of ours file by file (files of the user's that lie there too are kept), removing
+    files of the earlier export that this one no longer has (e.g. vocab.json of a BPE export, now char)."""
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        os.replace(tmp, out)  # rename(2) may replace an empty folder
+        return
+    for entry in sorted(tmp.iterdir()):
+        os.replace(entry, out / entry.name)
+    for name in stale:
+        (out / name).unlink(missing_ok=True)
 
 
 def _json_text(data: Any) -> str:

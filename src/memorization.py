@@ -10,7 +10,6 @@ by a binary search on the length with rolling hashes (Karp & Rabin 1987).
 from __future__ import annotations
 
 import bisect
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,14 +172,14 @@ def training_texts(processed_dir: str | Path, split: str = "train") -> dict[str,
     <split>.bin from a folder written by `python -m src.dataset`. Without per-source offsets the
     whole split is returned as one document.
     """
-    from src.dataset import load_tokens
+    from src.dataset import load_meta, load_tokens
     from src.tokenizer import load_tokenizer
 
     processed_dir = Path(processed_dir)
     meta_path = processed_dir / "meta.json"
     if not meta_path.is_file():
         raise ValueError(f"{processed_dir} is not a processed data set (no meta.json); run python -m src.dataset first")
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    meta = load_meta(processed_dir)  # DataError (a ValueError) names a damaged meta.json
     tokens = load_tokens(processed_dir, split)
     tokenizer = load_tokenizer(processed_dir / "tokenizer.json")
     documents: dict[str, str] = {}

@@ -23,7 +23,6 @@ the label helpers and the heat-map drawing, and the user's plan names this one m
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -37,7 +36,7 @@ from matplotlib.figure import Figure  # figures are built without pyplot: no GUI
 from matplotlib.patches import Rectangle
 
 from src.analysis import display_token, encode_prompt, quoted_token, token_surprisal  # noqa: F401 - re-exported
-from src.fileio import atomic_write
+from src.fileio import StructuredFileError, atomic_write, read_json, read_jsonl
 from src.model.eval_mode import evaluating
 
 # Heat-maps over more tokens than this are drawn without tick labels (they would overlap): a grid
@@ -53,12 +52,40 @@ SURPRISAL_CMAP = "YlOrRd"
 # ---------------------------------------------------------------------------------------------
 
 
-def save_figure(fig: Figure, path: str | Path, dpi: int = 120) -> Path:
+def save_figure(fig: Figure, path: str | Path, dpi: int = 120, metadata: dict[str, str] | None = None) -> Path:
     """Write `fig` as an image (format from the suffix, e.g. .png) and return the path. Atomically: a
-    Ctrl-C or a full disk while drawing leaves the old picture, never half a PNG."""
+    Ctrl-C or a full disk while drawing leaves the old picture, never half a PNG. `metadata` becomes
+    text entries of the file (PNG: tEXt chunks)."""
     path = Path(path)
     return atomic_write(path, lambda handle: fig.savefig(handle, format=path.suffix.lstrip(".") or "png", dpi=dpi,
-                                                         bbox_inches="tight"))
+                                                         bbox_inches="tight", metadata=metadata))
+
+
+# Written into every picture of `write_visualizations`: a later --visualize may replace a picture that
+# carries it, never one of the user's that merely has the same name.
+PICTURE_MARK = {"Source": "mini_transformer --visualize"}
+
+
+def is_our_picture(path: str | Path, max_bytes: int = 1 << 16) -> bool:
+    """True for a PNG whose text chunks (before the image data) carry PICTURE_MARK. Reads at most
+    `max_bytes`. A PNG is a signature and chunks: 4-byte length, 4-byte type, data, 4-byte CRC."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(max_bytes)
+    except OSError:
+        return False
+    if not head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return False
+    wanted = b"\0".join(part.encode("latin-1") for part in next(iter(PICTURE_MARK.items())))
+    pos = 8
+    while pos + 8 <= len(head):
+        length, kind = int.from_bytes(head[pos:pos + 4], "big"), head[pos + 4:pos + 8]
+        if kind == b"IDAT":  # text chunks written by matplotlib come before the image data
+            return False
+        if kind == b"tEXt" and head[pos + 8:pos + 8 + length] == wanted:
+            return True
+        pos += 12 + length
+    return False
 
 
 def _device_of(model: torch.nn.Module) -> torch.device:
@@ -227,12 +254,11 @@ def _tokens_per_step(run_dir: Path) -> float | None:
     config_path = run_dir / "config.json"
     if not config_path.is_file():
         return None
-    config = json.loads(config_path.read_text(encoding="utf-8"))
-    model = config.get("model", {})
-    train = config.get("train", {})
     try:
+        config = read_json(config_path)
+        model, train = config["model"], config["train"]
         return float(train["batch_size"] * train.get("grad_accum", 1) * model["block_size"])
-    except (KeyError, TypeError):
+    except (StructuredFileError, KeyError, TypeError, AttributeError):  # damaged: the curves need no tokens axis
         return None
 
 
@@ -241,11 +267,13 @@ def _tokens_at(run_dir: Path, scalars: dict[str, list[tuple[int, float, float]]]
     metrics = run_dir / "metrics.jsonl"
     if metrics.is_file():
         seen: dict[int, float] = {}
-        for line in metrics.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                record = json.loads(line)
-                if "step" in record and "tokens" in record:
-                    seen[int(record["step"])] = float(record["tokens"])
+        try:
+            rows = read_jsonl(metrics).rows  # lines that are not a JSON object are skipped (metrics_note says so)
+        except StructuredFileError:
+            rows = []
+        for record in rows:
+            if isinstance(record.get("step"), int) and isinstance(record.get("tokens"), (int, float)):
+                seen[record["step"]] = float(record["tokens"])
         if seen:
             return seen
     per_step = _tokens_per_step(run_dir)
@@ -496,18 +524,34 @@ def write_visualizations(
     embeddings.png, and training_curves.png when `run_dir` holds TensorBoard event files with losses.
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     weights, tokens = attention_for_prompt(model, tokenizer, prompt)  # (n_layer, nh, T, T)
+    curves = run_dir is not None and _has_losses(Path(run_dir))
+    names = [f"attention_layer{layer}.png" for layer in range(weights.shape[0])]
+    names += ["surprisal.png"] * (len(tokens) >= 2) + ["embeddings.png"] + ["training_curves.png"] * curves
+    check_pictures_replaceable(out_dir, names)  # before the first picture is drawn
+    out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for layer in range(weights.shape[0]):
         figure = plot_attention(weights, tokens, layer)
-        written.append(save_figure(figure, out_dir / f"attention_layer{layer}.png"))
+        written.append(save_figure(figure, out_dir / f"attention_layer{layer}.png", metadata=PICTURE_MARK))
     if len(tokens) >= 2:
-        written.append(save_figure(plot_token_surprisal(model, tokenizer, prompt), out_dir / "surprisal.png"))
-    written.append(save_figure(plot_embeddings(model, tokenizer), out_dir / "embeddings.png"))
-    if run_dir is not None and _has_losses(Path(run_dir)):
-        written.append(save_figure(plot_training_curves([run_dir]), out_dir / "training_curves.png"))
+        written.append(save_figure(plot_token_surprisal(model, tokenizer, prompt), out_dir / "surprisal.png",
+                                   metadata=PICTURE_MARK))
+    written.append(save_figure(plot_embeddings(model, tokenizer), out_dir / "embeddings.png", metadata=PICTURE_MARK))
+    if curves:
+        written.append(save_figure(plot_training_curves([run_dir]), out_dir / "training_curves.png",
+                                   metadata=PICTURE_MARK))
     return written
+
+
+def check_pictures_replaceable(out_dir: Path, names: Sequence[str]) -> None:
+    """ValueError naming the first of `names` in `out_dir` that exists and is not a picture of ours
+    (`is_our_picture`): a user's picture of the same name is never replaced."""
+    for name in names:
+        path = out_dir / name
+        if path.is_symlink() or (path.exists() and not (path.is_file() and is_our_picture(path))):
+            raise ValueError(f"--out: {path} exists and was not written by --visualize (left untouched, as is every "
+                             f"other file there); choose another --out, or move that file away")
 
 
 def attention_figures(

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from src.fileio import atomic_write_text
+from src.fileio import atomic_write_text, read_jsonl
 from src.model.eval_mode import evaluating
 from src.training import distributed
 from src.training.checkpoints import (
@@ -287,14 +287,9 @@ def _truncate_metrics(path: Path, last_step: int) -> None:
     rows that are not valid JSON (a line cut short when a process was killed while writing it)."""
     if not path.is_file():
         return
-    kept = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= last_step:
-            kept.append(line)
+    rows = read_jsonl(path).rows  # bounded; lines that are not a JSON object are dropped
+    kept = [json.dumps(row, allow_nan=True) for row in rows
+            if isinstance(row.get("step"), int) and row["step"] <= last_step]
     atomic_write_text(path, "".join(line + "\n" for line in kept))  # a full disk must not lose the old rows
 
 

@@ -29,8 +29,8 @@ import torch
 
 from src.config import ModelConfig, config_from_dict, config_to_dict
 from src.errors import CheckpointError  # noqa: F401 - raised here, and imported from here by callers
-from src.fileio import atomic_write
-from src.hf_bridge import hf_checkpoint_payload, is_hf_model_dir
+from src.fileio import StructuredFileError, atomic_write, parse_json
+from src.hf_bridge import hf_checkpoint_payload, is_hf_model_dir, read_hf_config
 
 CHECKPOINT_FORMAT_VERSION = 1
 CHECKPOINT_DIR = "checkpoints"
@@ -64,6 +64,8 @@ def find_checkpoint(path_or_run_dir: str | Path) -> Path:
             candidate = path / CHECKPOINT_DIR / name
             if candidate.is_file():
                 return candidate
+        if (path / "config.json").is_file() and not (path / CHECKPOINT_DIR).exists():
+            read_hf_config(path)  # a model folder whose config.json is damaged: this error names the file
         raise CheckpointError(f"{path}: no {CHECKPOINT_DIR}/best.pt or {CHECKPOINT_DIR}/last.pt in this run directory")
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file or run directory")
@@ -312,11 +314,12 @@ def load_safetensors(path: str | Path) -> dict[str, Any]:
     if metadata.get("format_version") != str(SAFETENSORS_FORMAT_VERSION):
         raise CheckpointError(f"{path}: export format version {metadata.get('format_version')!r} is not supported "
                               f"(this code reads version {SAFETENSORS_FORMAT_VERSION})")
-    try:
-        model_config, tokenizer = json.loads(metadata["model_config"]), json.loads(metadata["tokenizer"])
-        tied = json.loads(metadata.get("tied_weights", "{}"))
-    except (KeyError, json.JSONDecodeError, RecursionError) as err:  # RecursionError: JSON nested too deep
-        raise CheckpointError(f"{path}: header metadata is incomplete or not valid JSON: {err!r}") from None
+    try:  # the project's JSON reader: nesting capped, a damaged value is one line
+        model_config, tokenizer = (parse_json(metadata[key], f"its header's {key}")
+                                   for key in ("model_config", "tokenizer"))
+        tied = parse_json(metadata.get("tied_weights", "{}"), "its header's tied_weights")
+    except (KeyError, StructuredFileError) as err:
+        raise CheckpointError(f"{path}: header metadata is incomplete or not valid JSON: {err}") from None
     if not isinstance(tied, dict) or not all(isinstance(src, str) and src in tensors for src in tied.values()):
         raise CheckpointError(f"{path}: header metadata 'tied_weights' names tensors the file does not hold")
     for alias, source in tied.items():
