@@ -77,7 +77,7 @@ def test_the_stages_follow_the_forward_pass_and_their_shapes_match_the_real_tens
             module.register_forward_hook(record(index))
     B, T = 3, 5
     model(torch.randint(0, config.vocab_size, (B, T)))
-    assert len(outputs) == 6, "every hooked stage ran"
+    assert len(outputs) == 7, "every hooked stage ran"
     for index, shape in outputs.items():
         last = int(re.search(r"=(\d+)\)", stages[index].shape).group(1))  # "(B, T, C=16)" -> 16
         assert tuple(shape) == (B, T, last), f"{stages[index].title}: drawn {stages[index].shape}, real {tuple(shape)}"
