@@ -81,6 +81,8 @@ __all__ = [
     "dataset_name", "load_meta", "load_tokens", "main", "make_dataloader", "prepare_dataset",
 ]
 
+# First pass: skip to TokenDataset (section 5): sections 1-4 build the token files once.
+
 FORMAT_VERSION = 1
 PIECE_CHARS = 1 << 17  # characters per tokenizer call (bounds the tokenizer's intermediate lists)
 _PIECE_BREAK = re.compile(r"\n(?=[^\W\d_])")  # a line break followed by a letter
@@ -569,6 +571,7 @@ def load_tokens(path: Path, split: str) -> np.memmap:
 # 5. Loading for training
 
 
+# First pass: read TokenDataset - the (x, y) windows, y = x shifted by one token.
 class TokenDataset(Dataset):
     """(x, y) windows of T = block_size tokens over a split's memory-mapped ids.
 
@@ -634,6 +637,7 @@ class TokenDataset(Dataset):
         return state
 
 
+# First pass: skip from here (batches in a resumable order, the command line).
 def make_dataloader(
     dataset: Dataset,
     batch_size: int,
