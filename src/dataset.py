@@ -586,6 +586,7 @@ class TokenDataset(Dataset):
     Validation: offset 0 and n = (N - 1) // T, the same windows every time.
     """
 
+    # First pass: skip __init__ and set_epoch (how many windows, where they start); read __getitem__ below.
     def __init__(self, path: Path | str, split: str, block_size: int, seed: int = 0):
         if block_size <= 0:
             raise ValueError(f"block_size must be a positive integer, got {block_size}")

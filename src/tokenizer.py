@@ -223,6 +223,7 @@ class CharTokenizer(_TokenizerBase):
     min_vocab_size = len(_CHAR_SPECIALS) + 1
     min_vocab_reason = f"{len(_CHAR_SPECIALS)} special tokens + at least 1 character"
 
+    # First pass: skip __init__ (checks, a fast lookup table); train, _encode_plain and decode are the idea.
     def __init__(self, chars: Sequence[str]):
         chars = list(chars)
         for ch in chars:
