@@ -170,9 +170,8 @@ def test_first_pass_totals_fit_an_afternoon():
     assert int(total.group(2)) == sum(r["minutes"] for r in core)
     data_minutes, core_minutes = sum(r["minutes"] for r in data), sum(r["minutes"] for r in core)
     hours, minutes = divmod(data_minutes + core_minutes, 60)
-    sentence = (f"(Daten) {data_minutes} min, der Kern 1-7\n{core_minutes} min, zusammen "
-                f"**{hours} h {minutes} min**")
-    assert sentence in LESEPFAD, f"the first-pass sum below the table should read: ...{sentence}..."
+    sentence = f"{data_minutes} min, der Kern 1-7 {core_minutes} min, zusammen **{hours} h {minutes} min**"
+    assert sentence in " ".join(LESEPFAD.split()), f"the first-pass sum below the table should read: ...{sentence}..."
     assert data_minutes + core_minutes <= 3.5 * 60, "the first pass no longer fits an afternoon (about three hours)"
 
 
