@@ -495,7 +495,7 @@ class OverviewStage:
     detail: str  # the sizes that go into it, from the config
     file: str  # where it lives in src/model/
     shape: str  # the tensor that leaves it, e.g. "(B, T, C=384)"
-    in_block: bool = False  # inside the N x repeated TransformerBlock
+    in_block: bool = False  # inside the L = n_layer times repeated TransformerBlock
 
 
 def model_overview_stages(config: ModelConfig) -> list[OverviewStage]:
@@ -535,11 +535,11 @@ def model_overview_legend(config: ModelConfig) -> str:
     """The symbols of the picture with their values in `config` (one line)."""
     return (f"B Batch · T ≤ block_size = {config.block_size} · C = n_embd = {config.n_embd} · "
             f"nh = n_head = {config.n_head} · hs = C/nh = {config.head_size} · V = vocab_size = {config.vocab_size} · "
-            f"N = n_layer = {config.n_layer}")
+            f"L = n_layer = {config.n_layer}")
 
 
 def plot_model_overview(config: ModelConfig) -> Figure:
-    """The whole GPT in one picture: token ids -> embeddings -> N x block -> LayerNorm -> LM head -> logits.
+    """The whole GPT in one picture: token ids -> embeddings -> L x block -> LayerNorm -> LM head -> logits.
 
     Every box and every shape comes from `model_overview_stages(config)`, so the picture always shows
     the model that `config` builds. `fig.overview_labels` holds all texts drawn (for tests and the
@@ -569,7 +569,7 @@ def plot_model_overview(config: ModelConfig) -> Figure:
         top, bottom = tops[block[0]] + 0.24, tops[block[-1]] - box_h - 0.06
         ax.add_patch(Rectangle((0.15, bottom), box_x + box_w + 0.1, top - bottom, fill=False, linestyle="--",
                                edgecolor="tab:blue", linewidth=1.5))
-        text(0.38, (top + bottom) / 2, f"N = {config.n_layer} x TransformerBlock", rotation=90, ha="center",
+        text(0.38, (top + bottom) / 2, f"L = {config.n_layer} x TransformerBlock", rotation=90, ha="center",
              va="center", fontsize=11, color="tab:blue", weight="bold")
     for i, (stage, top) in enumerate(zip(stages, tops)):
         residual = stage.title.startswith("+")

@@ -32,7 +32,7 @@ def test_the_default_picture_shows_the_default_config():
     config = ModelConfig(vocab_size=DEFAULT_RUN_VOCAB_SIZE)
     labels = "\n".join(plot_model_overview(config).overview_labels)
     for wanted in (f"C={config.n_embd}", f"nh={config.n_head}", f"hs={config.head_size}", f"V={config.vocab_size}",
-                   f"N = {config.n_layer} x TransformerBlock", f"block_size = {config.block_size}",
+                   f"L = {config.n_layer} x TransformerBlock", f"block_size = {config.block_size}",
                    f"{config.n_embd} -> {4 * config.n_embd} -> GELU"):
         assert wanted in labels, f"{wanted!r} missing from the overview labels"
     assert (config.n_embd, config.n_head, config.head_size) == (384, 6, 64), "the README text assumes these defaults"
@@ -41,7 +41,7 @@ def test_the_default_picture_shows_the_default_config():
 def test_every_number_comes_from_the_config():
     config = ModelConfig(vocab_size=50, block_size=32, n_layer=3, n_head=4, n_embd=96)
     labels = "\n".join(plot_model_overview(config).overview_labels)
-    for wanted in ("C=96", "nh=4", "hs=24", "V=50", "N = 3 x TransformerBlock", "96 -> 384 -> GELU", "(32 x 96)"):
+    for wanted in ("C=96", "nh=4", "hs=24", "V=50", "L = 3 x TransformerBlock", "96 -> 384 -> GELU", "(32 x 96)"):
         assert wanted in labels, f"{wanted!r} missing"
     assert "C=384" not in labels and "V=121" not in labels and "hs=64" not in labels
 
