@@ -1,8 +1,12 @@
 """The README's reading path ("Lesepfad") and its pointers into the code stay true.
 
 The table lists the files a learner reads with their line counts; this test recounts them, so the
-numbers can never drift from the code. The four questions at the top each name a file and the
-functions that answer them; those must exist.
+numbers can never drift from the code. Its "Erster Durchgang" column names the classes and functions
+a first reading covers and skips; the test recounts those lines and the minutes the README derives
+from them, and checks that every skipped part carries a `# First pass:` comment in the code. The four
+questions at the top (and the glossary) name a file and the functions that answer them; those must exist.
+
+After a file on the path changes, the failure message prints the numbers to copy into the table.
 """
 
 from __future__ import annotations
