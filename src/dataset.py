@@ -81,6 +81,8 @@ __all__ = [
     "dataset_name", "load_meta", "load_tokens", "main", "make_dataloader", "prepare_dataset",
 ]
 
+# First pass: skip to TokenDataset (section 5): sections 1-4 build the token files once.
+
 FORMAT_VERSION = 1
 PIECE_CHARS = 1 << 17  # characters per tokenizer call (bounds the tokenizer's intermediate lists)
 _PIECE_BREAK = re.compile(r"\n(?=[^\W\d_])")  # a line break followed by a letter
@@ -584,6 +586,7 @@ def load_tokens(path: Path, split: str) -> np.memmap:
 # 5. Loading for training
 
 
+# First pass: read TokenDataset - the (x, y) windows, y = x shifted by one token.
 class TokenDataset(Dataset):
     """(x, y) windows of T = block_size tokens over a split's memory-mapped ids.
 
@@ -598,6 +601,7 @@ class TokenDataset(Dataset):
     Validation: offset 0 and n = (N - 1) // T, the same windows every time.
     """
 
+    # First pass: skip __init__ and set_epoch (how many windows, where they start); read __getitem__ below.
     def __init__(self, path: Path | str, split: str, block_size: int, seed: int = 0):
         if block_size <= 0:
             raise ValueError(f"block_size must be a positive integer, got {block_size}")
@@ -649,6 +653,7 @@ class TokenDataset(Dataset):
         return state
 
 
+# First pass: skip from here (batches in a resumable order, the command line).
 def make_dataloader(
     dataset: Dataset,
     batch_size: int,

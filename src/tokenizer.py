@@ -86,6 +86,7 @@ _MAX_TOKENIZER_FILE = 256 << 20  # bytes of a tokenizer.json read from disk
 _PATTERN_PROBE = "Es war einmal: Mädchen, STRASSE 1234567.89 -- ok?!\n\r\n\t  x \x00\x1b[0m e\u0301 👨\u200d👩 中文\n\n "
 
 
+# First pass: skip to CharTokenizer below; these helpers serve both tokenizers.
 def dtype_for_vocab(vocab_size: int) -> np.dtype:
     """The smallest unsigned dtype `encode_to_array` uses: uint16 up to 65,536 ids, else uint32."""
     return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
@@ -219,6 +220,7 @@ class CharTokenizer(_TokenizerBase):
     min_vocab_size = len(_CHAR_SPECIALS) + 1
     min_vocab_reason = f"{len(_CHAR_SPECIALS)} special tokens + at least 1 character"
 
+    # First pass: skip __init__ (checks, a fast lookup table); train, _encode_plain and decode are the idea.
     def __init__(self, chars: Sequence[str]):
         chars = list(chars)
         for ch in chars:
@@ -280,6 +282,7 @@ class CharTokenizer(_TokenizerBase):
                 "special_tokens": list(self.special_tokens), "chars": self.chars}
 
 
+# First pass: skip from here (byte-level BPE, loading a saved tokenizer, the GPT-2 tokenizer, the command line).
 def _check_merges(merges: Sequence[tuple[int, int]]) -> None:
     """Merges refer only to earlier ids, and the tokens they make fit in `_MAX_VOCAB_BYTES`, computed
     from lengths alone (linear time, small numbers) before a single byte string is built.

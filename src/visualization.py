@@ -14,6 +14,8 @@ take tensors, a model or paths; they contain no training logic.
 * `plot_embeddings` - a 2-D PCA of the token embeddings and the cosine similarity of the position
   embeddings (neighbouring positions should look alike).
 * `plot_lr_schedule` - the learning rate at each step: a run's planned schedule and the logged values.
+* `plot_model_overview` - the whole GPT as one diagram of boxes and arrows, every size and shape
+  taken from a `ModelConfig` (docs/model_overview.png is drawn by `save_model_overview`).
 
 Shape notation as in `src/model/`: B batch, T time, nh heads, V vocabulary.
 
@@ -23,8 +25,10 @@ the label helpers and the heat-map drawing, and the user's plan names this one m
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +40,7 @@ from matplotlib.figure import Figure  # figures are built without pyplot: no GUI
 from matplotlib.patches import Rectangle
 
 from src.analysis import display_token, encode_prompt, quoted_token, token_surprisal  # noqa: F401 - re-exported
+from src.config import ModelConfig
 from src.fileio import StructuredFileError, atomic_write, read_json, read_jsonl
 from src.model.eval_mode import evaluating
 
@@ -500,6 +505,137 @@ def plot_lr_schedule(
     ax.set_title(f"Learning-rate schedule ({steps} steps, peak {max(planned):.3g}, end {planned[-1]:.3g})")
     ax.grid(alpha=0.3)
     return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole model in one picture
+# ---------------------------------------------------------------------------------------------
+
+# The vocabulary of the default run: the 12 books have 119 distinct characters, plus <unk> and
+# <|endoftext|> (see "Schnellstart" in the README). The picture in docs/ uses it for V.
+DEFAULT_RUN_VOCAB_SIZE = 121
+
+
+@dataclass(frozen=True)
+class OverviewStage:
+    """One box of the model overview: what happens, in which file, and the shape that leaves it."""
+
+    title: str  # what the stage does
+    detail: str  # the sizes that go into it, from the config
+    file: str  # where it lives in src/model/
+    shape: str  # the tensor that leaves it, e.g. "(B, T, C=384)"
+    in_block: bool = False  # inside the L = n_layer times repeated TransformerBlock
+
+
+def model_overview_stages(config: ModelConfig) -> list[OverviewStage]:
+    """The stages of `MiniTransformer.forward`, with every size taken from `config`.
+
+    Example: for ModelConfig(vocab_size=121) the attention stage names "nh=6 Heads mit hs=64" and
+    the LM head leaves "(B, T, V=121)".
+    """
+    C, nh, hs, V, T = config.n_embd, config.n_head, config.head_size, config.vocab_size, config.block_size
+    btc = f"(B, T, C={C})"
+    layer_norm = "jeder Token-Vektor auf Mittelwert 0, Streuung 1"
+    return [
+        OverviewStage("Token-IDs", f"ganze Zahlen 0 .. {V - 1}, T ≤ block_size = {T} Positionen",
+                      "tokenizer.py, dataset.py", "(B, T)"),
+        OverviewStage("Token-Embedding + Positions-Embedding",
+                      f"Zeile der Tabelle ({V} x {C}) + Zeile der Tabelle ({T} x {C})", "embeddings.py", btc),
+        OverviewStage("LayerNorm (ln_1)", layer_norm, "transformer_block.py", btc, True),
+        OverviewStage("Maskierte Multi-Head-Attention",
+                      f"nh={nh} Heads mit hs={hs}: Q, K, V je (B, nh={nh}, T, hs={hs})\n"
+                      f"softmax(Q K^T / sqrt({hs})) mit kausaler Maske: (B, {nh}, T, T)", "attention.py", btc, True),
+        OverviewStage("+ Residualverbindung", "x = x + Attention(ln_1(x))", "transformer_block.py", btc, True),
+        OverviewStage("LayerNorm (ln_2)", layer_norm, "transformer_block.py", btc, True),
+        OverviewStage("MLP", f"{C} -> {4 * C} -> GELU -> {C}, jede Position für sich", "transformer_block.py",
+                      btc, True),
+        OverviewStage("+ Residualverbindung", "x = x + MLP(ln_2(x))", "transformer_block.py", btc, True),
+        OverviewStage("LayerNorm (ln_f)", layer_norm, "transformer.py", btc),
+        OverviewStage("LM-Head (Linear C -> V)", f"({C} -> {V}), Gewicht geteilt mit dem Token-Embedding",
+                      "transformer.py", f"(B, T, V={V}) Logits"),
+        OverviewStage("Softmax / Kreuzentropie",
+                      "Generieren: Softmax -> Wahrscheinlichkeiten -> nächstes Token (sampling.py)\n"
+                      "Training: Kreuzentropie gegen y (= x um ein Token verschoben) -> Loss",
+                      "transformer.py", f"(B, T, V={V}) Wahrscheinlichkeiten / Loss: eine Zahl"),
+    ]
+
+
+def model_overview_legend(config: ModelConfig) -> str:
+    """The symbols of the picture with their values in `config` (one line)."""
+    return (f"B Batch · T ≤ block_size = {config.block_size} · C = n_embd = {config.n_embd} · "
+            f"nh = n_head = {config.n_head} · hs = C/nh = {config.head_size} · V = vocab_size = {config.vocab_size} · "
+            f"L = n_layer = {config.n_layer}")
+
+
+def plot_model_overview(config: ModelConfig) -> Figure:
+    """The whole GPT in one picture: token ids -> embeddings -> L x block -> LayerNorm -> LM head -> logits.
+
+    Every box and every shape comes from `model_overview_stages(config)`, so the picture always shows
+    the model that `config` builds. `fig.overview_labels` holds all texts drawn (for tests and the
+    PNG's metadata).
+    """
+    stages = model_overview_stages(config)
+    box_h, gap, width = 0.68, 0.55, 9.0  # inches: a box, the arrow below it (with its shape label), the page
+    height = len(stages) * (box_h + gap) + 1.2
+    fig = Figure(figsize=(width, height))
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.set_xlim(0, width)
+    ax.set_ylim(0, height)
+    ax.axis("off")
+    texts: list[str] = []
+
+    def text(x: float, y: float, s: str, **kwargs: Any) -> None:
+        ax.text(x, y, s, **kwargs)
+        texts.append(s)
+
+    title = f"Das ganze GPT: {config.n_layer} Blöcke, {config.n_head} Heads, C = {config.n_embd}"
+    text(width / 2, height - 0.3, title, ha="center", va="center", fontsize=13, weight="bold")
+    text(width / 2, height - 0.62, model_overview_legend(config), ha="center", va="center", fontsize=9, color="0.25")
+    box_x, box_w = 1.1, 5.6
+    tops = [height - 1.0 - i * (box_h + gap) for i in range(len(stages))]
+    block = [i for i, stage in enumerate(stages) if stage.in_block]
+    if block:  # the repeated TransformerBlock: one frame around its stages
+        top, bottom = tops[block[0]] + 0.24, tops[block[-1]] - box_h - 0.06
+        ax.add_patch(Rectangle((0.15, bottom), box_x + box_w + 0.1, top - bottom, fill=False, linestyle="--",
+                               edgecolor="tab:blue", linewidth=1.5))
+        text(0.38, (top + bottom) / 2, f"L = {config.n_layer} x TransformerBlock", rotation=90, ha="center",
+             va="center", fontsize=11, color="tab:blue", weight="bold")
+    for i, (stage, top) in enumerate(zip(stages, tops)):
+        residual = stage.title.startswith("+")
+        colour = "#fde8c8" if residual else "#dbe9f6" if stage.in_block else "#eeeeee"
+        ax.add_patch(Rectangle((box_x, top - box_h), box_w, box_h, facecolor=colour, edgecolor="0.3"))
+        text(box_x + 0.12, top - 0.19, stage.title, va="center", fontsize=11, weight="bold")
+        text(box_x + 0.12, top - 0.45, stage.detail, va="center", fontsize=8.5, linespacing=1.25)
+        text(box_x + box_w + 0.3, top - box_h / 2, stage.file, va="center", fontsize=9, color="0.35",
+             style="italic")
+        if residual:  # the skip path: x from before the LayerNorm, around the sub-layer, into the "+"
+            x_skip, y_from = box_x + box_w - 0.35, tops[i - 2] + 0.13
+            ax.plot([box_x + 1.5, x_skip, x_skip], [y_from, y_from, top], color="tab:orange", linewidth=1.5)
+            ax.annotate("", xy=(x_skip, top), xytext=(x_skip, top + 0.05),
+                        arrowprops={"arrowstyle": "-|>", "color": "tab:orange"})
+        if i + 1 < len(stages):  # the arrow to the next box, labelled with the shape that flows along it
+            y0, y1 = top - box_h, tops[i + 1]
+            ax.annotate("", xy=(box_x + 1.5, y1), xytext=(box_x + 1.5, y0),
+                        arrowprops={"arrowstyle": "-|>", "color": "0.2"})
+            text(box_x + 1.62, y0 - 0.19, stage.shape, va="center", fontsize=10, family="monospace",
+                 color="tab:red")
+        else:
+            text(box_x + 1.62, top - box_h - 0.22, "-> " + stage.shape, va="center", fontsize=10,
+                 family="monospace", color="tab:red")
+    fig.overview_labels = texts  # type: ignore[attr-defined]  # what the picture says, for tests
+    return fig
+
+
+def save_model_overview(path: str | Path, config: ModelConfig | None = None) -> Path:
+    """Draw `plot_model_overview` (default: the default model with the default run's vocabulary) to a PNG
+    whose metadata ("Description") records the drawn labels as JSON, so a test can tell whether the
+    committed picture still matches the config. `docs/model_overview.png` is made by this function."""
+    config = config or ModelConfig(vocab_size=DEFAULT_RUN_VOCAB_SIZE)
+    fig = plot_model_overview(config)
+    description = json.dumps(fig.overview_labels, ensure_ascii=False)
+    path = Path(path)
+    return atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=100,
+                                                         metadata={"Description": description}))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from torch import nn
 from src.config import ModelConfig
 
 
+# First pass: skip to Embeddings below; the fixed sinusoidal table is the alternative to GPT-2's learned one.
 def sinusoidal_table(num_positions: int, dim: int) -> torch.Tensor:
     """The fixed position table of Vaswani et al. (2017), shape (num_positions, dim).
 

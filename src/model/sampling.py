@@ -28,6 +28,7 @@ def filter_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
     return logits.masked_fill(logits < kth_largest, float("-inf"))
 
 
+# First pass: skip filter_top_p (nucleus sampling) and read next_token_probs below.
 def filter_top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
     """Nucleus filtering (Holtzman et al. 2020): keep the smallest set of most likely tokens whose
     cumulative probability reaches p, set the rest to -inf. (B, V) -> (B, V).
@@ -95,6 +96,7 @@ def sample_next_token(
     return torch.multinomial(probs, num_samples=1, generator=generator)
 
 
+# First pass: skip from here (argument checks for MiniTransformer.generate).
 def check_generate_args(
     idx: torch.Tensor, max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None
 ) -> None:
