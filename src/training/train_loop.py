@@ -37,7 +37,8 @@ from src.training.utils import FP32, Precision
 
 @dataclass(frozen=True)
 class LRSchedule:
-    """Linear warm-up to `lr`, then half a cosine from `decay_from_lr` (at step `decay_start`) down to
+    """Linear warm-up to `lr` (from `warmup_from_lr` at step `warmup_start`; a fresh run: from 0 at step 0)
+    until step `warmup_steps`, then half a cosine from `decay_from_lr` (at step `decay_start`) down to
     `min_lr` (at step `total_steps`); `min_lr` after that. A checkpoint stores it, so a resumed run
     continues on exactly the same curve."""
 
@@ -47,6 +48,8 @@ class LRSchedule:
     total_steps: int
     decay_start: int
     decay_from_lr: float
+    warmup_start: int = 0  # > 0 only after `--resume --lr`: the move from the old rate to the new one
+    warmup_from_lr: float = 0.0
 
     @classmethod
     def plan(cls, config: TrainConfig, total_steps: int) -> LRSchedule:
@@ -62,6 +65,18 @@ class LRSchedule:
             return replace(self, total_steps=total_steps)
         return replace(self, total_steps=total_steps, decay_start=step, decay_from_lr=lr_at(step, self))
 
+    def with_new_rates(self, step: int, config: TrainConfig, total_steps: int) -> LRSchedule:
+        """The same run with a new `lr`, `min_lr` or `warmup_steps` from `step` on (`--resume RUN --lr X`):
+        the rate moves linearly from where it is to the new `lr` over `warmup_steps` steps (or the rest of
+        a warm-up), then decays along the cosine to the new `min_lr` - it never jumps."""
+        now = lr_at(step, self)
+        if config.lr == self.lr and step >= self.warmup_steps:  # peak reached, unchanged: only min_lr moves
+            return replace(self.replanned(step, total_steps), min_lr=config.min_lr, decay_start=step,
+                           decay_from_lr=now)
+        warmup_end = step + config.warmup_steps if config.lr != self.lr else max(step, config.warmup_steps)
+        return LRSchedule(config.lr, config.min_lr, warmup_end, total_steps, warmup_end, config.lr,
+                          warmup_start=step, warmup_from_lr=now)
+
 
 def lr_at(step: int, schedule: LRSchedule) -> float:
     """Learning rate for optimiser step `step` (0-based).
@@ -72,8 +87,9 @@ def lr_at(step: int, schedule: LRSchedule) -> float:
     if step < 0:
         raise ValueError(f"step must be >= 0, got {step}")
     s = schedule
-    if step < s.warmup_steps:
-        return s.lr * (step + 1) / s.warmup_steps
+    if step < s.warmup_steps:  # a fresh run: from 0 at step 0 (warmup_start, warmup_from_lr = 0, 0.0)
+        done = (step - s.warmup_start + 1) / max(s.warmup_steps - s.warmup_start, 1)
+        return s.warmup_from_lr + done * (s.lr - s.warmup_from_lr)
     if step >= s.total_steps:
         return s.min_lr
     progress = max(0.0, (step - s.decay_start) / (s.total_steps - s.decay_start))  # 0 -> 1
