@@ -52,11 +52,14 @@ class Printer(TrainHooks):
     def on_eval(self, step: int, val_loss: float) -> None:
         print(f"step {step} val loss {val_loss:.4f}", flush=True)
 
-def main() -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Train a small GPT on one text file with the core only.")
     parser.add_argument("text_file", type=Path, help="a UTF-8 text file (a few hundred kB is plenty)")
     parser.add_argument("--steps", type=int, default=500, help="optimiser steps (default: 500)")
-    args = parser.parse_args()
+    return parser
+
+def main() -> int:
+    args = build_parser().parse_args()
     try:
         text = args.text_file.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:  # one line, not a traceback
