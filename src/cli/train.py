@@ -29,7 +29,7 @@ from src.cli.common import (
 )
 from src.cli.init_from import load_init_from
 from src.cli.parser import build_parser
-from src.cli.report import final_report, time_split_line
+from src.cli.report import data_location_flags, final_report, time_split_line
 from src.cli.settings import refuse_other_modes_flags, resolve_settings
 from src.config import ModelConfig, TrainConfig, config_to_dict
 from src.fileio import atomic_write_text
@@ -258,7 +258,8 @@ def _train(args: argparse.Namespace, flags: dict[str, str], callbacks: Sequence[
     finally:
         stopper.uninstall()
     return final_report(history, run_dir, train_cfg, precision.name, stopper, saver, data_changes,
-                        time_split=time_split_line(history.timing, startup_s, compiled is not None))
+                        time_split=time_split_line(history.timing, startup_s, compiled is not None),
+                        data_flags=data_location_flags(data_cfg))
 
 
 _RESUME_ON_OTHER_DATA = ("this run trained on the data as it was, so resuming on other data would no longer "
