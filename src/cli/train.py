@@ -187,6 +187,10 @@ def _train(args: argparse.Namespace, flags: dict[str, str], callbacks: Sequence[
         _apply_optimizer_settings(optimizer, train_cfg)  # the loaded state holds the stored values
 
     steps_per_epoch = steps_per_epoch_for(len(train_set), train_cfg, world_size)
+    if stored is not None and "steps_per_epoch" not in stored and world_size == 1:
+        # A run from before only whole batches counted kept the last, smaller batch of each epoch:
+        # it continues with the count it was planned with, or its epochs would shift.
+        steps_per_epoch = -(-len(train_set) // train_cfg.batch_size) // train_cfg.grad_accum
     total_steps = total_steps_for(steps_per_epoch, train_cfg)
     schedule = LRSchedule.plan(train_cfg, total_steps)
     if stored is not None:
@@ -204,6 +208,7 @@ def _train(args: argparse.Namespace, flags: dict[str, str], callbacks: Sequence[
         "data_path": str(prepared.path),
         "preset": settings.preset,
         "world_size": world_size,  # processes (DDP); --batch-size is per process
+        "steps_per_epoch": steps_per_epoch,  # only whole batches count (a run from before: see above)
         "tokenizer": tokenizer.to_dict(),
         "tokenizer_fingerprint": tokenizer.fingerprint(),
         "data_fingerprint": data_fingerprint(prepared.meta),
@@ -254,7 +259,7 @@ def _train(args: argparse.Namespace, flags: dict[str, str], callbacks: Sequence[
     try:
         history = run_training(model, optimizer, train_set, val_set, train_cfg, device=device, precision=precision,
                                scaler=scaler, state=state, schedule=schedule, callbacks=all_callbacks,
-                               compiled=compiled, tokens_per_char=tokens_per_char)
+                               compiled=compiled, tokens_per_char=tokens_per_char, steps_per_epoch=steps_per_epoch)
     finally:
         stopper.uninstall()
     return final_report(history, run_dir, train_cfg, precision.name, stopper, saver, data_changes,

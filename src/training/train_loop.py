@@ -136,6 +136,9 @@ class TrainHooks:
 
     def on_eval(self, step: int, val_loss: float) -> None: ...
 
+    def step_loss(self, loss: float) -> float:  # the step's loss as the run sees it (DDP: all processes')
+        return loss
+
     def should_evaluate(self, step: int) -> bool:  # besides every `eval_interval` steps (e.g. epoch ends)
         return False
 
@@ -191,7 +194,7 @@ def train(
 
         # 2. Forward and backward. Each micro-batch's loss is divided by grad_accum, so the gradients
         #    that `backward` adds up equal those of one batch grad_accum times larger.
-        loss_sum = torch.zeros((), device=device)
+        loss_sum, tokens = torch.zeros((), device=device), 0
         for micro in range(config.grad_accum):
             x, y = next(batches)  # (B, T), (B, T): y is x shifted left by one token
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -201,6 +204,7 @@ def train(
                     _, loss = forward(x, y)  # logits (B, T, V); loss: mean cross-entropy over B*T
                 scaler.scale(loss / config.grad_accum).backward()
             loss_sum += loss.detach().float()
+            tokens += x.numel()  # every micro-batch of the step counts
 
         # 3. Clip the true gradients (unscaled first, if fp16 scaled them) to a total norm <= grad_clip.
         scaler.unscale_(optimizer)
@@ -208,6 +212,7 @@ def train(
         norm = nn.utils.clip_grad_norm_(model.parameters(), max_norm)
         # Both numbers in one GPU -> CPU copy: every `.item()` makes the CPU wait for the GPU.
         loss_value, grad_norm = torch.stack([loss_sum / config.grad_accum, norm.float()]).tolist()
+        loss_value = hooks.step_loss(loss_value)
         # NaN guard: a NaN/inf loss or gradient would poison every weight. (Under fp16 the GradScaler
         # expects inf gradients now and then: it skips that update and lowers its scale.)
         if not math.isfinite(loss_value) or (not math.isfinite(grad_norm) and not scaler.is_enabled()):
@@ -220,7 +225,7 @@ def train(
         optimizer.zero_grad(set_to_none=True)
         step += 1
         hooks.on_step(StepReport(step, loss_value, lr, grad_norm, clipped=grad_norm > max_norm,
-                                 tokens=config.grad_accum * x.numel(), seconds=time.perf_counter() - started))
+                                 tokens=tokens, seconds=time.perf_counter() - started))
 
         # 5. Now and then, and at the end: the loss on text the model never trains on.
         if step % config.eval_interval == 0 or step == schedule.total_steps or hooks.should_evaluate(step):
