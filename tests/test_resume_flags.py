@@ -66,7 +66,7 @@ def stopped_run(tmp_path_factory):
     """A run of 3 planned steps, stopped after 2 (exit 130, last.pt at step 2), and its data folder."""
     root = tmp_path_factory.mktemp("resume_flags")
     story = root / "story.txt"
-    story.write_text(make_story(n_paragraphs=6), encoding="utf-8")
+    story.write_text(make_story(n_paragraphs=7), encoding="utf-8")
     run, data = root / "run", root / "data"
     assert main(["--train", "--input", str(story), "--data-dir", str(data), *BASE, "--logdir", str(run)],
                 callbacks=[StopAtStep(2)]) == 130
@@ -192,3 +192,23 @@ def test_a_new_warmup_after_the_warmup_is_refused(run_copy):
     moved = _resumed_schedule(stored, LRSchedule.plan(TrainConfig(warmup_steps=5), 10), 2, run_copy[0],
                               TrainConfig(warmup_steps=5), {"warmup_steps": (3, 5)}, flags)
     assert moved.warmup_steps == 5  # still warming up at step 2: the warm-up now ends at step 5
+
+
+def test_a_run_from_before_whole_batches_keeps_its_steps_per_epoch(run_copy, capsys):
+    """Checkpoints without `steps_per_epoch` come from when an epoch also counted its last, smaller
+    batch: such a run continues with that count, so its epochs do not shift."""
+    import torch
+
+    from src.dataset import TokenDataset
+
+    run, data = run_copy
+    last = run / "checkpoints" / "last.pt"
+    payload = load_checkpoint(last)
+    del payload["steps_per_epoch"]
+    torch.save(payload, last)
+    windows = len(TokenDataset(json.loads((run / "config.json").read_text())["data_path"], "train", 16))
+    assert windows % 4, "the test needs a last, smaller batch"
+    code, err = resume(run, data, [], capsys)
+    assert code == 0, err
+    assert json.loads((run / "config.json").read_text())["steps_per_epoch"] == math.ceil(windows / 4)
+    assert load_checkpoint(last)["steps_per_epoch"] == math.ceil(windows / 4)  # from now on it is stored
