@@ -1,6 +1,7 @@
 """Settings, layered: dataclass defaults < `--preset` < `--config FILE` < flags typed on the command
-line. With `--resume` the run's stored settings replace the first three, and settings that would
-change the weights' shape, the data or the batch order are locked."""
+line. With `--resume` the run's stored settings replace the first three; settings that would
+change the weights' shape, the data or the batch order are locked, the others apply from the
+current step and are announced (the groups below say which is which)."""
 
 from __future__ import annotations
 
