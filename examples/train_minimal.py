@@ -1,10 +1,8 @@
-"""Train a small GPT on one text file with the core only: the script to copy, change and rerun.
-
-    python examples/train_minimal.py TEXT_FILE [--steps N]
+"""Train a small GPT on one text file, core only: `python examples/train_minimal.py TEXT [--steps N]`.
 
 Character tokenizer, random training windows, `MiniTransformer`, `build_optimizer`, `LRSchedule` and
 the loop `train()` - no run directory, checkpoints or TensorBoard (`python -m src.main --train` wraps
-the same loop in those). Change the schedule, the optimiser or what `Printer` prints, and rerun.
+the same loop in those). The script to copy and change: the schedule, optimiser, what `Printer` prints.
 """
 
 from __future__ import annotations
@@ -34,8 +32,8 @@ def random_windows(ids: torch.Tensor, block_size: int, batch_size: int) -> Itera
 def validation_loss(model: MiniTransformer, ids: torch.Tensor, block_size: int, batches: int = 4) -> float:
     """Mean loss on a few random windows of the validation text, with dropout off."""
     model.eval()
-    windows = random_windows(ids, block_size, batch_size=16)
-    loss = sum(model(*next(windows))[1].item() for _ in range(batches)) / batches
+    device, windows = next(model.parameters()).device, random_windows(ids, block_size, batch_size=16)
+    loss = sum(model(*(t.to(device) for t in next(windows)))[1].item() for _ in range(batches)) / batches
     model.train()
     return loss
 
@@ -66,10 +64,10 @@ def main() -> int:
         print(f"error: cannot read {args.text_file}: {err}; pass a UTF-8 text file", file=sys.stderr)
         return 2
     if args.steps < 1 or len(text) < 1000:  # the validation tenth must hold a few windows of 64 tokens
-        print(f"error: need --steps >= 1 and a text of at least 1000 characters ({args.text_file}: {len(text)})",
-              file=sys.stderr)
+        print(f"error: need --steps >= 1 and 1000+ characters ({args.text_file}: {len(text)})", file=sys.stderr)
         return 2
     torch.manual_seed(1337)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # train() moves each batch there
 
     # 1. Tokenizer: one id per character; 90% of the text to train on, the rest to validate.
     tokenizer = CharTokenizer.train(text, max_vocab_size=256)
@@ -81,10 +79,11 @@ def main() -> int:
     # 2. Model and optimiser; the schedule warms up, then decays along a cosine to min_lr.
     train_cfg = TrainConfig(batch_size=16, lr=3e-3, min_lr=3e-4, warmup_steps=min(50, args.steps // 10),
                             eval_interval=max(1, args.steps // 5))
-    model = MiniTransformer(model_cfg)
-    optimizer = build_optimizer(model, train_cfg, torch.device("cpu"))
+    model = MiniTransformer(model_cfg).to(device)
+    optimizer = build_optimizer(model, train_cfg, device)
     schedule = LRSchedule.plan(train_cfg, total_steps=args.steps)
-    print(f"{model.num_parameters() / 1e6:.2f} M parameters, {len(ids):,} tokens, {args.steps} steps", flush=True)
+    print(f"{model.num_parameters() / 1e6:.2f} M parameters, {len(ids):,} tokens, {args.steps} steps on {device}",
+          flush=True)
 
     # 3. The loop: batches in, a learning rate per step, the validation loss now and then.
     batches = random_windows(ids[:split], model_cfg.block_size, train_cfg.batch_size)
@@ -92,7 +91,7 @@ def main() -> int:
           train_cfg, schedule, hooks=Printer(every=max(1, args.steps // 10)))
 
     # 4. What it learned: continue a prompt.
-    prompt = torch.tensor([tokenizer.encode(text[:8])], dtype=torch.long)  # (1, T)
+    prompt = torch.tensor([tokenizer.encode(text[:8])], dtype=torch.long, device=device)  # (1, T)
     sample = model.generate(prompt, max_new_tokens=200, temperature=0.8, top_k=50)
     print("sample:\n" + tokenizer.decode(sample[0].tolist()))
     return 0
