@@ -24,6 +24,12 @@ TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16
         "--device", "cpu"]
 
 
+@pytest.fixture(autouse=True)
+def no_attention_images(monkeypatch):
+    """The attention pictures of each evaluation are most of a tiny run's time and not what is tested here."""
+    monkeypatch.setattr("src.cli.train.eval_hooks", lambda args, tokenizer: [])
+
+
 def printed(err: str, label: str) -> list[str]:
     """The command after `label` (e.g. "Resume with:"), split as a POSIX shell would."""
     lines = [line for line in err.splitlines() if line.startswith(label)]

@@ -61,8 +61,17 @@ CASES: dict[str, list[str]] = {
 SELF_EVIDENT = {"help", "resume", "data_dir", "name"}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def no_attention_images():
+    """Each resume ends with an evaluation whose attention pictures take ~90% of its time; they are not
+    what these tests are about (tests/test_visualization.py covers them), so the runs here draw none."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("src.cli.train.eval_hooks", lambda args, tokenizer: [])
+        yield
+
+
 @pytest.fixture(scope="module")
-def stopped_run(tmp_path_factory):
+def stopped_run(tmp_path_factory, no_attention_images):
     """A run of 3 planned steps, stopped after 2 (exit 130, last.pt at step 2), and its data folder."""
     root = tmp_path_factory.mktemp("resume_flags")
     story = root / "story.txt"
