@@ -29,7 +29,7 @@ LIST_FIELDS = tuple(f.name for f in fields(DataConfig) if "tuple" in str(f.type)
 
 PRESETS: dict[str, dict[str, Any]] = {
     # A first run on a 2-core CPU: 0.42 M parameters; `--preset tiny --epochs 1` on the 12 books is
-    # 3,398 steps, about 5 minutes. A model this small tolerates (and needs) a higher learning rate:
+    # 3,397 steps, about 5 minutes. A model this small tolerates (and needs) a higher learning rate:
     # after 1,000 steps, 3e-3 had reached val loss 1.72 where 1e-3 gave 2.1.
     "tiny": {"n_layer": 2, "n_head": 4, "n_embd": 128, "block_size": 64, "dropout": 0.1,
              "batch_size": 32, "lr": 3e-3, "min_lr": 3e-4, "warmup_steps": 50,
