@@ -48,7 +48,6 @@ def test_data_location_flags_docstring_example():
     assert data_location_flags(DataConfig()) == []
 
 
-@pytest.mark.slow
 def test_printed_commands_work_when_pasted(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("MINI_TRANSFORMER_MIRROR", raising=False)  # the mirror comes from the flag alone
     mirror = write_gutenberg_mirror(tmp_path / "my mirror", {11: make_story(n_paragraphs=8)})
