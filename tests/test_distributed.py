@@ -125,8 +125,13 @@ def test_docstring_example_of_the_split():
 
 def test_steps_per_epoch_follow_from_the_global_batch():
     cfg = TrainConfig(batch_size=8)
-    assert steps_per_epoch_for(100, cfg) == 13  # one process keeps the last, smaller batch
+    assert steps_per_epoch_for(100, cfg) == 12  # only whole batches: 96 windows, 4 wait for the next shuffle
     assert steps_per_epoch_for(100, cfg, world_size=2) == 6  # 6 x 16 = 96 windows; 4 are left over
+    # The README's promise: W processes with --batch-size B/W make as many steps as one with B.
+    for windows in (100, 97, 64, 1000):
+        for world, accum in ((2, 1), (4, 1), (2, 3)):
+            one = steps_per_epoch_for(windows, TrainConfig(batch_size=8 * world, grad_accum=accum))
+            assert steps_per_epoch_for(windows, TrainConfig(batch_size=8, grad_accum=accum), world_size=world) == one
     with pytest.raises(ValueError, match="x 4 processes"):
         steps_per_epoch_for(20, cfg, world_size=4)
 
@@ -194,6 +199,24 @@ def test_ddp_averages_the_gradients_once_per_step(one_process_group, tiny_config
           LRSchedule.plan(cfg, 3), forward=ddp, no_sync=ddp.no_sync)
     buckets = len(set(communications))
     assert len(communications) == 3 * buckets  # 3 steps: one all-reduce per bucket and step
+
+
+def test_every_micro_batch_counts_its_tokens(tiny_config):
+    """A step with --grad-accum 3 whose micro-batches differ in size counts the tokens of each."""
+    from src.model import MiniTransformer
+    from src.training.train_loop import LRSchedule, TrainHooks, build_optimizer, train
+
+    class Tokens(TrainHooks):
+        def on_step(self, report) -> None:
+            self.tokens = report.tokens
+
+    model, cfg, hooks = MiniTransformer(tiny_config), TrainConfig(batch_size=4, grad_accum=3, warmup_steps=0), Tokens()
+    sizes = [4, 4, 1]  # e.g. the last, smaller batch of an epoch
+    batches = iter([(x, x) for x in (torch.randint(0, tiny_config.vocab_size, (b, tiny_config.block_size))
+                                     for b in sizes)])
+    train(model, build_optimizer(model, cfg, torch.device("cpu")), batches, lambda: None, cfg, LRSchedule.plan(cfg, 1),
+          hooks=hooks)
+    assert hooks.tokens == sum(sizes) * tiny_config.block_size  # 9 windows, not 3 x the last one
 
 
 # --- torchrun with two processes -----------------------------------------------------------------
@@ -290,3 +313,42 @@ def test_sigterm_to_one_rank_stops_both_and_resume_continues_exactly(tmp_path, s
     after, reference = weights(stopped), weights(tmp_path / "straight")
     assert load_checkpoint(stopped / "checkpoints" / "last.pt")["state"]["step"] == step + 6
     assert all(torch.equal(after[name], reference[name]) for name in reference)
+
+
+POISON_RANK_0 = """
+import signal
+import sys
+from src.main import main
+from src.training.trainer import Callback
+
+
+class PoisonLoss(Callback):
+    # From step 3 on, this process's loss is NaN while its gradients stay finite (a constant added
+    # to the loss has no gradient): only the loss, not the all-reduced gradients, shows the trouble.
+    def on_step(self, ctx, record):
+        if record.step == 2:
+            ctx.model.register_forward_hook(lambda module, args, out: (out[0], out[1] + float("nan")))
+
+
+code = main(sys.argv[1:], callbacks=[PoisonLoss()])  # callbacks run on rank 0 only
+signal.signal(signal.SIGTERM, signal.SIG_IGN)  # as src/main.py under torchrun: keep this exit code
+sys.exit(code)
+"""
+
+
+@needs_gloo
+@pytest.mark.slow
+def test_a_nan_loss_on_one_rank_stops_both_at_once(tmp_path, story):
+    """Rank 0 alone sees a NaN loss: both processes stop after the same step with exit code 3 and the
+    divergence message, instead of rank 1 waiting in the next all-reduce until the collective timeout."""
+    driver = tmp_path / "poison.py"
+    driver.write_text(POISON_RANK_0, encoding="utf-8")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(driver),
+               "--train", "--input", str(story), "--data-dir", str(tmp_path / "data"), *TINY, "--max-steps", "50",
+               "--batch-size", str(PER_DEVICE), "--logdir", str(tmp_path / "run")]
+    started = time.monotonic()
+    result = subprocess.run(command, cwd=tmp_path, env=torchrun_env(), capture_output=True, text=True, timeout=170)
+    assert exit_codes(result.stderr) == [3, 3], result.stderr
+    assert "the loss became NaN/inf at step 3" in result.stderr
+    assert time.monotonic() - started < 160  # long before the collective timeout (an hour)
+    assert not (tmp_path / "run" / "checkpoints" / "last.pt").exists()  # nothing saved after the NaN

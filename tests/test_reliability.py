@@ -11,10 +11,12 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import math
 import os
+import re
 import resource
 import shutil
 import signal
@@ -202,8 +204,23 @@ def bomb_tokenizer() -> dict:
     return {"type": "bpe", "version": 1, "special_tokens": ["<|endoftext|>"], "merges": chained_merges()}
 
 
-def run_limited(args: list[str], cwd: Path, memory: int = 1536 << 20) -> subprocess.CompletedProcess:
-    """`python ARGS` with at most `memory` bytes of address space (building the tokens naively needs 2**60)."""
+@functools.cache
+def address_space_after_import() -> int:
+    """Bytes of address space a Python process maps once `src.main` and torch are imported (VmSize).
+
+    The CPU build of torch maps about 0.6 GB, the CUDA build several GB of libraries it may never
+    touch: a fixed limit that fits one fails the other, so limits are set on top of this.
+    """
+    script = "import src.main, torch; print(open('/proc/self/status').read())"
+    status = subprocess.run([sys.executable, "-c", script], env=ENV, capture_output=True, text=True, timeout=120,
+                            check=True).stdout
+    return int(re.search(r"^VmSize:\s+(\d+) kB", status, flags=re.MULTILINE).group(1)) * 1024
+
+
+def run_limited(args: list[str], cwd: Path, extra: int = 1 << 30) -> subprocess.CompletedProcess:
+    """`python ARGS` with at most `extra` bytes of address space beyond what importing torch maps
+    (building the tokens naively needs 2**60)."""
+    memory = address_space_after_import() + extra
 
     def limit() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (memory, memory))

@@ -48,8 +48,13 @@ def time_split_line(timing: Any, startup_s: float, compiled: bool = False) -> st
 
 
 def final_report(history: Any, run_dir: Path, train_cfg: TrainConfig, dtype: str, stopper: Any,
-                 saver: Any, data_changes: Sequence[dict] = (), time_split: str | None = None) -> int:
-    """The end-of-run summary (rank 0 only under DDP); returns the exit code."""
+                 saver: Any, data_changes: Sequence[dict] = (), time_split: str | None = None,
+                 data_flags: Sequence[str] = ()) -> int:
+    """The end-of-run summary (rank 0 only under DDP); returns the exit code.
+
+    Every command it prints works when pasted as is: paths are quoted for the shell, and "Resume with:"
+    carries `data_flags` (`data_location_flags`: --data-dir/--mirror, which a checkpoint never supplies).
+    """
     from src.training import distributed
     from src.training.trainer import DIVERGED
 
@@ -73,7 +78,7 @@ def final_report(history: Any, run_dir: Path, train_cfg: TrainConfig, dtype: str
         lines.append("Checkpoints: " + ", ".join(saved))
     if time_split:
         lines.append(time_split)
-    lines.append(f"TensorBoard: tensorboard --logdir {run_dir.parent}")
+    lines.append(f"TensorBoard: tensorboard --logdir {shlex.quote(str(run_dir.parent))}")
     if data_changes:
         steps = ", ".join(str(change["step"]) for change in data_changes)
         lines.append(f"Not an exact continuation: the data changed at step {steps} (resumed with --force); "
@@ -84,7 +89,8 @@ def final_report(history: Any, run_dir: Path, train_cfg: TrainConfig, dtype: str
         return EXIT_DIVERGED
     if history.stop_reason == "interrupted":
         if last.is_file():
-            lines.append(f"Resume with: {_launcher(distributed.world_size())} --train --resume {shlex.quote(str(run_dir))}")
+            lines.append(f"Resume with: {_launcher(distributed.world_size())} --train --resume {shlex.quote(str(run_dir))}"
+                         + "".join(f" {shlex.quote(flag)}" for flag in data_flags))
         else:
             lines.append("Nothing was trained yet, so there is nothing to resume: run the same command again.")
         print("\n".join(lines), file=sys.stderr, flush=True)
@@ -95,6 +101,22 @@ def final_report(history: Any, run_dir: Path, train_cfg: TrainConfig, dtype: str
     lines.append(f"Sample: python -m src.main --generate --checkpoint {shlex.quote(str(run_dir))} --prompt \"The \"")
     print("\n".join(lines), file=sys.stderr, flush=True)
     return EXIT_OK
+
+
+def data_location_flags(data_cfg: Any) -> list[str]:
+    """The flags that say where this run's data lives, as given: what a later command needs again.
+
+    Example: DataConfig(data_dir=Path("/data"), mirror="../gutenberg") -> ["--data-dir", "/data",
+    "--mirror", "../gutenberg"]; the defaults (data/, no --mirror) -> [].
+    """
+    from src.config import DataConfig
+
+    flags = []
+    if Path(data_cfg.data_dir) != DataConfig.__dataclass_fields__["data_dir"].default:
+        flags += ["--data-dir", str(data_cfg.data_dir)]
+    if data_cfg.mirror is not None:  # from $MINI_TRANSFORMER_MIRROR: the same shell still has it
+        flags += ["--mirror", str(data_cfg.mirror)]
+    return flags
 
 
 def _launcher(world_size: int) -> str:

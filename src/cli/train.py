@@ -29,8 +29,9 @@ from src.cli.common import (
     name_the_flag,
 )
 from src.cli.init_from import load_init_from
-from src.cli.report import final_report, time_split_line
-from src.cli.settings import resolve_settings
+from src.cli.parser import build_parser
+from src.cli.report import data_location_flags, final_report, time_split_line
+from src.cli.settings import refuse_other_modes_flags, resolve_settings
 from src.config import ModelConfig, TrainConfig, config_to_dict
 from src.fileio import atomic_write_text, read_json
 
@@ -100,6 +101,7 @@ def _train(args: argparse.Namespace, flags: dict[str, str], callbacks: Sequence[
 
     stored = None
     if args.resume:
+        refuse_other_modes_flags(args, build_parser())  # e.g. --temperature: --resume would not use it
         run_dir, last = resume_target(args.resume)
         if distributed.is_main():  # DDP: one lock per run, held by the process that writes
             claim.take(run_dir, resuming=True)  # before reading: another process may be writing this checkpoint
@@ -107,6 +109,8 @@ def _train(args: argparse.Namespace, flags: dict[str, str], callbacks: Sequence[
         check_resumable(stored, last)
     settings = resolve_settings(args, flags, stored)
     train_cfg, data_cfg = settings.train, settings.data
+    if stored is not None and "max_steps" in settings.changed:  # before any data work; --epochs: below
+        _refuse_an_end_before(stored["state"].get("step", 0), train_cfg.max_steps, stored, flags["max_steps"])
     init = load_init_from(args, flags, settings, stored)  # --init-from: a trained model's weights and tokenizer
     if stored is not None:
         if args.logdir is not None and Path(args.logdir).resolve() != run_dir.resolve():
@@ -182,12 +186,17 @@ def _train(args: argparse.Namespace, flags: dict[str, str], callbacks: Sequence[
             state = TrainState.from_dict(stored["state"])
         except (RuntimeError, ValueError, TypeError, KeyError) as err:
             raise CheckpointError(f"{last}: cannot resume: {str(err).splitlines()[0]}") from None
+        _apply_optimizer_settings(optimizer, train_cfg)  # the loaded state holds the stored values
 
     steps_per_epoch = steps_per_epoch_for(len(train_set), train_cfg, world_size)
+    if stored is not None and "steps_per_epoch" not in stored and world_size == 1:
+        # A run from before only whole batches counted kept the last, smaller batch of each epoch:
+        # it continues with the count it was planned with, or its epochs would shift.
+        steps_per_epoch = -(-len(train_set) // train_cfg.batch_size) // train_cfg.grad_accum
     total_steps = total_steps_for(steps_per_epoch, train_cfg)
     schedule = LRSchedule.plan(train_cfg, total_steps)
     if stored is not None:
-        schedule = _resumed_schedule(stored, schedule, state.step, last)
+        schedule = _resumed_schedule(stored, schedule, state.step, last, train_cfg, settings.changed, flags)
     if train_cfg.warmup_steps >= total_steps and main_process:
         print(f"warning: --warmup-steps {train_cfg.warmup_steps} is not shorter than the run ({total_steps} "
               f"steps): the learning rate never reaches --lr {train_cfg.lr:g}; use a smaller --warmup-steps",
@@ -201,6 +210,7 @@ def _train(args: argparse.Namespace, flags: dict[str, str], callbacks: Sequence[
         "data_path": str(prepared.path),
         "preset": settings.preset,
         "world_size": world_size,  # processes (DDP); --batch-size is per process
+        "steps_per_epoch": steps_per_epoch,  # only whole batches count (a run from before: see above)
         "tokenizer": tokenizer.to_dict(),
         "tokenizer_fingerprint": tokenizer.fingerprint(),
         "data_fingerprint": data_fingerprint(prepared.meta),
@@ -215,7 +225,8 @@ def _train(args: argparse.Namespace, flags: dict[str, str], callbacks: Sequence[
     batch = effective_batch(train_cfg, world_size, model_cfg.block_size)
     if main_process:
         _write_run_files(run_dir, args, static, tokenizer, model, device, precision.name,
-                         steps_per_epoch, schedule, state.step, library_versions(), val_note, batch)
+                         steps_per_epoch, schedule, state.step, library_versions(), val_note, batch,
+                         settings.changed)
 
     compiled = maybe_compile(model, train_cfg, device)
     hparams = {**static["model_config"], **{k: v for k, v in static["train_config"].items() if k != "logdir"},
@@ -235,6 +246,10 @@ def _train(args: argparse.Namespace, flags: dict[str, str], callbacks: Sequence[
     n_params = model.num_parameters()
     verb = f"Resuming at step {state.step}" if stored is not None else "Training"
     if main_process:
+        if settings.changed:  # --resume with new values: say what changes from here on
+            print(f"Changed from step {state.step} on: " + ", ".join(
+                f"{flags.get(name, name)} {new} (was {old})" for name, (old, new) in settings.changed.items())
+                + " (recorded in config.json)", file=sys.stderr, flush=True)
         print(batch["line"], file=sys.stderr, flush=True)
         print(f"{verb}: {n_params / 1e6:.2f} M parameters, {model.flops_per_token() / 1e6:.1f} MFLOPs/token, "
               f"device {device.type}, {precision.name} ({why_dtype}), {steps_per_epoch} steps/epoch, {total_steps} "
@@ -246,11 +261,12 @@ def _train(args: argparse.Namespace, flags: dict[str, str], callbacks: Sequence[
     try:
         history = run_training(model, optimizer, train_set, val_set, train_cfg, device=device, precision=precision,
                                scaler=scaler, state=state, schedule=schedule, callbacks=all_callbacks,
-                               compiled=compiled, tokens_per_char=tokens_per_char)
+                               compiled=compiled, tokens_per_char=tokens_per_char, steps_per_epoch=steps_per_epoch)
     finally:
         stopper.uninstall()
     return final_report(history, run_dir, train_cfg, precision.name, stopper, saver, data_changes,
-                        time_split=time_split_line(history.timing, startup_s, compiled is not None))
+                        time_split=time_split_line(history.timing, startup_s, compiled is not None),
+                        data_flags=data_location_flags(data_cfg))
 
 
 _RESUME_ON_OTHER_DATA = ("this run trained on the data as it was, so resuming on other data would no longer "
@@ -277,12 +293,31 @@ def _data_changes(stored: dict[str, Any] | None, fingerprint: str, data_path: Pa
     return [*changes, {"step": step, "data_path": str(data_path), "data_fingerprint": fingerprint}]
 
 
-def _resumed_schedule(stored: dict[str, Any], planned: Any, step: int, path: Path) -> Any:
+def _apply_optimizer_settings(optimizer: Any, train_cfg: TrainConfig) -> None:
+    """--weight-decay, --beta1, --beta2 into a loaded AdamW (its state dict brought the stored values).
+    The first group holds the matrices (build_optimizer): only it decays."""
+    for i, group in enumerate(optimizer.param_groups):
+        group["betas"] = (train_cfg.beta1, train_cfg.beta2)
+        group["weight_decay"] = train_cfg.weight_decay if i == 0 else 0.0
+
+
+def _refuse_an_end_before(step: int, total_steps: int | None, stored: dict[str, Any], flag: str) -> None:
+    """--resume with a new end at or before the current step would train nothing and rewrite the plan."""
+    if total_steps is not None and total_steps <= step:
+        planned = (stored.get("schedule") or {}).get("total_steps", "unchanged")
+        raise UsageError(f"{flag}: this run is already at step {step}, and the new end ({total_steps} steps) is not "
+                         f"later; pass a larger {flag} to train on (its plan stays {planned} steps)")
+
+
+def _resumed_schedule(stored: dict[str, Any], planned: Any, step: int, path: Path, train_cfg: TrainConfig,
+                      changed: dict[str, Any], flags: dict[str, str]) -> Any:
     """The learning-rate schedule a resumed run continues on.
 
     Same settings: the stored schedule, unchanged (exact resume). A new end (a larger or smaller
     --epochs/--max-steps): the stored schedule re-planned at the current step, so the cosine decays
-    from the rate reached so far to --min-lr at the new end - the rate never jumps up.
+    from the rate reached so far to --min-lr at the new end - the rate never jumps up. A new --lr,
+    --min-lr or --warmup-steps: `LRSchedule.with_new_rates` (from the current rate, without a jump).
+    An end at or before the current step is refused: it would rewrite the stored plan and train nothing.
     """
     from src.training.checkpoints import CheckpointError
     from src.training.train_loop import LRSchedule
@@ -296,6 +331,15 @@ def _resumed_schedule(stored: dict[str, Any], planned: Any, step: int, path: Pat
             schedule = LRSchedule(**values)
         except TypeError as err:
             raise CheckpointError(f"{path}: stored learning-rate schedule is not usable: {err}") from None
+    if planned.total_steps != schedule.total_steps:
+        flag = flags["max_steps"] if planned.total_steps == train_cfg.max_steps else flags["epochs"]
+        _refuse_an_end_before(step, planned.total_steps, stored, flag)
+    if {"lr", "min_lr", "warmup_steps"} & set(changed):
+        if set(changed) & {"lr", "min_lr", "warmup_steps"} == {"warmup_steps"} and step >= schedule.warmup_steps:
+            raise UsageError(f"{flags['warmup_steps']}: the warm-up of this run ended at step {schedule.warmup_steps} "
+                             f"(now step {step}), so a new length changes nothing; drop it (with a new --lr it "
+                             "sets how many steps the rate takes to get there)")
+        return schedule.with_new_rates(step, train_cfg, planned.total_steps)
     if schedule.total_steps != planned.total_steps:
         from src.training import distributed
 
@@ -322,7 +366,7 @@ def effective_batch(train_cfg: TrainConfig, world_size: int, block_size: int) ->
 def _write_run_files(run_dir: Path, args: argparse.Namespace, static: dict[str, Any], tokenizer: Any,
                      model: Any, device: Any, dtype: str, steps_per_epoch: int, schedule: Any,
                      start_step: int, versions: dict[str, Any], val_note: str,
-                     batch: dict[str, Any] | None = None) -> None:
+                     batch: dict[str, Any] | None = None, changed: dict[str, Any] | None = None) -> None:
     """config.json (resolved settings, command line, versions) and tokenizer.json."""
     from src.training.run_dir import RUN_FORMAT
 
@@ -339,6 +383,8 @@ def _write_run_files(run_dir: Path, args: argparse.Namespace, static: dict[str, 
                      "from_step": start_step})
     if start_step > 0 and static["data_changes"] and static["data_changes"][-1]["step"] == start_step:
         segments[-1]["data_changed"] = True  # this segment continued on other data (--resume --force)
+    if changed:  # --resume with new values: what this segment does differently, from its first step
+        segments[-1]["changed"] = {name: {"from": old, "to": new} for name, (old, new) in changed.items()}
     config = {
         "format": RUN_FORMAT,  # marks the folder as a run of ours (src/training/run_dir.py)
         "command": "python -m src.main " + shlex.join(args.argv),

@@ -37,7 +37,8 @@ from src.training.utils import FP32, Precision
 
 @dataclass(frozen=True)
 class LRSchedule:
-    """Linear warm-up to `lr`, then half a cosine from `decay_from_lr` (at step `decay_start`) down to
+    """Linear warm-up to `lr` (from `warmup_from_lr` at step `warmup_start`; a fresh run: from 0 at step 0)
+    until step `warmup_steps`, then half a cosine from `decay_from_lr` (at step `decay_start`) down to
     `min_lr` (at step `total_steps`); `min_lr` after that. A checkpoint stores it, so a resumed run
     continues on exactly the same curve."""
 
@@ -47,13 +48,15 @@ class LRSchedule:
     total_steps: int
     decay_start: int
     decay_from_lr: float
+    warmup_start: int = 0  # > 0 only after `--resume --lr`: the move from the old rate to the new one
+    warmup_from_lr: float = 0.0
 
     @classmethod
     def plan(cls, config: TrainConfig, total_steps: int) -> LRSchedule:
         """A fresh run: the cosine starts at the peak `lr` right after warm-up."""
         return cls(config.lr, config.min_lr, config.warmup_steps, total_steps, config.warmup_steps, config.lr)
 
-    # First pass: skip replanned (only --resume with a new end uses it).
+    # First pass: skip replanned and with_new_rates (only --resume with a new end or new rates uses them).
     def replanned(self, step: int, total_steps: int) -> LRSchedule:
         """The same run with a new end (e.g. `--resume RUN --epochs 8`): the cosine starts again from
         the learning rate reached at `step`, so the rate never jumps - it only decays more slowly."""
@@ -62,6 +65,18 @@ class LRSchedule:
         if step <= self.warmup_steps:  # still warming up: only the end of the decay moves
             return replace(self, total_steps=total_steps)
         return replace(self, total_steps=total_steps, decay_start=step, decay_from_lr=lr_at(step, self))
+
+    def with_new_rates(self, step: int, config: TrainConfig, total_steps: int) -> LRSchedule:
+        """The same run with a new `lr`, `min_lr` or `warmup_steps` from `step` on (`--resume RUN --lr X`):
+        the rate moves linearly from where it is to the new `lr` over `warmup_steps` steps (or the rest of
+        a warm-up), then decays along the cosine to the new `min_lr` - it never jumps."""
+        now = lr_at(step, self)
+        if config.lr == self.lr and step >= self.warmup_steps:  # peak reached, unchanged: only min_lr moves
+            return replace(self.replanned(step, total_steps), min_lr=config.min_lr, decay_start=step,
+                           decay_from_lr=now)
+        warmup_end = step + config.warmup_steps if config.lr != self.lr else max(step, config.warmup_steps)
+        return LRSchedule(config.lr, config.min_lr, warmup_end, total_steps, warmup_end, config.lr,
+                          warmup_start=step, warmup_from_lr=now)
 
 
 def lr_at(step: int, schedule: LRSchedule) -> float:
@@ -73,8 +88,9 @@ def lr_at(step: int, schedule: LRSchedule) -> float:
     if step < 0:
         raise ValueError(f"step must be >= 0, got {step}")
     s = schedule
-    if step < s.warmup_steps:
-        return s.lr * (step + 1) / s.warmup_steps
+    if step < s.warmup_steps:  # a fresh run: from 0 at step 0 (warmup_start, warmup_from_lr = 0, 0.0)
+        done = (step - s.warmup_start + 1) / max(s.warmup_steps - s.warmup_start, 1)
+        return s.warmup_from_lr + done * (s.lr - s.warmup_from_lr)
     if step >= s.total_steps:
         return s.min_lr
     progress = max(0.0, (step - s.decay_start) / (s.total_steps - s.decay_start))  # 0 -> 1
@@ -121,6 +137,9 @@ class TrainHooks:
     def on_step(self, report: StepReport) -> None: ...
 
     def on_eval(self, step: int, val_loss: float) -> None: ...
+
+    def step_loss(self, loss: float) -> float:  # the step's loss as the run sees it (DDP: all processes')
+        return loss
 
     def should_evaluate(self, step: int) -> bool:  # besides every `eval_interval` steps (e.g. epoch ends)
         return False
@@ -178,7 +197,7 @@ def train(
 
         # 2. Forward and backward. Each micro-batch's loss is divided by grad_accum, so the gradients
         #    that `backward` adds up equal those of one batch grad_accum times larger.
-        loss_sum = torch.zeros((), device=device)
+        loss_sum, tokens = torch.zeros((), device=device), 0
         for micro in range(config.grad_accum):
             x, y = next(batches)  # (B, T), (B, T): y is x shifted left by one token
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -188,6 +207,7 @@ def train(
                     _, loss = forward(x, y)  # logits (B, T, V); loss: mean cross-entropy over B*T
                 scaler.scale(loss / config.grad_accum).backward()
             loss_sum += loss.detach().float()
+            tokens += x.numel()  # every micro-batch of the step counts
 
         # 3. Clip the true gradients (unscaled first, if fp16 scaled them) to a total norm <= grad_clip.
         scaler.unscale_(optimizer)
@@ -195,6 +215,7 @@ def train(
         norm = nn.utils.clip_grad_norm_(model.parameters(), max_norm)
         # Both numbers in one GPU -> CPU copy: every `.item()` makes the CPU wait for the GPU.
         loss_value, grad_norm = torch.stack([loss_sum / config.grad_accum, norm.float()]).tolist()
+        loss_value = hooks.step_loss(loss_value)
         # NaN guard: a NaN/inf loss or gradient would poison every weight. (Under fp16 the GradScaler
         # expects inf gradients now and then: it skips that update and lowers its scale.)
         if not math.isfinite(loss_value) or (not math.isfinite(grad_norm) and not scaler.is_enabled()):
@@ -207,7 +228,7 @@ def train(
         optimizer.zero_grad(set_to_none=True)
         step += 1
         hooks.on_step(StepReport(step, loss_value, lr, grad_norm, clipped=grad_norm > max_norm,
-                                 tokens=config.grad_accum * x.numel(), seconds=time.perf_counter() - started))
+                                 tokens=tokens, seconds=time.perf_counter() - started))
 
         # 5. Now and then, and at the end: the loss on text the model never trains on.
         if step % config.eval_interval == 0 or step == schedule.total_steps or hooks.should_evaluate(step):

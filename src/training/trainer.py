@@ -166,17 +166,15 @@ class Callback:
 
 
 def steps_per_epoch_for(num_windows: int, config: TrainConfig, world_size: int = 1) -> int:
-    """Optimiser steps per epoch for a training set of `num_windows` windows (leftover micro-batches
-    that do not fill a whole step are skipped).
+    """Optimiser steps per epoch for a training set of `num_windows` windows: only whole batches count.
 
-    With `world_size` processes (DDP) a micro-batch takes `batch_size` windows on every process, and a
-    last global batch too small to give every process a full share is dropped (see `make_dataloader`).
-    Example: 100 windows, batch_size 8: 13 steps in one process, 6 with two (6 x 16 = 96 windows).
+    A micro-batch takes `batch_size` windows on each of `world_size` processes (DDP); a last batch too
+    small to fill it, and micro-batches that do not fill a whole step, are skipped this epoch (the next
+    epoch's shuffle sees those windows again). So every step learns from the same number of windows,
+    and one process with batch_size B x W makes as many steps per epoch as W processes with B each.
+    Example: 100 windows, batch_size 8: 12 steps in one process (96 windows), 6 with two (6 x 16 = 96).
     """
-    if world_size == 1:
-        micro_batches = math.ceil(num_windows / config.batch_size)
-    else:
-        micro_batches = num_windows // (config.batch_size * world_size)
+    micro_batches = num_windows // (config.batch_size * world_size)
     steps = micro_batches // config.grad_accum
     if steps == 0:
         per_batch = f"{config.batch_size}" + (f" x {world_size} processes" if world_size > 1 else "")
@@ -265,6 +263,11 @@ class RunBook(TrainHooks):
             return bool(stop)
         return ctx.stop_reason is not None
 
+    def step_loss(self, loss: float) -> float:
+        # DDP: the mean over all processes, so that a NaN/inf on one of them stops every one of them
+        # after the same step (alone, it would leave the others waiting in the next all-reduce).
+        return distributed.mean_over_ranks(loss)
+
     def should_evaluate(self, step: int) -> bool:
         return step % self.ctx.steps_per_epoch == 0  # every epoch end
 
@@ -276,8 +279,9 @@ class RunBook(TrainHooks):
 
     def on_step(self, report: StepReport) -> None:
         state, ctx = self.ctx.state, self.ctx
-        # DDP: the report is this process's share of the step; the records count all processes.
-        loss, tokens = distributed.mean_over_ranks(report.loss), report.tokens * distributed.world_size()
+        # DDP: the loss is already the mean over the processes (`step_loss`); the tokens are this
+        # process's share of the step, and the records count all processes.
+        loss, tokens = report.loss, report.tokens * distributed.world_size()
         state.step = report.step
         state.epoch, steps_done = divmod(report.step, ctx.steps_per_epoch)
         state.batch_in_epoch = steps_done * ctx.config.grad_accum
@@ -344,6 +348,7 @@ def run_training(
     callbacks: Sequence[Callback] = (),
     compiled: nn.Module | None = None,
     tokens_per_char: float = 1.0,
+    steps_per_epoch: int | None = None,
 ) -> History:
     """Train `model` (already on `device`) with the learner's loop and return the run's history.
 
@@ -351,10 +356,11 @@ def run_training(
     RNG states before calling. `compiled` is an optional `torch.compile` wrapper used for the forward
     pass; callbacks always get the unwrapped `model`. `tokens_per_char` turns nats per token into bits
     per character. Under torchrun (`distributed.setup` done) the forward pass runs through DDP.
+    `steps_per_epoch` overrides `steps_per_epoch_for` (a run resumed with the count it was planned with).
     """
     state = state or TrainState()
     scaler = scaler or torch.amp.GradScaler(device.type, enabled=False)
-    steps_per_epoch = steps_per_epoch_for(len(train_set), config, distributed.world_size())
+    steps_per_epoch = steps_per_epoch or steps_per_epoch_for(len(train_set), config, distributed.world_size())
     schedule = schedule or LRSchedule.plan(config, total_steps_for(steps_per_epoch, config))
     ctx = LoopContext(model, optimizer, scaler, config, state, schedule, steps_per_epoch, device)
     history = History(state=state, total_steps=schedule.total_steps, timing=ctx.timing)
