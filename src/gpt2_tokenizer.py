@@ -35,7 +35,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from src.fileio import atomic_write_text
+from src.fileio import StructuredFileError, atomic_write_text, parse_json
 from src.tokenizer import MAX_MERGES, EOT_TOKEN, BPETokenizer, GPT2BPETokenizer
 
 # GPT-2's split pattern (openai/gpt-2, src/encoder.py), the one GPT-2-format files are used with
@@ -137,9 +137,9 @@ def _read_gpt2_file(path: str | Path, what: str) -> str:
 def read_gpt2_vocab(path: str | Path) -> dict[str, int]:
     """vocab.json -> {token text: id}; raises ValueError naming the file for anything else."""
     try:
-        vocab = json.loads(_read_gpt2_file(path, "a GPT-2 vocab.json"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON: {err}") from None
+        vocab = parse_json(_read_gpt2_file(path, "a GPT-2 vocab.json"), path)
+    except StructuredFileError as err:
+        raise ValueError(str(err)) from None
     if not isinstance(vocab, dict) or not all(type(i) is int for i in vocab.values()):
         raise ValueError(f"{path}: expected a JSON object mapping token texts to integer ids")
     return vocab

@@ -58,7 +58,7 @@ from pathlib import Path
 import numpy as np
 import regex
 
-from src.fileio import atomic_write_text
+from src.fileio import StructuredFileError, atomic_write_text, read_json
 
 UNK_TOKEN = "<unk>"
 EOT_TOKEN = "<|endoftext|>"
@@ -632,15 +632,10 @@ def load_tokenizer(path: str | Path) -> CharTokenizer | BPETokenizer:
     path = Path(path)
     if not path.exists():
         raise ValueError(f"tokenizer file {path} does not exist")
-    try:
-        if path.stat().st_size > _MAX_TOKENIZER_FILE:
-            raise ValueError(f"tokenizer file {path} is {path.stat().st_size / 1e6:,.0f} MB, more than the "
-                             f"{_MAX_TOKENIZER_FILE >> 20} MB this code reads")
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:  # RecursionError: nested too deep
-        raise ValueError(f"tokenizer file {path} is not valid JSON: {err}") from None
-    except OSError as err:
-        raise ValueError(f"cannot read tokenizer file {path}: {err.strerror or err}") from None
+    try:  # size and nesting caps: a tokenizer.json is data someone else may have written
+        data = read_json(path, max_bytes=_MAX_TOKENIZER_FILE)
+    except StructuredFileError as err:
+        raise ValueError(str(err)) from None
     try:
         return tokenizer_from_dict(data)
     except ValueError as err:
