@@ -65,14 +65,26 @@ from src.config import (
 )
 from src.fileio import FileLock, atomic_write_text, describe_os_error
 from src.gutenberg import (
+    BLANK_EDGES_RE,
+    CREDITS_RE,
+    END_LINE_RE,
+    END_RE,
+    START_RE,
     DataError,
     book_url,
     cache_path,
     clean_book,
+    decode_block,
+    estimate_wrap_width,
     fetch_book,
     is_url,
+    not_regular,
+    not_regular_message,
+    open_regular,
     parse_header,
     read_raw,
+    sha256_of,
+    unwrap_paragraphs,
 )
 from src.tokenizer import load_tokenizer, train_tokenizer
 
@@ -95,7 +107,13 @@ NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # --name becomes a folder n
 # and --evaluate, in chunks of SCAN_BYTES (bounded memory).
 FULL_CHECK_BYTES = 64 << 20
 SAMPLE_BLOCKS, SAMPLE_BLOCK_BYTES = 64, 1 << 16
-SCAN_BYTES = 8 << 20
+SCAN_BYTES = 1 << 20
+# Big inputs: an --input file larger than STREAM_BYTES is never held in memory (StreamedText): it is
+# read BLOCK_BYTES at a time, and its tokenizer is trained on a sample of TOKENIZER_SAMPLE_CHARS.
+STREAM_BYTES = 32 << 20
+BLOCK_BYTES = 1 << 20
+TAIL_BYTES = 1 << 16  # where a streamed file's END marker is looked for
+TOKENIZER_SAMPLE_CHARS = 4 << 20
 
 
 class DataChangedError(DataError):
@@ -118,6 +136,7 @@ class Document:
     location: str  # the file it was read from (for a download: the cached copy)
     text: str
     url: str | None = None  # where a downloaded book came from
+    stream: StreamedText | None = None  # a file too large to hold: read from disk piece by piece (text is "")
 
 
 def resolve_mirror(mirror: str | None) -> str:
@@ -171,6 +190,8 @@ def expand_inputs(patterns: Sequence[str]) -> list[Path]:
             if not found:
                 raise DataError(f"--input pattern {pattern!r} matches no files")
             files.extend(found)
+        elif kind := not_regular(path):
+            raise DataError(f"--input {not_regular_message(path, kind)}")
         else:
             raise DataError(f"--input {pattern} does not exist (give .txt files, folders or glob patterns)")
     unique = list(dict.fromkeys(p.resolve() for p in files))
@@ -178,13 +199,165 @@ def expand_inputs(patterns: Sequence[str]) -> list[Path]:
 
 
 def load_input_file(path: Path, unwrap: bool, source_id: str | None = None) -> Document:
-    """One of the user's own files: title = file name; a Gutenberg header is stripped if present."""
+    """One of the user's own files: title = file name; a Gutenberg header is stripped if present.
+    A file larger than STREAM_BYTES is not read into memory but streamed (`StreamedText`)."""
+    if path.stat().st_size > STREAM_BYTES:
+        stream = StreamedText.open(path, unwrap)
+        return Document(id=source_id or path.name, title=path.stem, author=None, language=None, sha256=stream.sha256,
+                        location=str(path), text="", stream=stream)
     raw = read_raw(path)
     text = clean_book(raw.data, str(path), unwrap=unwrap, require_markers=False)
     return Document(
         id=source_id or path.name, title=path.stem, author=None, language=None, sha256=raw.sha256,
         location=str(path), text=text,
     )
+
+
+class StreamedText:
+    """A text file too large to hold in memory (several GB): read, cleaned and cut into pieces block by
+    block whenever its pieces are needed, so memory holds one block (BLOCK_BYTES) at a time.
+
+    `open` reads the file once: the first block is checked (UTF-16, NUL bytes, UTF-8) before the rest
+    is read, then every block, while its sha256 is computed. It finds the Gutenberg markers (START in
+    the first block, END in the last TAIL_BYTES), estimates the wrap width from the first block and
+    chooses the split: validation starts at the first blank line after (1 - val_fraction) of the
+    text's bytes. Blocks are cut at blank lines, so unwrapping them one at a time joins the same lines
+    as unwrapping the whole text. Later passes check that the file did not change (size, mtime).
+    Differences to a file read whole: the split is placed by bytes, not characters, and an END marker
+    or credits line is looked for only near the end or start.
+    """
+
+    def __init__(self, path: Path, sha256: str, size: int, mtime_ns: int, body: tuple[int, int], width: int | None):
+        self.path, self.sha256, self.size, self.mtime_ns = path, sha256, size, mtime_ns
+        self.body, self.width = body, width  # (first, last + 1) byte of the text between the markers
+
+    @classmethod
+    def open(cls, path: Path, unwrap: bool) -> StreamedText:
+        digest = hashlib.sha256()
+        with open_regular(path) as handle:
+            info = os.fstat(handle.fileno())
+            offset, carry, head = 0, b"", None
+            while chunk := handle.read(BLOCK_BYTES):
+                digest.update(chunk)
+                data = carry + chunk
+                cut = _line_cut(data)
+                text = decode_block(data[:cut], offset - len(carry), str(path))  # the first: before the rest is read
+                if head is None:
+                    if not data.strip():
+                        raise DataError(f"{path} is empty")
+                    head, raw_head = text, data[:cut]
+                offset, carry = offset + len(chunk), data[cut:]
+            if head is None:
+                raise DataError(f"{path} is empty")
+            decode_block(carry, offset - len(carry), str(path))
+            handle.seek(max(0, offset - TAIL_BYTES))
+            tail = handle.read()
+        width = estimate_wrap_width(head.split("\n")) if unwrap else None
+        return cls(path, digest.hexdigest(), offset, info.st_mtime_ns, _gutenberg_body(raw_head, tail, offset), width)
+
+    @property
+    def has_markers(self) -> bool:
+        return self.body != (0, self.size)
+
+    def split(self, val_fraction: float) -> tuple[StreamedPieces, StreamedPieces]:
+        """(train pieces, val pieces): the body cut at the first blank line after (1 - val_fraction) of it."""
+        first, end = self.body
+        if val_fraction == 0:
+            return StreamedPieces(self, first, end), StreamedPieces(self, end, end)
+        target = first + round((end - first) * (1 - val_fraction))
+        with open_regular(self.path) as handle:
+            handle.seek(target)
+            window = handle.read(min(BLOCK_BYTES, end - target))
+        cut = _after_blank_line(window)
+        if cut is None:  # no paragraph break near the target: the next line break, else the next character
+            line = window.find(b"\n")
+            cut = line + 1 if line >= 0 else next((i for i, b in enumerate(window) if b & 0xC0 != 0x80), len(window))
+        cut = min(end, target + cut)
+        return StreamedPieces(self, first, cut), StreamedPieces(self, cut, end)
+
+    def pieces(self, start: int, stop: int) -> Iterator[str]:
+        """The cleaned text of bytes [start, stop), block by block, cut into `text_pieces`."""
+        with open_regular(self.path) as handle:
+            info = os.fstat(handle.fileno())
+            if (info.st_size, info.st_mtime_ns) != (self.size, self.mtime_ns):
+                raise DataError(f"{self.path} changed while the data set was being built from it; run the command again")
+            handle.seek(start)
+            position, carry = start, b""
+            while position < stop or carry:
+                new = handle.read(min(BLOCK_BYTES, stop - position))
+                if not new and position < stop:  # the file ended early: it was cut short meanwhile
+                    raise DataError(f"{self.path} changed while the data set was being built from it; run the command again")
+                data, position = carry + new, position + len(new)
+                cut = len(data) if position >= stop else _last_blank_line(data) or _line_cut(data)
+                block, carry = data[:cut], data[cut:]
+                block_start = position - len(data)
+                text = decode_block(block, block_start, str(self.path))
+                if self.has_markers and block_start == self.body[0]:  # like strip_gutenberg: no credits, no blank lines
+                    text = _LEADING_BLANKS.sub("", CREDITS_RE.sub("", _LEADING_BLANKS.sub("", text)))
+                if self.has_markers and position >= self.body[1] and not carry:  # no "End of Project Gutenberg" line
+                    text = BLANK_EDGES_RE.sub("", END_LINE_RE.sub("", text)) + "\n"
+                if self.width is not None:
+                    text = unwrap_paragraphs(text, self.width)
+                yield from text_pieces(text)
+
+
+class StreamedPieces:
+    """The pieces of one split of a `StreamedText`; iterating reads them from disk anew each time."""
+
+    def __init__(self, text: StreamedText, start: int, stop: int):
+        self.text, self.start, self.stop = text, start, stop
+
+    def __iter__(self) -> Iterator[str]:
+        return self.text.pieces(self.start, self.stop)
+
+    def __bool__(self) -> bool:
+        return self.stop > self.start
+
+    def sample(self, max_chars: int) -> list[str]:
+        """Every k-th piece, k chosen so that about `max_chars` characters remain: what the tokenizer
+        is trained on (spread over the whole split, in bounded memory)."""
+        step = max(1, -(-(self.stop - self.start) // max_chars))
+        return [piece for i, piece in enumerate(self) if i % step == 0]
+
+
+def _after_blank_line(data: bytes) -> int | None:
+    """Index just after the first blank line ("\n\n" or "\n\r\n") in `data`, or None."""
+    found = [i + len(sep) for sep in (b"\n\n", b"\n\r\n") if (i := data.find(sep)) >= 0]
+    return min(found) if found else None
+
+
+_LEADING_BLANKS = re.compile(r"\A(?:[ \t]*\n)+")
+
+
+def _line_cut(data: bytes) -> int:
+    """Where to cut `data` so that the first part ends with a whole line: after its last line break, or
+    (a line longer than a block) before the last character that may be incomplete."""
+    line = data.rfind(b"\n")
+    if line >= 0:
+        return line + 1
+    return next((i for i in range(len(data) - 1, max(-1, len(data) - 5), -1) if data[i] & 0xC0 != 0x80), len(data))
+
+
+def _last_blank_line(data: bytes) -> int | None:
+    """Index just after the last blank line in `data` (a paragraph never spans the cut), or None."""
+    found = [i + len(sep) for sep in (b"\n\n", b"\n\r\n") if (i := data.rfind(sep)) >= 0]
+    return max(found) if found else None
+
+
+_START_BYTES = re.compile(START_RE.pattern.encode(), re.IGNORECASE | re.MULTILINE)
+_END_BYTES = re.compile(END_RE.pattern.encode(), re.IGNORECASE | re.MULTILINE)
+
+
+def _gutenberg_body(head: bytes, tail: bytes, size: int) -> tuple[int, int]:
+    """(first, last + 1) byte of the text between the START marker (in `head`, the file's first block)
+    and the END marker (in `tail`, its last bytes); (0, size) for a file without both markers."""
+    start = _START_BYTES.search(head)
+    ends = list(_END_BYTES.finditer(tail))
+    if start is None or not ends:
+        return 0, size
+    end = size - len(tail) + ends[0].start()
+    first = start.end() + 1 if head[start.end() : start.end() + 1] == b"\n" else start.end()
+    return (first, end) if end > first else (0, size)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,6 +393,9 @@ def split_documents(documents: list[Document], config: DataConfig) -> list[tuple
     """
     parts = []
     for doc in documents:
+        if doc.stream is not None:  # a big file: pieces read from disk when needed
+            parts.append(doc.stream.split(config.val_fraction))
+            continue
         if doc.id in config.holdout_books:
             cut = 0
         elif config.val_fraction == 0:  # allowed with --holdout-book: the other books train only
@@ -349,7 +525,8 @@ def build(documents: list[Document], config: DataConfig, name: str, out: Path, s
     """Train the tokenizer (unless one is given), stream the ids into out/{train,val}.bin, write
     tokenizer.json + meta.json."""
     parts = split_documents(documents, config)
-    train_texts = [piece for train, _ in parts for piece in train]
+    train_texts = [piece for train, _ in parts
+                   for piece in (train.sample(TOKENIZER_SAMPLE_CHARS) if isinstance(train, StreamedPieces) else train)]
     if not train_texts:
         raise DataError("the training split is empty; hold out fewer books (--holdout-book)")
     try:
@@ -374,14 +551,14 @@ def build(documents: list[Document], config: DataConfig, name: str, out: Path, s
                 if tokens and pieces:  # books are separated by <|endoftext|>, as a token id
                     np.array([tokenizer.eot_id], dtype=dtype).tofile(f)
                     tokens += 1
-                count = 0
-                for piece in pieces:
+                count = n_chars = 0
+                for piece in pieces:  # a big file's pieces are read from disk here (see StreamedText)
                     ids = tokenizer.encode_to_array(piece)
                     ids.astype(dtype, copy=False).tofile(f)
                     count += len(ids)
+                    n_chars += len(piece)
                     if split == "val":
                         unknown_chars += tokenizer.unknown_rate(piece) * len(piece)
-                n_chars = sum(len(piece) for piece in pieces)
                 source[split] = {"characters": n_chars, "tokens": count, "offset": tokens}
                 tokens += count
                 characters += n_chars
@@ -461,7 +638,7 @@ def check_reusable(meta: dict, config: DataConfig, path: Path, show_progress: bo
             f"pass --force to rebuild it, or choose another --name"
         )
     if config.input:
-        now = {str(p): read_raw(p).sha256 for p in expand_inputs(config.input)}
+        now = {str(p): sha256_of(p) for p in expand_inputs(config.input)}
         if now != {s.get("path"): s["sha256"] for s in meta.get("sources", [])}:
             raise DataChangedError(f"{path} was built from other versions of the --input files (input file contents differ); "
                             f"pass --force to rebuild it, or choose another --name")

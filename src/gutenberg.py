@@ -27,15 +27,19 @@ Left out on purpose: HTML/EPUB formats, zip archives, Gutenberg's robot "harvest
 from __future__ import annotations
 
 import codecs
+import errno
 import hashlib
 import http.client
+import os
 import re
+import stat
 import time
 import unicodedata
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from tqdm import tqdm
 
@@ -133,16 +137,75 @@ def fetch_book(book_id: int, mirror: str, raw_dir: Path, show_progress: bool = T
         raise DataError(f"--mirror {mirror!r} is neither an http(s) URL nor an existing directory")
     path = root / book_path(book_id)
     if not path.is_file():
+        kind = not_regular(path)
+        if kind:
+            raise DataError(f"book {book_id} in mirror {root}: {not_regular_message(path, kind)}")
         raise DataError(f"book {book_id} not found in mirror {root} (expected {path})")
     return read_raw(path)
 
 
 def read_raw(path: Path) -> RawBook:
-    try:
-        data = path.read_bytes()
-    except OSError as error:
-        raise DataError(f"cannot read {path}: {error.strerror or error}") from None
+    with open_regular(path) as handle:
+        try:
+            data = handle.read()
+        except OSError as error:
+            raise DataError(f"cannot read {path}: {error.strerror or error}") from None
     return RawBook(data=data, location=str(path), sha256=hashlib.sha256(data).hexdigest())
+
+
+def sha256_of(path: Path) -> str:
+    """The sha256 of a file, read CHUNK_BYTES at a time (a multi-GB text never lies in memory whole)."""
+    digest = hashlib.sha256()
+    with open_regular(path) as handle:
+        try:
+            while chunk := handle.read(CHUNK_BYTES * 16):
+                digest.update(chunk)
+        except OSError as error:
+            raise DataError(f"cannot read {path}: {error.strerror or error}") from None
+    return digest.hexdigest()
+
+
+def not_regular(path: Path) -> str | None:
+    """What `path` is when it exists but is no regular file or folder ("a FIFO (named pipe)", "a symbolic
+    link loop", ...); None for a file, a folder, or nothing at all."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as error:
+        return "a symbolic link loop" if error.errno == errno.ELOOP else None
+    for test, kind in ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return None
+
+
+def not_regular_message(path: Path, kind: str) -> str:
+    """'x.txt is a FIFO (named pipe), not a regular file; ...' with what to do instead."""
+    if "loop" in kind:
+        return f"{path} is {kind} (it leads back to itself), not a regular file; point it at a .txt file"
+    return (f"{path} is {kind}, not a regular file; the text is read more than once (checksums, tokenizer, "
+            "encoding), so save it to a .txt file first")
+
+
+def open_regular(path: Path) -> BinaryIO:
+    """`path` opened for reading, or DataError: a FIFO or device is refused without blocking on it
+    (O_NONBLOCK, then fstat), so one swapped in after a check cannot hang the build either."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as error:
+        kind = "a symbolic link loop" if error.errno == errno.ELOOP else None
+        if kind:
+            raise DataError(not_regular_message(path, kind)) from None
+        raise DataError(f"cannot read {path}: {error.strerror or error}") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        if stat.S_ISDIR(mode):
+            raise DataError(f"{path} is a folder, not a text file")
+        raise DataError(not_regular_message(path, not_regular(path) or "not a regular file"))
+    if hasattr(os, "set_blocking"):
+        os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
 
 
 def download(url: str, book_id: int, show_progress: bool = True) -> bytes:
@@ -198,6 +261,10 @@ def decode_text(data: bytes, source: str) -> str:
     """Bytes -> normalised text: `decode_text(b'\\xef\\xbb\\xbfa\\r\\nb', 'x')` -> 'a\\nb'."""
     if not data.strip():
         raise DataError(f"{source} is empty")
+    utf16 = utf16_kind(data[:UTF16_PROBE_BYTES])
+    if utf16:
+        raise DataError(f"{source} is {utf16} text, not UTF-8; convert it, e.g. iconv -f {utf16} -t UTF-8 "
+                        f"{source} > {utf8_name(source)}")
     nul = data.find(b"\x00")
     if nul >= 0:
         raise DataError(f"{source} looks like a binary file (NUL byte at offset {nul}); expected UTF-8 text")
@@ -211,6 +278,36 @@ def decode_text(data: bytes, source: str) -> str:
         ) from None
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     return unicodedata.normalize("NFC", text)
+
+
+UTF16_PROBE_BYTES = 4096  # how much of a file tells UTF-16 (half its bytes NUL, at one parity) from binary
+
+
+def utf16_kind(head: bytes) -> str | None:
+    """The iconv name of the UTF-16 encoding `head` (a file's first bytes) is in, or None.
+
+    A byte-order mark says it outright ("UTF-16"). Without one, English or German text in UTF-16 has
+    a NUL in (nearly) every other byte: at the odd offsets for little-endian ("H\\0e\\0"), the even ones
+    for big-endian. Binary files have NULs at both parities, UTF-8 text none at all.
+    Example: utf16_kind("Hallo".encode("utf-16-le")) -> 'UTF-16LE'.
+    """
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) and not head.startswith(codecs.BOM_UTF32_LE):
+        return "UTF-16"
+    pairs = len(head) // 2
+    if pairs < 2:
+        return None
+    odd, even = head[1 : 2 * pairs : 2].count(0), head[0 : 2 * pairs : 2].count(0)
+    if odd >= 0.7 * pairs and even <= 0.05 * pairs:
+        return "UTF-16LE"
+    if even >= 0.7 * pairs and odd <= 0.05 * pairs:
+        return "UTF-16BE"
+    return None
+
+
+def utf8_name(source: str) -> str:
+    """Where the converted copy of a file could go: 'texts/book.txt' -> 'texts/book-utf8.txt'."""
+    path = Path(source)
+    return str(path.with_name(f"{path.stem}-utf8{path.suffix or '.txt'}"))
 
 
 def parse_header(text: str) -> dict[str, str | None]:
@@ -299,6 +396,31 @@ def _unwrap_block(lines: list[str], width: int) -> str:
         if len(line.rstrip()) + 1 + len(following.split(maxsplit=1)[0]) <= width - WRAP_SLACK:
             return "\n".join(lines)
     return " ".join(line.strip() for line in lines)
+
+
+def decode_block(data: bytes, offset: int, source: str) -> str:
+    """One block of a streamed file (cut at a line break) -> normalised text, like `decode_text`.
+
+    `offset` is where the block starts in the file: errors name the byte offset in the file, and only
+    the block at offset 0 may start with a byte-order mark (or be UTF-16).
+    """
+    if offset == 0:
+        utf16 = utf16_kind(data[:UTF16_PROBE_BYTES])
+        if utf16:
+            raise DataError(f"{source} is {utf16} text, not UTF-8; convert it, e.g. iconv -f {utf16} -t UTF-8 "
+                            f"{source} > {utf8_name(source)}")
+    nul = data.find(b"\x00")
+    if nul >= 0:
+        raise DataError(f"{source} looks like a binary file (NUL byte at offset {offset + nul}); expected UTF-8 text")
+    bom = 3 if offset == 0 and data.startswith(codecs.BOM_UTF8) else 0
+    try:
+        text = data[bom:].decode("utf-8")
+    except UnicodeDecodeError as error:
+        at = offset + bom + error.start
+        raise DataError(f"{source} is not valid UTF-8 (byte offset {at}: {data[bom + error.start:bom + error.start + 1]!r}); "
+                        f"convert it, e.g. iconv -f latin1 -t utf-8") from None
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return unicodedata.normalize("NFC", text)
 
 
 def clean_book(data: bytes, source: str, unwrap: bool, require_markers: bool = True) -> str:
