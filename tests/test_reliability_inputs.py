@@ -47,6 +47,20 @@ def build(tmp_path: Path, story: Path) -> tuple[list[str], Path]:
     return args, next(p for p in (tmp_path / "data" / "processed").iterdir() if p.is_dir())
 
 
+def tree(folder: Path) -> dict[str, str]:
+    """Like `snapshot`, but a FIFO, link or device is recorded by its kind, never opened."""
+    import hashlib
+    import stat
+
+    def state(p: Path) -> str:
+        mode = p.lstat().st_mode
+        if stat.S_ISREG(mode):
+            return hashlib.sha256(p.read_bytes()).hexdigest()
+        return "link" if stat.S_ISLNK(mode) else "dir" if stat.S_ISDIR(mode) else oct(stat.S_IFMT(mode))
+
+    return {str(p.relative_to(folder)): state(p) for p in sorted(folder.rglob("*"))}
+
+
 def poke(file: Path, position: int, value: int) -> None:
     """Overwrite the uint16 token id at `position` in place (the file keeps its size)."""
     ids = np.fromfile(file, dtype=np.uint16)
@@ -154,3 +168,110 @@ def test_an_older_data_set_without_checksums_is_checked_whole_and_gets_them(tmp_
     upgraded = load_meta(folder)
     assert upgraded["splits"]["val"]["sha256"] == load_meta(good)["splits"]["val"]["sha256"]
     assert data_fingerprint(upgraded) == fingerprint  # a resumed run still recognises its data
+
+
+# --- 5. big inputs stream; what is not a regular UTF-8 file is named as such ---------------------------
+
+
+def hostile_inputs(folder: Path) -> dict[str, tuple[Path, str]]:
+    """name -> (a path that is no readable UTF-8 text file, what its one line must say)."""
+    folder.mkdir()
+    fifo = folder / "pipe.txt"
+    os.mkfifo(fifo)  # opening it for reading would block until a writer comes: it must never be opened so
+    loop = folder / "loop.txt"
+    loop.symlink_to(loop.name)
+    text = make_story(n_paragraphs=5)
+    cases = {"fifo": (fifo, "is a FIFO (named pipe), not a regular file"),
+             "loop": (loop, "is a symbolic link loop (it leads back to itself), not a regular file"),
+             "device": (Path("/dev/zero"), "is a character device, not a regular file")}
+    for name, data, expected in (("bom", text.encode("utf-16"), "iconv -f UTF-16 -t UTF-8"),
+                                 ("le", text.encode("utf-16-le"), "iconv -f UTF-16LE -t UTF-8"),
+                                 ("be", text.encode("utf-16-be"), "iconv -f UTF-16BE -t UTF-8")):
+        (folder / f"{name}.txt").write_bytes(data)
+        cases[name] = (folder / f"{name}.txt", f"is {expected.split()[2]} text, not UTF-8; convert it, e.g. {expected}")
+    return cases
+
+
+@pytest.mark.parametrize("case", ["fifo", "loop", "device", "bom", "le", "be"])
+def test_a_fifo_a_device_a_link_loop_or_utf16_is_named_for_what_it_is(tmp_path, case, capsys):
+    path, expected = hostile_inputs(tmp_path / "inputs")[case]
+    before = tree(tmp_path)
+    assert dataset_main(["--input", str(path), "--data-dir", str(tmp_path / "data"), "--quiet"]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert str(path) in line and expected in line and "does not exist" not in line, line
+    assert tree(tmp_path) == before  # no data folder left behind, the input untouched
+
+
+def test_a_streamed_text_gives_the_same_ids_as_one_read_whole(tmp_path, monkeypatch):
+    """Block by block (here 4 kB blocks) the cleaning - markers, credits, CRLF, unwrapping - is exact."""
+    from src.config import DataConfig
+    from src.tokenizer import load_tokenizer
+    from tests.conftest import END_MARKER, START_MARKER, wrap_paragraphs
+
+    book = tmp_path / "book.txt"
+    book.write_bytes((f"Title: T\r\n\r\n{START_MARKER.format(title='T')}\r\n\r\nProduced by a kind volunteer\r\n\r\n"
+                      + wrap_paragraphs(make_story(n_paragraphs=150)).replace("\n", "\r\n")
+                      + f"\r\nEnd of the Project Gutenberg EBook of T\r\n\r\n{END_MARKER.format(title='T')}\r\nlicence"
+                      ).encode("utf-8"))
+
+    def text_of(stream: bool) -> tuple[str, dict]:
+        if stream:
+            monkeypatch.setattr(dataset, "STREAM_BYTES", 0)
+            monkeypatch.setattr(dataset, "BLOCK_BYTES", 4096)
+        config = DataConfig(input=(str(book),), books=(), data_dir=tmp_path / ("streamed" if stream else "whole"))
+        prepared = dataset.prepare_dataset(config, show_progress=False)
+        tokenizer = load_tokenizer(prepared.path / "tokenizer.json")
+        return "".join(tokenizer.decode(np.fromfile(prepared.path / f"{split}.bin", dtype=np.uint16).tolist())
+                       for split in ("train", "val")), prepared.meta
+
+    whole, whole_meta = text_of(stream=False)
+    streamed, streamed_meta = text_of(stream=True)
+    assert streamed == whole and whole.startswith("The") and "Produced" not in whole and "licence" not in whole
+    assert streamed_meta["sources"][0]["sha256"] == whole_meta["sources"][0]["sha256"]
+    assert 0.85 < streamed_meta["splits"]["train"]["tokens"] / len(streamed) < 0.95  # about 90 % train
+
+
+MEMORY_PROBE = """
+import json, resource, sys
+import src.dataset as dataset
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB; torch and numpy are imported by now
+code = dataset.main(["--input", sys.argv[1], "--data-dir", sys.argv[2], "--quiet"])
+print(json.dumps({"code": code, "grew_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before}))
+"""
+
+
+@pytest.mark.slow
+def test_a_text_of_tens_of_megabytes_is_built_in_bounded_memory(tmp_path):
+    """A 40 MB text: read whole it would need ~170 MB beyond the imports; streamed its peak grows by far
+    less than the file's own size (measured ~14 MB)."""
+    paragraphs = make_story(n_paragraphs=2000)
+    big = tmp_path / "big.txt"
+    big.write_text(paragraphs * (40_000_000 // len(paragraphs) + 1), encoding="utf-8")
+    size = big.stat().st_size
+    done = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(big), str(tmp_path / "data")], env=ENV,
+                          capture_output=True, text=True, timeout=300)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["code"] == 0, done.stderr
+    assert result["grew_kib"] * 1024 < size / 2, (result, size)
+    folder = next((tmp_path / "data" / "processed").iterdir())
+    meta = load_meta(folder)
+    assert meta["splits"]["train"]["characters"] + meta["splits"]["val"]["characters"] == size  # nothing lost
+    from src.tokenizer import load_tokenizer
+
+    head = np.fromfile(folder / "train.bin", dtype=np.uint16, count=2000).tolist()
+    assert load_tokenizer(folder / "tokenizer.json").decode(head) == paragraphs[:2000]
+
+
+@pytest.mark.parametrize("head, expected", [
+    ("Hallo Welt.\n".encode("utf-16-le") * 100, "is UTF-16LE text"),
+    (b"Hello world.\n" * 100 + b"\x00", "NUL byte at offset 1300"),
+])
+def test_a_huge_sparse_file_is_refused_by_its_first_block_in_a_moment(tmp_path, head, expected, capsys):
+    """A 1 TB file (sparse: it takes no disk space) whose first block is not UTF-8 text: the checks on
+    the first block answer before the rest is read (reading it would take hours)."""
+    huge = tmp_path / "huge.txt"
+    huge.write_bytes(head)
+    os.truncate(huge, 10**12)
+    assert dataset_main(["--input", str(huge), "--data-dir", str(tmp_path / "data"), "--quiet"]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert str(huge) in line and expected in line
