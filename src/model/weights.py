@@ -1,0 +1,69 @@
+"""Which tensors a model of a given configuration has - known before a single weight is allocated.
+
+A checkpoint, an export or a Hugging Face folder *declares* a configuration (n_layer, n_embd,
+block_size, vocab_size, ...) and *holds* tensors. Building the model from the declaration first
+would allocate whatever it declares: a block_size of 10**9 makes a sinusoidal table of 10**9 x n_embd
+numbers before any weight is compared. PyTorch's "meta" device records shapes and dtypes but
+allocates nothing, so a model built there tells which tensors the declaration implies; they are
+compared with the file's tensors, whose shapes a file format tells without reading their data
+(safetensors' header, `torch.load(..., mmap=True)`).
+
+Example: `weights_mismatch(config, {"lm_head.weight": ((65, 32), torch.float32), ...})` -> None when
+the file holds exactly the tensors `MiniTransformer(config)` has, else one sentence saying which differs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+
+from src.config import ModelConfig
+from src.model.transformer import MiniTransformer
+
+Declared = Mapping[str, tuple[tuple[int, ...], torch.dtype]]  # tensor name -> (shape, dtype)
+
+
+def _meta_model(config: ModelConfig) -> MiniTransformer:
+    with torch.device("meta"):  # shapes and dtypes only: nothing is allocated, however large
+        return MiniTransformer(config)
+
+
+def expected_tensors(config: ModelConfig) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """Every entry of `MiniTransformer(config).state_dict()` with its shape and dtype."""
+    return {name: (tuple(t.shape), t.dtype) for name, t in _meta_model(config).state_dict().items()}
+
+
+def model_bytes(config: ModelConfig) -> int:
+    """Bytes the model's parameters and buffers (also the ones no file stores, like a sinusoidal
+    table or a causal mask) take once built; a tied weight is counted once."""
+    model = _meta_model(config)
+    tensors = {id(t): t for t in (*model.parameters(), *model.buffers())}
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def weights_mismatch(config: ModelConfig, found: Declared) -> str | None:
+    """None when `found` are exactly the tensors a model of `config` has, with floating-point weights
+    where the model has them; else what differs, e.g. "tensor blocks.0.attn.c_attn.weight has shape
+    (96, 32), but the configuration implies (48, 16)".
+
+    The number of layers is compared with the number of tensors first: every layer has tensors, so a
+    declared n_layer above it cannot fit, and the model on the meta device stays as small as the file.
+    """
+    if config.n_layer > len(found):
+        return f"n_layer {config.n_layer:,} cannot fit a file of {len(found):,} tensors"
+    expected = expected_tensors(config)
+    missing = [name for name in expected if name not in found]
+    if missing:
+        return f"tensor {missing[0]} is missing ({len(missing)} of {len(expected)} missing)"
+    unknown = [name for name in found if name not in expected]
+    if unknown:
+        return f"tensor {unknown[0]} is not part of this model ({len(unknown)} such tensors)"
+    for name, (shape, dtype) in expected.items():
+        found_shape, found_dtype = tuple(found[name][0]), found[name][1]
+        if found_shape != shape:
+            return f"tensor {name} has shape {found_shape}, but the configuration implies {shape}"
+        if dtype.is_floating_point and not found_dtype.is_floating_point or (
+                not dtype.is_floating_point and found_dtype != dtype):
+            return f"tensor {name} is {str(found_dtype).removeprefix('torch.')}, not a floating-point dtype"
+    return None
