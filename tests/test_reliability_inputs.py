@@ -275,3 +275,91 @@ def test_a_huge_sparse_file_is_refused_by_its_first_block_in_a_moment(tmp_path, 
     assert dataset_main(["--input", str(huge), "--data-dir", str(tmp_path / "data"), "--quiet"]) == 2
     line = one_error_line(capsys.readouterr().err)
     assert str(huge) in line and expected in line
+
+
+# --- 3. declared sizes are checked before anything is allocated ----------------------------------------
+
+DECLARED_PROBE = """
+import contextlib, io, json, resource, sys, time
+from src.main import main
+status = open("/proc/self/status").read()
+mapped = int(status.split("VmSize:")[1].split()[0]) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (mapped + (2 << 30), resource.RLIM_INFINITY))  # 2 GiB beyond the imports
+results = {}
+for path in sys.argv[1:]:
+    err, started = io.StringIO(), time.monotonic()
+    with contextlib.redirect_stderr(err):
+        code = main(["--generate", "--checkpoint", path, "--max-new-tokens", "2", "--device", "cpu", "--quiet"])
+    results[path] = {"code": code, "err": err.getvalue(), "s": time.monotonic() - started}
+print(json.dumps(results))
+"""
+
+
+def declared_cases(tiny_run: Path, folder: Path) -> dict[Path, str]:
+    """Files whose declared configuration lies about their tensors -> what their one line must say."""
+    from dataclasses import fields
+
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save
+
+    from src.config import ModelConfig
+    from src.hf_bridge import export_hf
+    from src.training.checkpoints import export_safetensors, load_model
+
+    folder.mkdir()
+    good = torch.load(tiny_run / "checkpoints" / "last.pt", weights_only=True)
+    position_field = next(f.name for f in fields(ModelConfig) if f.name.startswith("pos"))
+    cases = {}
+
+    def checkpoint(name: str, expected: str, config: dict | None = None, weights=None) -> None:
+        payload = {**good, "model_config": {**good["model_config"], **(config or {})}}
+        if weights is not None:
+            payload["model"] = weights(good["model"])
+        torch.save(payload, folder / name)
+        cases[folder / name] = expected
+
+    checkpoint("wider.pt", "tensor embeddings.token_embedding.weight has shape", {"n_embd": 32})
+    checkpoint("deeper.pt", "n_layer 1,000,000,000 cannot fit a file of", {"n_layer": 10**9})
+    checkpoint("integers.pt", "is int64, not a floating-point dtype",
+               weights=lambda w: {name: t.to(torch.int64) for name, t in w.items()})
+    checkpoint("sinusoidal.pt", "needs about", {position_field: "sinusoidal", "block_size": 10**9},
+               weights=lambda w: {name: t for name, t in w.items() if "position_embedding" not in name})
+    model, tokenizer = load_model(tiny_run)
+    export = export_safetensors(model, tokenizer, folder / "export.safetensors")
+    with safe_open(str(export), framework="pt") as handle:
+        tensors, metadata = {name: handle.get_tensor(name) for name in handle.keys()}, handle.metadata()
+    for name, change, expected in (
+            ("vocab.safetensors", {"vocab_size": 500}, "but the configuration implies (500, 16)"),
+            ("deep.safetensors", {"n_layer": 10**9}, "n_layer 1,000,000,000 cannot fit")):
+        config = {**json.loads(metadata["model_config"]), **change}
+        (folder / name).write_bytes(save(tensors, metadata={**metadata, "model_config": json.dumps(config)}))
+        cases[folder / name] = expected
+    (folder / "half.safetensors").write_bytes(save({n: t.to(torch.int16) for n, t in tensors.items()}, metadata=metadata))
+    cases[folder / "half.safetensors"] = "is int16, not a floating-point dtype"
+    for name, change, expected in (("hf-deep", {"n_layer": 10**9}, "n_layer 1,000,000,000 in config.json cannot fit"),
+                                   ("hf-long", {"n_positions": 10**10, "n_ctx": 10**10},
+                                    "but config.json implies (10000000000, 16)")):
+        hf = export_hf(model, tokenizer, folder / name, card={})
+        hf_config = json.loads((hf / "config.json").read_text())
+        (hf / "config.json").write_text(json.dumps({**hf_config, **change}))
+        cases[hf] = expected
+    return cases
+
+
+@pytest.mark.slow
+def test_declared_sizes_that_lie_are_refused_before_the_model_is_built(tmp_path, tiny_run):
+    """Each crafted file in a process that may allocate only 2 GiB more than its imports: a model built
+    from the declaration (10**9 layers, a sinusoidal table of 10**10 positions) would fail or hang."""
+    cases = declared_cases(tiny_run, tmp_path / "files")
+    before = tree(tmp_path / "files")
+    done = subprocess.run([sys.executable, "-c", DECLARED_PROBE, *map(str, cases)], env=ENV, capture_output=True,
+                          text=True, timeout=300)
+    results = json.loads(done.stdout.strip().splitlines()[-1])
+    for path, expected in cases.items():
+        result = results[str(path)]
+        line = error_line(result["err"])
+        assert result["code"] == 2 and str(path) in line and expected in line, (path, result)
+        assert "--n-layer" not in line and "--block-size" not in line  # the file is named, not training flags
+        assert result["s"] < 60, (path, result)  # building 10**9 layers would take hours
+    assert tree(tmp_path / "files") == before

@@ -25,12 +25,17 @@ Declared = Mapping[str, tuple[tuple[int, ...], torch.dtype]]  # tensor name -> (
 
 
 def _meta_model(config: ModelConfig) -> MiniTransformer:
-    with torch.device("meta"):  # shapes and dtypes only: nothing is allocated, however large
-        return MiniTransformer(config)
+    """ValueError when even the shapes cannot be described (a tensor of more than 2**63 bytes)."""
+    try:
+        with torch.device("meta"):  # shapes and dtypes only: nothing is allocated, however large
+            return MiniTransformer(config)
+    except RuntimeError as err:  # "Storage size calculation overflowed"
+        raise ValueError(f"its tensors would be too large to count (block_size {config.block_size:,}, n_embd "
+                         f"{config.n_embd:,}, vocab_size {config.vocab_size:,}): {str(err).splitlines()[0][:80]}") from None
 
 
 def expected_tensors(config: ModelConfig) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-    """Every entry of `MiniTransformer(config).state_dict()` with its shape and dtype."""
+    """Every entry of `MiniTransformer(config).state_dict()` with its shape and dtype (ValueError: see `_meta_model`)."""
     return {name: (tuple(t.shape), t.dtype) for name, t in _meta_model(config).state_dict().items()}
 
 

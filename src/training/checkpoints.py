@@ -135,7 +135,10 @@ def check_declared(model_config: Any, found: dict[str, tuple[tuple[int, ...], to
         config = config_from_dict(ModelConfig, model_config)
     except (TypeError, ValueError, AttributeError) as err:
         raise CheckpointError(f"{path}: stored model config is not usable: {err}") from None
-    problem = weights_mismatch(config, found)
+    try:
+        problem = weights_mismatch(config, found)
+    except ValueError as err:  # shapes beyond counting
+        problem = str(err)
     if problem is not None:
         raise CheckpointError(f"{path}: its stored configuration (n_layer {config.n_layer:,}, n_embd {config.n_embd:,}, "
                               f"block_size {config.block_size:,}, vocab_size {config.vocab_size:,}) does not match its "
@@ -151,7 +154,11 @@ def check_loadable(config: ModelConfig, path: str | Path, load_bytes: int) -> No
     from src.model.weights import model_bytes
     from src.training.utils import free_memory
 
-    need, free = model_bytes(config) + load_bytes, free_memory(torch.device("cpu"))
+    try:
+        need = model_bytes(config) + load_bytes
+    except ValueError as err:
+        raise CheckpointError(f"{path}: {err}; nothing was loaded") from None
+    free = free_memory(torch.device("cpu"))
     if free is not None and need > free:
         raise CheckpointError(f"{path}: loading its model needs about {need / 2**30:,.1f} GiB (weights and buffers of "
                               f"n_layer {config.n_layer:,}, n_embd {config.n_embd:,}, block_size {config.block_size:,}, "
