@@ -363,3 +363,13 @@ def test_declared_sizes_that_lie_are_refused_before_the_model_is_built(tmp_path,
         assert "--n-layer" not in line and "--block-size" not in line  # the file is named, not training flags
         assert result["s"] < 60, (path, result)  # building 10**9 layers would take hours
     assert tree(tmp_path / "files") == before
+
+
+def test_the_memorization_note_never_decodes_a_big_corpus_into_memory(tmp_path, story, monkeypatch):
+    import src.memorization as memorization
+
+    _, folder = build(tmp_path, story)
+    assert memorization.memorization_note(folder)("The cat sees").startswith("longest verbatim match: 12 characters")
+    monkeypatch.setattr(memorization, "MAX_INDEX_TOKENS", 1000)  # as if the corpus were several GB
+    monkeypatch.setattr(memorization, "training_texts", lambda *a: pytest.fail("the corpus was decoded"))
+    assert "not searched (the training text has 8,480 tokens" in memorization.memorization_note(folder)("The cat")
