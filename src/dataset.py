@@ -18,15 +18,22 @@ https://github.com/karpathy/nanoGPT/blob/master/data/shakespeare_char/prepare.py
 
 The result lives in `<data_dir>/processed/<name>/`; it is written into a temporary folder and
 renamed at the end, so a failed build leaves nothing half-written behind. One builder at a time:
-a second one waits for the first (a lock file beside the folder) and then reuses its result. On
-reuse, the .bin sizes and the tokenizer's fingerprint are checked against meta.json.
+a second one waits for the first (a lock file beside the folder) and then reuses its result.
+
+A data set is checked, not trusted (`verify_tokens`): on reuse the .bin sizes, the tokenizer's
+fingerprint and vocabulary size, every id (below the vocabulary size) and a sha256 are compared
+with meta.json - whole for files up to FULL_CHECK_BYTES, by sampled blocks above, always whole
+on --resume and --evaluate. A text file larger than STREAM_BYTES is never held in memory: it is
+read, cleaned and encoded block by block (`StreamedText`), so a corpus of several GB builds in
+bounded memory.
 `TokenDataset` reads the .bin file through `np.memmap` (the OS pages it in on demand) and
 `make_dataloader` adds the seeded shuffling that makes training resumable mid-epoch.
 
-Left out on purpose: sharding for corpora larger than memory-mapped files handle, document
-packing/masking across `<|endoftext|>` (the model simply learns that a new book starts there).
+Left out on purpose: sharding the .bin files, streaming a corpus of many small files (each is
+read whole, all at once), document packing/masking across `<|endoftext|>` (the model simply
+learns that a new book starts there).
 
-Why one file of ~800 lines: it is the whole pipeline the user runs as `python -m src.dataset`, in
+Why one file of ~1100 lines: it is the whole pipeline the user runs as `python -m src.dataset`, in
 numbered sections that follow the steps above; downloading and cleaning already live apart in
 `src/gutenberg.py`, and the training loop never imports this module (it receives batches).
 """
@@ -65,26 +72,18 @@ from src.config import (
 )
 from src.fileio import FileLock, atomic_write_text, describe_os_error
 from src.gutenberg import (
-    BLANK_EDGES_RE,
-    CREDITS_RE,
-    END_LINE_RE,
-    END_RE,
-    START_RE,
     DataError,
+    StreamedText,
     book_url,
     cache_path,
     clean_book,
-    decode_block,
-    estimate_wrap_width,
     fetch_book,
     is_url,
     not_regular,
     not_regular_message,
-    open_regular,
     parse_header,
     read_raw,
     sha256_of,
-    unwrap_paragraphs,
 )
 from src.tokenizer import load_tokenizer, train_tokenizer
 
@@ -109,11 +108,10 @@ FULL_CHECK_BYTES = 64 << 20
 SAMPLE_BLOCKS, SAMPLE_BLOCK_BYTES = 64, 1 << 16
 SCAN_BYTES = 1 << 20
 # Big inputs: an --input file larger than STREAM_BYTES is never held in memory (StreamedText): it is
-# read BLOCK_BYTES at a time, and its tokenizer is trained on a sample of TOKENIZER_SAMPLE_CHARS.
+# read gutenberg.BLOCK_BYTES at a time, and its tokenizer is trained on a sample of TOKENIZER_SAMPLE_CHARS.
 STREAM_BYTES = 32 << 20
-BLOCK_BYTES = 1 << 20
-TAIL_BYTES = 1 << 16  # where a streamed file's END marker is looked for
 TOKENIZER_SAMPLE_CHARS = 4 << 20
+SAMPLE_SPANS = 16  # the sample: this many stretches spread over the training split
 
 
 class DataChangedError(DataError):
@@ -213,94 +211,6 @@ def load_input_file(path: Path, unwrap: bool, source_id: str | None = None) -> D
     )
 
 
-class StreamedText:
-    """A text file too large to hold in memory (several GB): read, cleaned and cut into pieces block by
-    block whenever its pieces are needed, so memory holds one block (BLOCK_BYTES) at a time.
-
-    `open` reads the file once: the first block is checked (UTF-16, NUL bytes, UTF-8) before the rest
-    is read, then every block, while its sha256 is computed. It finds the Gutenberg markers (START in
-    the first block, END in the last TAIL_BYTES), estimates the wrap width from the first block and
-    chooses the split: validation starts at the first blank line after (1 - val_fraction) of the
-    text's bytes. Blocks are cut at blank lines, so unwrapping them one at a time joins the same lines
-    as unwrapping the whole text. Later passes check that the file did not change (size, mtime).
-    Differences to a file read whole: the split is placed by bytes, not characters, and an END marker
-    or credits line is looked for only near the end or start.
-    """
-
-    def __init__(self, path: Path, sha256: str, size: int, mtime_ns: int, body: tuple[int, int], width: int | None):
-        self.path, self.sha256, self.size, self.mtime_ns = path, sha256, size, mtime_ns
-        self.body, self.width = body, width  # (first, last + 1) byte of the text between the markers
-
-    @classmethod
-    def open(cls, path: Path, unwrap: bool) -> StreamedText:
-        digest = hashlib.sha256()
-        with open_regular(path) as handle:
-            info = os.fstat(handle.fileno())
-            offset, carry, head = 0, b"", None
-            while chunk := handle.read(BLOCK_BYTES):
-                digest.update(chunk)
-                data = carry + chunk
-                cut = _line_cut(data)
-                text = decode_block(data[:cut], offset - len(carry), str(path))  # the first: before the rest is read
-                if head is None:
-                    if not data.strip():
-                        raise DataError(f"{path} is empty")
-                    head, raw_head = text, data[:cut]
-                offset, carry = offset + len(chunk), data[cut:]
-            if head is None:
-                raise DataError(f"{path} is empty")
-            decode_block(carry, offset - len(carry), str(path))
-            handle.seek(max(0, offset - TAIL_BYTES))
-            tail = handle.read()
-        width = estimate_wrap_width(head.split("\n")) if unwrap else None
-        return cls(path, digest.hexdigest(), offset, info.st_mtime_ns, _gutenberg_body(raw_head, tail, offset), width)
-
-    @property
-    def has_markers(self) -> bool:
-        return self.body != (0, self.size)
-
-    def split(self, val_fraction: float) -> tuple[StreamedPieces, StreamedPieces]:
-        """(train pieces, val pieces): the body cut at the first blank line after (1 - val_fraction) of it."""
-        first, end = self.body
-        if val_fraction == 0:
-            return StreamedPieces(self, first, end), StreamedPieces(self, end, end)
-        target = first + round((end - first) * (1 - val_fraction))
-        with open_regular(self.path) as handle:
-            handle.seek(target)
-            window = handle.read(min(BLOCK_BYTES, end - target))
-        cut = _after_blank_line(window)
-        if cut is None:  # no paragraph break near the target: the next line break, else the next character
-            line = window.find(b"\n")
-            cut = line + 1 if line >= 0 else next((i for i, b in enumerate(window) if b & 0xC0 != 0x80), len(window))
-        cut = min(end, target + cut)
-        return StreamedPieces(self, first, cut), StreamedPieces(self, cut, end)
-
-    def pieces(self, start: int, stop: int) -> Iterator[str]:
-        """The cleaned text of bytes [start, stop), block by block, cut into `text_pieces`."""
-        with open_regular(self.path) as handle:
-            info = os.fstat(handle.fileno())
-            if (info.st_size, info.st_mtime_ns) != (self.size, self.mtime_ns):
-                raise DataError(f"{self.path} changed while the data set was being built from it; run the command again")
-            handle.seek(start)
-            position, carry = start, b""
-            while position < stop or carry:
-                new = handle.read(min(BLOCK_BYTES, stop - position))
-                if not new and position < stop:  # the file ended early: it was cut short meanwhile
-                    raise DataError(f"{self.path} changed while the data set was being built from it; run the command again")
-                data, position = carry + new, position + len(new)
-                cut = len(data) if position >= stop else _last_blank_line(data) or _line_cut(data)
-                block, carry = data[:cut], data[cut:]
-                block_start = position - len(data)
-                text = decode_block(block, block_start, str(self.path))
-                if self.has_markers and block_start == self.body[0]:  # like strip_gutenberg: no credits, no blank lines
-                    text = _LEADING_BLANKS.sub("", CREDITS_RE.sub("", _LEADING_BLANKS.sub("", text)))
-                if self.has_markers and position >= self.body[1] and not carry:  # no "End of Project Gutenberg" line
-                    text = BLANK_EDGES_RE.sub("", END_LINE_RE.sub("", text)) + "\n"
-                if self.width is not None:
-                    text = unwrap_paragraphs(text, self.width)
-                yield from text_pieces(text)
-
-
 class StreamedPieces:
     """The pieces of one split of a `StreamedText`; iterating reads them from disk anew each time."""
 
@@ -308,56 +218,27 @@ class StreamedPieces:
         self.text, self.start, self.stop = text, start, stop
 
     def __iter__(self) -> Iterator[str]:
-        return self.text.pieces(self.start, self.stop)
+        for block in self.text.blocks(self.start, self.stop):
+            yield from text_pieces(block)
 
     def __bool__(self) -> bool:
         return self.stop > self.start
 
     def sample(self, max_chars: int) -> list[str]:
-        """Every k-th piece, k chosen so that about `max_chars` characters remain: what the tokenizer
-        is trained on (spread over the whole split, in bounded memory)."""
-        step = max(1, -(-(self.stop - self.start) // max_chars))
-        return [piece for i, piece in enumerate(self) if i % step == 0]
+        """About `max_chars` bytes of the split's text in SAMPLE_SPANS stretches spread evenly over it
+        (each starting at a line), or all of it when it is no longer: what the tokenizer is trained on.
+        Only the stretches are read, so a split of several GB costs a few MB."""
+        length = self.stop - self.start
+        if length <= max_chars:
+            return list(self)
+        pieces = []
+        for i in range(SAMPLE_SPANS):
+            first = self.text.line_start(self.start + i * length // SAMPLE_SPANS)
+            last = self.text.line_start(min(self.stop, first + max_chars // SAMPLE_SPANS))
+            for block in self.text.blocks(first, last):
+                pieces.extend(text_pieces(block))
+        return pieces
 
-
-def _after_blank_line(data: bytes) -> int | None:
-    """Index just after the first blank line ("\n\n" or "\n\r\n") in `data`, or None."""
-    found = [i + len(sep) for sep in (b"\n\n", b"\n\r\n") if (i := data.find(sep)) >= 0]
-    return min(found) if found else None
-
-
-_LEADING_BLANKS = re.compile(r"\A(?:[ \t]*\n)+")
-
-
-def _line_cut(data: bytes) -> int:
-    """Where to cut `data` so that the first part ends with a whole line: after its last line break, or
-    (a line longer than a block) before the last character that may be incomplete."""
-    line = data.rfind(b"\n")
-    if line >= 0:
-        return line + 1
-    return next((i for i in range(len(data) - 1, max(-1, len(data) - 5), -1) if data[i] & 0xC0 != 0x80), len(data))
-
-
-def _last_blank_line(data: bytes) -> int | None:
-    """Index just after the last blank line in `data` (a paragraph never spans the cut), or None."""
-    found = [i + len(sep) for sep in (b"\n\n", b"\n\r\n") if (i := data.rfind(sep)) >= 0]
-    return max(found) if found else None
-
-
-_START_BYTES = re.compile(START_RE.pattern.encode(), re.IGNORECASE | re.MULTILINE)
-_END_BYTES = re.compile(END_RE.pattern.encode(), re.IGNORECASE | re.MULTILINE)
-
-
-def _gutenberg_body(head: bytes, tail: bytes, size: int) -> tuple[int, int]:
-    """(first, last + 1) byte of the text between the START marker (in `head`, the file's first block)
-    and the END marker (in `tail`, its last bytes); (0, size) for a file without both markers."""
-    start = _START_BYTES.search(head)
-    ends = list(_END_BYTES.finditer(tail))
-    if start is None or not ends:
-        return 0, size
-    end = size - len(tail) + ends[0].start()
-    first = start.end() + 1 if head[start.end() : start.end() + 1] == b"\n" else start.end()
-    return (first, end) if end > first else (0, size)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -394,7 +275,8 @@ def split_documents(documents: list[Document], config: DataConfig) -> list[tuple
     parts = []
     for doc in documents:
         if doc.stream is not None:  # a big file: pieces read from disk when needed
-            parts.append(doc.stream.split(config.val_fraction))
+            train, val = doc.stream.split(config.val_fraction)
+            parts.append((StreamedPieces(doc.stream, *train), StreamedPieces(doc.stream, *val)))
             continue
         if doc.id in config.holdout_books:
             cut = 0
@@ -525,7 +407,7 @@ def build(documents: list[Document], config: DataConfig, name: str, out: Path, s
     """Train the tokenizer (unless one is given), stream the ids into out/{train,val}.bin, write
     tokenizer.json + meta.json."""
     parts = split_documents(documents, config)
-    train_texts = [piece for train, _ in parts
+    train_texts = [piece for train, _ in parts  # a big file's tokenizer learns from a sample of its text
                    for piece in (train.sample(TOKENIZER_SAMPLE_CHARS) if isinstance(train, StreamedPieces) else train)]
     if not train_texts:
         raise DataError("the training split is empty; hold out fewer books (--holdout-book)")

@@ -21,6 +21,11 @@ interrupted download never poisons the cache. Each attempt is bounded in time (T
 network operation, DEADLINE_S for the whole file), so a server that hangs or trickles fails after
 at most (RETRIES + 1) attempts with one clear message instead of blocking forever.
 
+A text file larger than memory is cleaned the same way, block by block (`StreamedText`, used by
+src/dataset.py for big --input files). Only regular files are read (`open_regular`): a FIFO, a
+device or a symbolic link loop is named as such, and UTF-16 text gets the iconv command that
+converts it.
+
 Left out on purpose: HTML/EPUB formats, zip archives, Gutenberg's robot "harvest" endpoint.
 """
 
@@ -37,6 +42,7 @@ import time
 import unicodedata
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -51,6 +57,8 @@ DEADLINE_S = 300.0  # seconds one attempt at one file may take in all (a 1 MB bo
 RETRIES = 3  # attempts after the first one fails with a network error or a 5xx status
 BACKOFF_BASE_S = 1.0  # waits 1 s, 2 s, 4 s between attempts; tests set this to ~0
 CHUNK_BYTES = 1 << 16
+BLOCK_BYTES = 1 << 20  # a streamed text (`StreamedText`) is read this much at a time
+TAIL_BYTES = 1 << 16  # where a streamed text's END marker is looked for
 
 # "*** START OF THE PROJECT GUTENBERG EBOOK ALICE ***", "*** START OF THIS PROJECT GUTENBERG
 # EBOOK ...", "***START OF THE PROJECT GUTENBERG E-BOOK ...": case, spacing, the "E-BOOK"
@@ -433,3 +441,149 @@ def clean_book(data: bytes, source: str, unwrap: bool, require_markers: bool = T
     if not text.strip():
         raise DataError(f"{source} contains only whitespace")
     return text
+
+
+# ---------------------------------------------------------------------------------------------
+# Streaming a text too large to hold in memory
+
+
+class StreamedText:
+    """A text file too large to hold in memory (several GB): read and cleaned block by block whenever
+    its text is needed (`blocks`), so memory holds one block (BLOCK_BYTES) at a time.
+
+    `open` reads the file once: the first block is checked (UTF-16, NUL bytes, UTF-8) before the rest
+    is read, then every block, while its sha256 is computed. It finds the Gutenberg markers (START in
+    the first block, END in the last TAIL_BYTES), estimates the wrap width from the first block and
+    chooses the split: validation starts at the first blank line after (1 - val_fraction) of the
+    text's bytes. Blocks are cut at blank lines, so unwrapping them one at a time joins the same lines
+    as unwrapping the whole text. Later passes check that the file did not change (size, mtime).
+    Differences to a file read whole: the split is placed by bytes, not characters, and an END marker
+    or credits line is looked for only near the end or start.
+    """
+
+    def __init__(self, path: Path, sha256: str, size: int, mtime_ns: int, body: tuple[int, int], width: int | None):
+        self.path, self.sha256, self.size, self.mtime_ns = path, sha256, size, mtime_ns
+        self.body, self.width = body, width  # (first, last + 1) byte of the text between the markers
+
+    @classmethod
+    def open(cls, path: Path, unwrap: bool) -> StreamedText:
+        digest = hashlib.sha256()
+        with open_regular(path) as handle:
+            info = os.fstat(handle.fileno())
+            offset, carry, head = 0, b"", None
+            while chunk := handle.read(BLOCK_BYTES):
+                digest.update(chunk)
+                data = carry + chunk
+                cut = _line_cut(data)
+                text = decode_block(data[:cut], offset - len(carry), str(path))  # the first: before the rest is read
+                if head is None:
+                    if not data.strip():
+                        raise DataError(f"{path} is empty")
+                    head, raw_head = text, data[:cut]
+                offset, carry = offset + len(chunk), data[cut:]
+            if head is None:
+                raise DataError(f"{path} is empty")
+            decode_block(carry, offset - len(carry), str(path))
+            handle.seek(max(0, offset - TAIL_BYTES))
+            tail = handle.read()
+        width = estimate_wrap_width(head.split("\n")) if unwrap else None
+        return cls(path, digest.hexdigest(), offset, info.st_mtime_ns, _gutenberg_body(raw_head, tail, offset), width)
+
+    def line_start(self, offset: int) -> int:
+        """The first byte of the line at or after `offset` (the body's ends stay; with no line break
+        within BLOCK_BYTES, the next character): where a block may start."""
+        if offset <= self.body[0] or offset >= self.body[1]:
+            return min(max(offset, self.body[0]), self.body[1])
+        with open_regular(self.path) as handle:
+            handle.seek(offset - 1)
+            window = handle.read(min(BLOCK_BYTES, self.body[1] - offset + 1))
+        line = window.find(b"\n")
+        if line < 0:  # a line longer than a block: at least not inside a character
+            line = next((i for i in range(1, len(window)) if window[i] & 0xC0 != 0x80), len(window)) - 1
+        return min(self.body[1], offset + line)
+
+    @property
+    def has_markers(self) -> bool:
+        return self.body != (0, self.size)
+
+    def split(self, val_fraction: float) -> tuple[tuple[int, int], tuple[int, int]]:
+        """The byte ranges (start, stop) of the training and the validation text: the body cut at the
+        first blank line after (1 - val_fraction) of it."""
+        first, end = self.body
+        if val_fraction == 0:
+            return (first, end), (end, end)
+        target = first + round((end - first) * (1 - val_fraction))
+        with open_regular(self.path) as handle:
+            handle.seek(target)
+            window = handle.read(min(BLOCK_BYTES, end - target))
+        cut = _after_blank_line(window)
+        if cut is None:  # no paragraph break near the target: the next line break, else the next character
+            line = window.find(b"\n")
+            cut = line + 1 if line >= 0 else next((i for i, b in enumerate(window) if b & 0xC0 != 0x80), len(window))
+        cut = min(end, target + cut)
+        return (first, cut), (cut, end)
+
+    def blocks(self, start: int, stop: int) -> Iterator[str]:
+        """The cleaned text of bytes [start, stop), one block (at most BLOCK_BYTES, cut at a blank line) at a time."""
+        with open_regular(self.path) as handle:
+            info = os.fstat(handle.fileno())
+            if (info.st_size, info.st_mtime_ns) != (self.size, self.mtime_ns):
+                raise DataError(f"{self.path} changed while the data set was being built from it; run the command again")
+            handle.seek(start)
+            position, carry = start, b""
+            while position < stop or carry:
+                new = handle.read(min(BLOCK_BYTES, stop - position))
+                if not new and position < stop:  # the file ended early: it was cut short meanwhile
+                    raise DataError(f"{self.path} changed while the data set was being built from it; run the command again")
+                data, position = carry + new, position + len(new)
+                cut = len(data) if position >= stop else _last_blank_line(data) or _line_cut(data)
+                block, carry = data[:cut], data[cut:]
+                block_start = position - len(data)
+                text = decode_block(block, block_start, str(self.path))
+                if self.has_markers and block_start == self.body[0]:  # like strip_gutenberg: no credits, no blank lines
+                    text = _LEADING_BLANKS.sub("", CREDITS_RE.sub("", _LEADING_BLANKS.sub("", text)))
+                if self.has_markers and position >= self.body[1] and not carry:  # no "End of Project Gutenberg" line
+                    text = BLANK_EDGES_RE.sub("", END_LINE_RE.sub("", text)) + "\n"
+                if self.width is not None:
+                    text = unwrap_paragraphs(text, self.width)
+                yield text
+
+
+def _after_blank_line(data: bytes) -> int | None:
+    """Index just after the first blank line ("\n\n" or "\n\r\n") in `data`, or None."""
+    found = [i + len(sep) for sep in (b"\n\n", b"\n\r\n") if (i := data.find(sep)) >= 0]
+    return min(found) if found else None
+
+
+_LEADING_BLANKS = re.compile(r"\A(?:[ \t]*\n)+")
+
+
+def _line_cut(data: bytes) -> int:
+    """Where to cut `data` so that the first part ends with a whole line: after its last line break, or
+    (a line longer than a block) before the last character that may be incomplete."""
+    line = data.rfind(b"\n")
+    if line >= 0:
+        return line + 1
+    return next((i for i in range(len(data) - 1, max(-1, len(data) - 5), -1) if data[i] & 0xC0 != 0x80), len(data))
+
+
+def _last_blank_line(data: bytes) -> int | None:
+    """Index just after the last blank line in `data` (a paragraph never spans the cut), or None."""
+    found = [i + len(sep) for sep in (b"\n\n", b"\n\r\n") if (i := data.rfind(sep)) >= 0]
+    return max(found) if found else None
+
+
+_START_BYTES = re.compile(START_RE.pattern.encode(), re.IGNORECASE | re.MULTILINE)
+_END_BYTES = re.compile(END_RE.pattern.encode(), re.IGNORECASE | re.MULTILINE)
+
+
+def _gutenberg_body(head: bytes, tail: bytes, size: int) -> tuple[int, int]:
+    """(first, last + 1) byte of the text between the START marker (in `head`, the file's first block)
+    and the END marker (in `tail`, its last bytes); (0, size) for a file without both markers."""
+    start = _START_BYTES.search(head)
+    ends = list(_END_BYTES.finditer(tail))
+    if start is None or not ends:
+        return 0, size
+    end = size - len(tail) + ends[0].start()
+    first = start.end() + 1 if head[start.end() : start.end() + 1] == b"\n" else start.end()
+    return (first, end) if end > first else (0, size)

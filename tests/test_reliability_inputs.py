@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 import src.dataset as dataset
+import src.gutenberg as gutenberg
 from src.dataset import DataError, TokenDataset, data_fingerprint, load_meta
 from src.dataset import main as dataset_main
 from src.main import main
@@ -217,7 +218,7 @@ def test_a_streamed_text_gives_the_same_ids_as_one_read_whole(tmp_path, monkeypa
     def text_of(stream: bool) -> tuple[str, dict]:
         if stream:
             monkeypatch.setattr(dataset, "STREAM_BYTES", 0)
-            monkeypatch.setattr(dataset, "BLOCK_BYTES", 4096)
+            monkeypatch.setattr(gutenberg, "BLOCK_BYTES", 4096)
         config = DataConfig(input=(str(book),), books=(), data_dir=tmp_path / ("streamed" if stream else "whole"))
         prepared = dataset.prepare_dataset(config, show_progress=False)
         tokenizer = load_tokenizer(prepared.path / "tokenizer.json")
@@ -259,7 +260,10 @@ def test_a_text_of_tens_of_megabytes_is_built_in_bounded_memory(tmp_path):
     from src.tokenizer import load_tokenizer
 
     head = np.fromfile(folder / "train.bin", dtype=np.uint16, count=2000).tolist()
-    assert load_tokenizer(folder / "tokenizer.json").decode(head) == paragraphs[:2000]
+    tokenizer = load_tokenizer(folder / "tokenizer.json")
+    assert tokenizer.decode(head) == paragraphs[:2000]
+    assert tokenizer.vocab_size == len(set(paragraphs)) + 2  # the sampled stretches saw every character
+    assert meta["oov_rate"] == 0
 
 
 @pytest.mark.parametrize("head, expected", [

@@ -10,6 +10,7 @@ compared with the file's tensors, whose shapes a file format tells without readi
 
 Example: `weights_mismatch(config, {"lm_head.weight": ((65, 32), torch.float32), ...})` -> None when
 the file holds exactly the tensors `MiniTransformer(config)` has, else one sentence saying which differs.
+Not on the reading path (README "Lesepfad"): the checkpoint and Hugging Face loaders use it.
 """
 
 from __future__ import annotations

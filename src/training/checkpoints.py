@@ -374,12 +374,10 @@ def load_safetensors(path: str | Path) -> dict[str, Any]:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             metadata = handle.metadata() or {}
             found = safetensors_shapes(handle)
-            _check_export_header(metadata, found, path)  # before a single tensor is read
+            model_config, tokenizer, tied = _check_export_header(metadata, found, path)  # before a tensor is read
             tensors = {name: handle.get_tensor(name) for name in handle.keys()}
     except (SafetensorError, OSError) as err:
         raise CheckpointError(f"{path}: cannot read safetensors file (corrupt or truncated?): {err}") from err
-    model_config, tokenizer = json.loads(metadata["model_config"]), json.loads(metadata["tokenizer"])
-    tied = json.loads(metadata.get("tied_weights", "{}"))
     for alias, source in tied.items():
         tensors[alias] = tensors[source]  # load_state_dict copies it into the one shared parameter
     return {"model": tensors, "model_config": model_config, "tokenizer": tokenizer,
@@ -387,9 +385,10 @@ def load_safetensors(path: str | Path) -> dict[str, Any]:
 
 
 def _check_export_header(metadata: dict[str, str], found: dict[str, tuple[tuple[int, ...], torch.dtype]],
-                         path: Path) -> None:
+                         path: Path) -> tuple[Any, Any, dict[str, str]]:
     """An export's header: ours, a supported version, valid JSON, and a model configuration that implies
-    exactly its tensors (`check_declared`) - all from the header, before the tensors are read."""
+    exactly its tensors (`check_declared`) - all from the header, before the tensors are read.
+    Returns (model config, tokenizer, tied weights) as stored."""
     if metadata.get("project") != PROJECT_NAME:
         raise CheckpointError(f"{path}: not a {PROJECT_NAME} export (its header has no project={PROJECT_NAME} "
                               "metadata); export a run with: python -m src.main --export --checkpoint RUN_DIR")
@@ -405,3 +404,4 @@ def _check_export_header(metadata: dict[str, str], found: dict[str, tuple[tuple[
         raise CheckpointError(f"{path}: header metadata 'tied_weights' names tensors the file does not hold")
     load_bytes = sum(_nbytes(shape, dtype) for shape, dtype in found.values())
     check_declared(model_config, {**found, **{alias: found[source] for alias, source in tied.items()}}, path, load_bytes)
+    return model_config, tokenizer, tied
