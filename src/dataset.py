@@ -101,7 +101,7 @@ CONTENT_FIELDS = ("books", "input", "unwrap", "val_fraction", "holdout_books", "
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # --name becomes a folder name
 # Verifying the token files (meta.json records, per split, the sha256 of the whole .bin, the sha256 of
 # SAMPLE_BLOCKS evenly spaced blocks of it, and its largest id). Up to FULL_CHECK_BYTES a .bin is hashed
-# and scanned whole every time it is reused (the 12 default books: ~13 MB, a few hundredths of a second);
+# and scanned whole every time it is reused (the 12 default books: ~15 MB, read once per reuse);
 # a larger one only by its sampled blocks (4 MiB read, however large the file), and whole on --resume
 # and --evaluate, in chunks of SCAN_BYTES (bounded memory).
 FULL_CHECK_BYTES = 64 << 20
