@@ -477,8 +477,6 @@ class StreamedText:
                 cut = _line_cut(data)
                 text = decode_block(data[:cut], offset - len(carry), str(path))  # the first: before the rest is read
                 if head is None:
-                    if not data.strip():
-                        raise DataError(f"{path} is empty")
                     head, raw_head = text, data[:cut]
                 offset, carry = offset + len(chunk), data[cut:]
             if head is None:
