@@ -64,6 +64,7 @@ from src.errors import CheckpointError
 from src.fileio import atomic_write, atomic_write_text
 from src.model import MiniTransformer
 from src.model.embeddings import sinusoidal_table
+from src.model.weights import safetensors_shapes
 from src.tokenizer import (
     EOT_TOKEN,
     GPT2_SPLIT_PATTERN,
@@ -350,21 +351,6 @@ def read_hf_weights(folder: str | Path) -> dict[str, torch.Tensor]:
             raise CheckpointError(f"{folder}: weights split into shards ({index}) are not supported; save them "
                                   "as one file (save_pretrained(..., max_shard_size='10GB'))")
     raise CheckpointError(f"{folder}: no weights (model.safetensors or pytorch_model.bin)")
-
-
-# safetensors' dtype names -> torch's (a name not listed reads as uint8: not floating point, refused)
-SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-                      "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
-                      "U8": torch.uint8, "BOOL": torch.bool}
-
-
-def safetensors_shapes(handle: Any) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-    """name -> (shape, dtype) of every tensor in an open safetensors file, from its header alone."""
-    found = {}
-    for name in handle.keys():
-        piece = handle.get_slice(name)
-        found[name] = (tuple(piece.get_shape()), SAFETENSORS_DTYPES.get(piece.get_dtype(), torch.uint8))
-    return found
 
 
 def read_hf_shapes(folder: str | Path) -> tuple[dict[str, tuple[tuple[int, ...], torch.dtype]], Path] | None:

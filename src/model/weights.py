@@ -10,12 +10,13 @@ compared with the file's tensors, whose shapes a file format tells without readi
 
 Example: `weights_mismatch(config, {"lm_head.weight": ((65, 32), torch.float32), ...})` -> None when
 the file holds exactly the tensors `MiniTransformer(config)` has, else one sentence saying which differs.
-Not on the reading path (README "Lesepfad"): the checkpoint and Hugging Face loaders use it.
+`safetensors_shapes` reads those shapes from an open safetensors file. Not on the reading path (README "Lesepfad"): the checkpoint and Hugging Face loaders use it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 
@@ -73,3 +74,19 @@ def weights_mismatch(config: ModelConfig, found: Declared) -> str | None:
                 not dtype.is_floating_point and found_dtype != dtype):
             return f"tensor {name} is {str(found_dtype).removeprefix('torch.')}, not a floating-point dtype"
     return None
+
+
+# safetensors' dtype names -> torch's (a name not listed reads as uint8: not floating point, refused)
+SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                      "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+                      "U8": torch.uint8, "BOOL": torch.bool}
+
+
+def safetensors_shapes(handle: Any) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """name -> (shape, dtype) of every tensor in an open safetensors file (`safe_open`), from its header
+    alone: no tensor data is read."""
+    found = {}
+    for name in handle.keys():
+        piece = handle.get_slice(name)
+        found[name] = (tuple(piece.get_shape()), SAFETENSORS_DTYPES.get(piece.get_dtype(), torch.uint8))
+    return found

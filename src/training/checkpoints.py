@@ -30,7 +30,7 @@ import torch
 from src.config import ModelConfig, config_from_dict, config_to_dict
 from src.errors import CheckpointError  # noqa: F401 - raised here, and imported from here by callers
 from src.fileio import atomic_write
-from src.hf_bridge import hf_checkpoint_payload, hf_declared, is_hf_model_dir, safetensors_shapes
+from src.hf_bridge import hf_checkpoint_payload, hf_declared, is_hf_model_dir
 
 CHECKPOINT_FORMAT_VERSION = 1
 CHECKPOINT_DIR = "checkpoints"
@@ -118,8 +118,13 @@ def check_declared_checkpoint(path: Path) -> None:
         return
     weights = lazy.get("model") if isinstance(lazy, dict) else None
     if not isinstance(weights, dict) or not isinstance(lazy.get("model_config"), dict) or not all(
-            isinstance(name, str) and torch.is_tensor(t) for name, t in weights.items()):
+            isinstance(name, str) and torch.is_tensor(t) for name, t in weights.items()) or (
+            lazy.get("format_version") != CHECKPOINT_FORMAT_VERSION):
         return  # not our layout: load_checkpoint says so
+    try:
+        config_from_dict(ModelConfig, lazy["model_config"])
+    except (TypeError, ValueError):
+        return  # no usable configuration, so nothing can be built from it: model_from_checkpoint says so
     found = {name: (tuple(t.shape), t.dtype) for name, t in weights.items()}
     check_declared(lazy["model_config"], found, path, path.stat().st_size)
 
@@ -366,6 +371,8 @@ def load_safetensors(path: str | Path) -> dict[str, Any]:
     """Read a file from `export_safetensors` into the layout of a checkpoint (`model`, `model_config`,
     `tokenizer`, `tokenizer_fingerprint`), so `model_from_checkpoint` and friends work on it."""
     from safetensors import SafetensorError, safe_open
+
+    from src.model.weights import safetensors_shapes
 
     path = Path(path)
     if not path.is_file():
