@@ -28,8 +28,8 @@ from typing import Any
 
 import torch
 
+from src.model.eval_mode import evaluating
 from src.tokenizer import BPETokenizer
-from src.training.utils import evaluating
 
 # ---------------------------------------------------------------------------------------------
 # Tokens made readable, and the prompt as the model sees it

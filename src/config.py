@@ -32,30 +32,6 @@ def _help(text: str) -> dict[str, str]:
     return {"help": text}
 
 
-def _require_positive(obj: Any, *names: str) -> None:
-    for name in names:
-        value = getattr(obj, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            kind = "" if isinstance(value, (int, float)) and not isinstance(value, bool) else f" (a {type(value).__name__})"
-            raise ValueError(f"{name} must be a positive integer, got {value!r}{kind}")
-
-
-def _require_choice(obj: Any, name: str, choices: tuple[str, ...]) -> None:
-    value = getattr(obj, name)
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
-
-
-def _require_fraction(obj: Any, name: str, low: float, high: float, high_inclusive: bool = False) -> None:
-    value = getattr(obj, name)
-    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)  # before comparing: "0.1" < 1.0 is a TypeError
-    upper_ok = is_number and (value <= high if high_inclusive else value < high)
-    if not (is_number and low <= value and upper_ok):
-        bracket = "]" if high_inclusive else ")"
-        kind = "" if is_number else f" (a {type(value).__name__}; give a number)"
-        raise ValueError(f"{name} must lie in [{low}, {high}{bracket}, got {value!r}{kind}")
-
-
 @dataclass
 class ModelConfig:
     """The shape of a GPT-2 style decoder-only Transformer.
@@ -74,6 +50,7 @@ class ModelConfig:
     attention: str = field(default="sdpa", metadata=_help("'sdpa' (fused PyTorch kernel) or 'manual' (readable)"))
     pos_encoding: str = field(default="learned", metadata=_help("'learned' (GPT-2) or 'sinusoidal' (Vaswani 2017)"))
 
+    # First pass: skip __post_init__ (validation); head_size below is worth reading.
     def __post_init__(self) -> None:
         _require_positive(self, "vocab_size", "block_size", "n_layer", "n_head", "n_embd")
         if self.n_embd % self.n_head != 0:
@@ -93,6 +70,7 @@ class ModelConfig:
         return self.n_embd // self.n_head
 
 
+# First pass: skip DataConfig (it belongs to src/dataset.py) and read TrainConfig below.
 @dataclass
 class DataConfig:
     """Where the training text comes from and how it becomes token ids."""
@@ -170,6 +148,7 @@ class TrainConfig:
         default=200, metadata=_help("characters/tokens of text sampled from fixed prompts at each evaluation (0 = off)")
     )
 
+    # First pass: skip __post_init__ (validation).
     def __post_init__(self) -> None:
         _require_positive(self, "batch_size", "epochs", "grad_accum", "eval_interval", "eval_batches", "log_interval")
         if self.max_steps is not None:
@@ -194,6 +173,7 @@ class TrainConfig:
             self.logdir = Path(self.logdir)
 
 
+# First pass: skip to the end of the file (reading and writing configs as JSON, validation helpers).
 def config_to_dict(config: Any) -> dict[str, Any]:
     """A JSON-friendly dict of a config dataclass (paths become strings, tuples lists)."""
 
@@ -215,3 +195,30 @@ def config_from_dict(cls: type, values: dict[str, Any]) -> Any:
         raise ValueError(f"unknown {cls.__name__} keys: {', '.join(unknown)}")
     converted = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
     return cls(**converted)
+
+
+# The checks behind every __post_init__, with readable error messages.
+
+
+def _require_positive(obj: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            kind = "" if isinstance(value, (int, float)) and not isinstance(value, bool) else f" (a {type(value).__name__})"
+            raise ValueError(f"{name} must be a positive integer, got {value!r}{kind}")
+
+
+def _require_choice(obj: Any, name: str, choices: tuple[str, ...]) -> None:
+    value = getattr(obj, name)
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def _require_fraction(obj: Any, name: str, low: float, high: float, high_inclusive: bool = False) -> None:
+    value = getattr(obj, name)
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)  # before comparing: "0.1" < 1.0 is a TypeError
+    upper_ok = is_number and (value <= high if high_inclusive else value < high)
+    if not (is_number and low <= value and upper_ok):
+        bracket = "]" if high_inclusive else ")"
+        kind = "" if is_number else f" (a {type(value).__name__}; give a number)"
+        raise ValueError(f"{name} must lie in [{low}, {high}{bracket}, got {value!r}{kind}")

@@ -92,6 +92,8 @@ __all__ = [
     "dataset_name", "load_meta", "load_tokens", "main", "make_dataloader", "prepare_dataset",
 ]
 
+# First pass: skip to TokenDataset (section 5): sections 1-4 build the token files once.
+
 FORMAT_VERSION = 1
 PIECE_CHARS = 1 << 17  # characters per tokenizer call (bounds the tokenizer's intermediate lists)
 _PIECE_BREAK = re.compile(r"\n(?=[^\W\d_])")  # a line break followed by a letter
@@ -370,6 +372,7 @@ def prepare_dataset(config: DataConfig, *, block_size: int | None = None, show_p
         if out_dir.exists() and not is_data_set(out_dir):  # --force replaces only a data set, never other files
             raise DataError(f"{out_dir} exists but is not a data set of this project (no meta.json of ours); nothing "
                             "there was touched - choose another --name or --data-dir")
+        check_only_our_files(out_dir)
         documents = load_documents(config, show_progress)
         meta = build_into(out_dir, documents, config, block_size, show_progress, tokenizer)
     except OSError as error:  # e.g. --data-dir on a read-only disk, or a full disk
@@ -557,6 +560,20 @@ def is_data_set(path: Path) -> bool:
     except DataError:
         return False
     return True
+
+
+DATA_SET_FILES = ("meta.json", "train.bin", "val.bin", "tokenizer.json")  # what `build` writes, nothing else
+
+
+def check_only_our_files(path: Path) -> None:
+    """DataError when the data set folder `path` holds anything `build` did not write: --force replaces
+    the whole folder, and a user's file put there must not go with it."""
+    if not path.is_dir():
+        return
+    foreign = sorted(entry.name for entry in path.iterdir() if entry.name not in DATA_SET_FILES)
+    if foreign:
+        raise DataError(f"--force: {path} also holds {len(foreign)} file(s) this project did not write (e.g. "
+                        f"{foreign[0]!r}); nothing was touched - move them elsewhere, or choose another --name")
 
 
 def check_files(meta: dict, path: Path) -> None:
@@ -757,6 +774,7 @@ def load_tokens(path: Path, split: str) -> np.memmap:
 # 5. Loading for training
 
 
+# First pass: read TokenDataset - the (x, y) windows, y = x shifted by one token.
 class TokenDataset(Dataset):
     """(x, y) windows of T = block_size tokens over a split's memory-mapped ids.
 
@@ -771,6 +789,7 @@ class TokenDataset(Dataset):
     Validation: offset 0 and n = (N - 1) // T, the same windows every time.
     """
 
+    # First pass: skip __init__ and set_epoch (how many windows, where they start); read __getitem__ below.
     def __init__(self, path: Path | str, split: str, block_size: int, seed: int = 0):
         if block_size <= 0:
             raise ValueError(f"block_size must be a positive integer, got {block_size}")
@@ -828,6 +847,7 @@ class TokenDataset(Dataset):
         return state
 
 
+# First pass: skip from here (batches in a resumable order, the command line).
 def make_dataloader(
     dataset: Dataset,
     batch_size: int,

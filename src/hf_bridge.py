@@ -35,7 +35,7 @@ than 4 n_embd, other activations or epsilons, scale_attn_by_inverse_layer_idx, c
 an untied LM head, sharded weights.
 
 Tokenizer files: a byte-level BPE is written in GPT-2 format (vocab.json + merges.txt, see
-src/tokenizer.py) plus Hugging Face's tokenizer.json, which also carries our split pattern (GPT-2's
+src/gpt2_tokenizer.py) plus Hugging Face's tokenizer.json, which also carries our split pattern (GPT-2's
 files cannot): `AutoTokenizer.from_pretrained(folder)` then encodes exactly like ours. The char
 tokenizer has no Hugging Face counterpart; it is written as our JSON (`OUR_TOKENIZER_FILE`, written
 for BPE too, so our export loads back exactly), and the model card shows the few lines that use it.
@@ -51,7 +51,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import shutil
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -61,19 +64,25 @@ import torch
 
 from src.config import ModelConfig, config_from_dict, config_to_dict
 from src.errors import CheckpointError
-from src.fileio import atomic_write, atomic_write_text
+from src.fileio import (
+    atomic_write,
+    atomic_write_text,
+    deferred_signals,
+    missing_folders,
+    read_json,
+    remove_if_empty,
+)
+from src.gpt2_tokenizer import (
+    GPT2_SPLIT_PATTERN,
+    gpt2_file_texts,
+    gpt2_vocab_and_merges,
+    read_gpt2_files,
+    tokenizer_from_gpt2_vocab,
+)
 from src.model import MiniTransformer
 from src.model.embeddings import sinusoidal_table
 from src.model.weights import safetensors_shapes
-from src.tokenizer import (
-    EOT_TOKEN,
-    GPT2_SPLIT_PATTERN,
-    BPETokenizer,
-    CharTokenizer,
-    load_tokenizer,
-    tokenizer_from_dict,
-    tokenizer_from_gpt2_vocab,
-)
+from src.tokenizer import EOT_TOKEN, BPETokenizer, CharTokenizer, load_tokenizer, tokenizer_from_dict
 
 Tokenizer = CharTokenizer | BPETokenizer
 
@@ -298,16 +307,8 @@ def is_hf_gpt2_dir(path: str | Path) -> bool:
 
 
 def _read_json(path: Path) -> Any:
-    if not path.is_file():
-        raise ValueError(f"{path}: no such file")
-    if path.stat().st_size > _JSON_LIMIT:
-        raise ValueError(f"{path}: larger than {_JSON_LIMIT >> 20} MB, too large for a JSON file of a model folder")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: not valid JSON: {err}") from None
-    except OSError as err:
-        raise ValueError(f"{path}: cannot read: {err.strerror or err}") from None
+    """The project's bounded reader (size and nesting caps); StructuredFileError (a ValueError) names the file."""
+    return read_json(path, max_bytes=_JSON_LIMIT)
 
 
 def read_hf_config(folder: str | Path) -> dict[str, Any]:
@@ -441,7 +442,7 @@ def load_hf_tokenizer(folder: str | Path) -> Tokenizer:
             return _tokenizer_from_hf_json(folder / "tokenizer.json")
         if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
             _check_tokenizer_config(folder)
-            return BPETokenizer.from_gpt2_files(folder / "vocab.json", folder / "merges.txt")
+            return read_gpt2_files(folder / "vocab.json", folder / "merges.txt")
     except ValueError as err:
         raise CheckpointError(str(err)) from None
     raise CheckpointError(f"{folder}: no tokenizer ({OUR_TOKENIZER_FILE}, tokenizer.json or vocab.json + merges.txt)")
@@ -587,15 +588,39 @@ def export_hf(model: MiniTransformer, tokenizer: Tokenizer, out_dir: str | Path,
         "README.md": model_card(model, tokenizer, out, card),
     }
     weights = save(to_hf_state_dict(model), metadata={"format": "pt"})
-    atomic_write_text(out / "config.json", _json_text(hf))  # first: the marker makes a broken export replaceable
-    atomic_write(out / "model.safetensors", weights)
-    tokenizer.save(out / OUR_TOKENIZER_FILE)
-    for name, text in files.items():
-        atomic_write_text(out / name, text)
-    stale = set(_EXPORT_FILES) - set(files) - {"config.json", "model.safetensors", OUR_TOKENIZER_FILE}
-    for name in sorted(stale) + ["pytorch_model.bin"]:  # e.g. vocab.json of an earlier BPE export, now char
-        (out / name).unlink(missing_ok=True)
+    # Written into a temporary folder beside `out` first: Ctrl-C, SIGTERM or a full disk while writing
+    # leaves `out` as it was (the temporary folder is removed), never half an export.
+    created = missing_folders(out.parent)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    try:
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the export is an ordinary readable folder
+        atomic_write_text(tmp / "config.json", _json_text(hf))
+        atomic_write(tmp / "model.safetensors", weights)
+        tokenizer.save(tmp / OUR_TOKENIZER_FILE)
+        for name, text in files.items():
+            atomic_write_text(tmp / name, text)
+        stale = set(_EXPORT_FILES) - set(files) - {"config.json", "model.safetensors", OUR_TOKENIZER_FILE}
+        with deferred_signals():  # a handful of renames: all of them, or (signal before) none
+            _move_into_place(tmp, out, sorted(stale) + ["pytorch_model.bin"])
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not out.exists():  # failed or interrupted: no empty folders made for it either
+            remove_if_empty(created)
     return out
+
+
+def _move_into_place(tmp: Path, out: Path, stale: list[str]) -> None:
+    """The finished files in `tmp` become `out`: a new or empty `out` by one rename of the folder, an
+    earlier export of ours file by file (files of the user's that lie there too are kept), removing
+    files of the earlier export that this one no longer has (e.g. vocab.json of a BPE export, now char)."""
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        os.replace(tmp, out)  # rename(2) may replace an empty folder
+        return
+    for entry in sorted(tmp.iterdir()):
+        os.replace(entry, out / entry.name)
+    for name in stale:
+        (out / name).unlink(missing_ok=True)
 
 
 def _json_text(data: Any) -> str:
@@ -615,7 +640,7 @@ def hf_tokenizer_files(tokenizer: BPETokenizer, block_size: int) -> dict[str, st
     special_tokens_map.json. tokenizer.json carries the split pattern (vocab.json cannot); for a
     pattern other than GPT-2's the class is PreTrainedTokenizerFast, because transformers 5's
     GPT2Tokenizer replaces the pre-tokenizer with GPT-2's own."""
-    vocab, merges = tokenizer.to_gpt2_vocab()  # ValueError if one token has two ids
+    vocab, merges = gpt2_vocab_and_merges(tokenizer)  # ValueError if one token has two ids
     gpt2 = tokenizer.pattern == GPT2_SPLIT_PATTERN
     byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": gpt2}
     pre_tokenizer = byte_level if gpt2 else {"type": "Sequence", "pretokenizers": [
@@ -633,9 +658,10 @@ def hf_tokenizer_files(tokenizer: BPETokenizer, block_size: int) -> dict[str, st
     specials = {"bos_token": EOT_TOKEN, "eos_token": EOT_TOKEN, "unk_token": EOT_TOKEN}
     tokenizer_config = {"tokenizer_class": "GPT2Tokenizer" if gpt2 else "PreTrainedTokenizerFast", **specials,
                         "add_prefix_space": False, "model_max_length": block_size, "clean_up_tokenization_spaces": False}
+    vocab_text, merges_text = gpt2_file_texts(vocab, merges)
     return {
-        "vocab.json": json.dumps(vocab, ensure_ascii=False) + "\n",
-        "merges.txt": "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges),
+        "vocab.json": vocab_text,
+        "merges.txt": merges_text,
         "tokenizer.json": json.dumps(tokenizer_json, ensure_ascii=False) + "\n",
         "tokenizer_config.json": _json_text(tokenizer_config),
         "special_tokens_map.json": _json_text(specials),

@@ -10,7 +10,6 @@ by a binary search on the length with rolling hashes (Karp & Rabin 1987).
 from __future__ import annotations
 
 import bisect
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -176,14 +175,14 @@ def training_texts(processed_dir: str | Path, split: str = "train") -> dict[str,
     <split>.bin from a folder written by `python -m src.dataset`. Without per-source offsets the
     whole split is returned as one document.
     """
-    from src.dataset import load_tokens
+    from src.dataset import load_meta, load_tokens
     from src.tokenizer import load_tokenizer
 
     processed_dir = Path(processed_dir)
     meta_path = processed_dir / "meta.json"
     if not meta_path.is_file():
         raise ValueError(f"{processed_dir} is not a processed data set (no meta.json); run python -m src.dataset first")
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    meta = load_meta(processed_dir)  # DataError (a ValueError) names a damaged meta.json
     tokens = load_tokens(processed_dir, split)
     tokenizer = load_tokenizer(processed_dir / "tokenizer.json")
     documents: dict[str, str] = {}
@@ -206,9 +205,11 @@ def memorization_note(data_path: str | Path) -> Callable[[str], str]:
     The index over the training text is built on first use (about a second for the 12 books).
     """
     index: list[Any] = []
+    from src.dataset import load_meta
+
     try:
-        tokens = json.loads((Path(data_path) / "meta.json").read_text(encoding="utf-8"))["splits"]["train"]["tokens"]
-    except (OSError, ValueError, KeyError, TypeError):
+        tokens = load_meta(Path(data_path))["splits"]["train"]["tokens"]
+    except ValueError:
         tokens = 0  # training_texts names the problem on first use
     if isinstance(tokens, int) and tokens > MAX_INDEX_TOKENS:  # a big corpus: never decoded into memory whole
         return lambda sample: (f"longest verbatim match: not searched (the training text has {tokens:,} tokens, more "

@@ -30,17 +30,17 @@ unless `encode(..., allowed_special="all")` is requested (as in OpenAI's tiktoke
 Tokenizers are saved as JSON with a "type" and a format "version" - never pickle.
 
 GPT-2-format files (`vocab.json` + `merges.txt`, as OpenAI and Hugging Face ship byte-level BPE)
-are read by `BPETokenizer.from_gpt2_files` and written by `save_gpt2_files`. Such files number
-their tokens in their own order, so a tokenizer read from them hands out the files' ids
-(`GPT2BPETokenizer`; the section "GPT-2-format files" at the end of the classes explains how).
+are read and written by src/gpt2_tokenizer.py. Such files number their tokens in their own order,
+so a tokenizer read from them hands out the files' ids (`GPT2BPETokenizer`, the last class here,
+which a first reading skips).
 
 Left out on purpose: normalisation (NFC etc.), byte fallback for the char tokenizer, parallel
 training. `id_to_token` shows bytes directly; GPT-2's printable stand-ins for bytes ("Ġ" for a
 space) appear only inside GPT-2-format files.
 
-Why one file of ~900 lines: both tokenizers share the chunking, the special tokens, the JSON format
-and the checks (`_TokenizerBase`), and the learner reads the BPE algorithm top-down in one place
-(training: `_learn_merges`, encoding: `_encode_chunk`); the GPT-2-file section at the end can be skipped.
+Why both tokenizers in one file: they share the chunking, the special tokens, the JSON format and
+the checks (`_TokenizerBase`), and the learner reads the BPE algorithm top-down in one place
+(training: `_learn_merges`, encoding: `_encode_chunk`).
 """
 
 from __future__ import annotations
@@ -72,10 +72,6 @@ SPLIT_PATTERN = (
     r"""|\s*[\r\n]|\s+(?!\S)|\s+"""
 )
 
-# GPT-2's split pattern (openai/gpt-2, src/encoder.py), the one GPT-2-format files are used with
-# (Hugging Face's ByteLevel pre-tokenizer): no limit on digits, no special case for line breaks.
-GPT2_SPLIT_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-
 _CHAR_SPECIALS = (UNK_TOKEN, EOT_TOKEN)
 _BPE_SPECIALS = (EOT_TOKEN,)
 _BPE_MIN_PAIR_COUNT = 2  # a pair seen only once is memorisation, not a useful subword
@@ -83,12 +79,14 @@ _CACHE_LIMIT = 1 << 20  # distinct chunks kept by the encode cache before it is 
 # The bytes of all tokens together; GPT-2's 50,257 tokens hold ~0.3 MB. Each merge can double a token's
 # length, so a few MB of crafted merges could otherwise ask for tens of GB (checked before building).
 _MAX_VOCAB_BYTES = 1 << 26
+MAX_MERGES = 1 << 21  # no real tokenizer comes near; keeps a malformed file from exhausting memory
 _MAX_TOKENIZER_FILE = 256 << 20  # bytes of a tokenizer.json read from disk
 # Letters with umlauts and accents, digits, punctuation, spaces, line breaks, tabs, control
 # characters, combining marks, emoji with joiners, CJK: a split pattern must cover all of them.
 _PATTERN_PROBE = "Es war einmal: Mädchen, STRASSE 1234567.89 -- ok?!\n\r\n\t  x \x00\x1b[0m e\u0301 👨\u200d👩 中文\n\n "
 
 
+# First pass: skip to CharTokenizer below; these helpers serve both tokenizers.
 def dtype_for_vocab(vocab_size: int) -> np.dtype:
     """The smallest unsigned dtype `encode_to_array` uses: uint16 up to 65,536 ids, else uint32."""
     return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
@@ -222,6 +220,7 @@ class CharTokenizer(_TokenizerBase):
     min_vocab_size = len(_CHAR_SPECIALS) + 1
     min_vocab_reason = f"{len(_CHAR_SPECIALS)} special tokens + at least 1 character"
 
+    # First pass: skip __init__ (checks, a fast lookup table); train, _encode_plain and decode are the idea.
     def __init__(self, chars: Sequence[str]):
         chars = list(chars)
         for ch in chars:
@@ -283,14 +282,15 @@ class CharTokenizer(_TokenizerBase):
                 "special_tokens": list(self.special_tokens), "chars": self.chars}
 
 
+# First pass: skip from here (byte-level BPE, loading a saved tokenizer, the GPT-2 tokenizer, the command line).
 def _check_merges(merges: Sequence[tuple[int, int]]) -> None:
     """Merges refer only to earlier ids, and the tokens they make fit in `_MAX_VOCAB_BYTES`, computed
     from lengths alone (linear time, small numbers) before a single byte string is built.
 
     Example: _check_merges([(256, 256)]) raises - token 256 does not exist before merge 0 makes it.
     """
-    if len(merges) > _MAX_MERGES:
-        raise ValueError(f"{len(merges):,} merges is more than the {_MAX_MERGES:,} this code reads")
+    if len(merges) > MAX_MERGES:
+        raise ValueError(f"{len(merges):,} merges is more than the {MAX_MERGES:,} this code reads")
     lengths, total = [1] * 256, 256
     for rank, (a, b) in enumerate(merges):
         if not (0 <= a < 256 + rank and 0 <= b < 256 + rank):
@@ -400,35 +400,6 @@ class BPETokenizer(_TokenizerBase):
         return {"type": self.kind, "version": FORMAT_VERSION, "pattern": self.pattern,
                 "special_tokens": list(self.special_tokens), "merges": [list(p) for p in self.merges]}
 
-    # GPT-2-format files (vocab.json + merges.txt): see the section "GPT-2-format files" below.
-
-    @classmethod
-    def from_gpt2_files(
-        cls, vocab_json: str | Path, merges_txt: str | Path, pattern: str = GPT2_SPLIT_PATTERN
-    ) -> BPETokenizer:
-        """Read a GPT-2-format tokenizer. It encodes like Hugging Face's `GPT2TokenizerFast` with the
-        same files (`encode(text, allowed_special="all")`: HF always treats "<|endoftext|>" as special)
-        and returns the files' ids. Raises ValueError naming the file and the problem."""
-        vocab, merges = read_gpt2_vocab(vocab_json), read_gpt2_merges(merges_txt)
-        try:
-            return tokenizer_from_gpt2_vocab(vocab, merges, pattern)
-        except ValueError as err:
-            folder = Path(vocab_json).parent
-            where = folder if folder == Path(merges_txt).parent else f"{vocab_json} + {merges_txt}"
-            raise ValueError(f"{where}: {err}") from None
-
-    def to_gpt2_vocab(self) -> tuple[dict[str, int], list[tuple[str, str]]]:
-        """This tokenizer as GPT-2-format data: ({token text: id}, [(text, text) per merge])."""
-        return gpt2_vocab_and_merges(self)
-
-    def save_gpt2_files(self, vocab_json: str | Path, merges_txt: str | Path) -> None:
-        """Write vocab.json and merges.txt. They do not record the split pattern: readers assume
-        GPT-2's (`GPT2_SPLIT_PATTERN`), so pass `pattern=` to `from_gpt2_files` for any other."""
-        vocab, merges = self.to_gpt2_vocab()
-        atomic_write_text(vocab_json, json.dumps(vocab, ensure_ascii=False) + "\n")
-        atomic_write_text(merges_txt, "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
-
-
 def _count_chunks(documents: list[str], pattern: regex.Pattern, specials: Sequence[str]) -> Counter[str]:
     """How often each distinct chunk occurs; special tokens in the text act as borders, not text."""
     counts: Counter[str] = Counter()
@@ -524,52 +495,16 @@ def _learn_merges(chunk_counts: Counter[str], n_merges: int) -> list[tuple[int, 
 
 
 # ---------------------------------------------------------------------------------------------
-# GPT-2-format files: vocab.json + merges.txt
+# Ids numbered by someone else's files (skip on a first reading)
 #
-# OpenAI's GPT-2 and every Hugging Face byte-level BPE ship a tokenizer as two text files:
-# * merges.txt - after a "#version" line, one merge per line in the order learned: "Ġt he".
-# * vocab.json - {token text: id}. A token's text is its bytes, each written as a printable
-#   stand-in character (`bytes_to_unicode`: a space is "Ġ", a newline "Ċ"), as the file is text.
-# The merges are our `merges`, written with texts instead of ids. The ids are another matter. Ours
-# follow the merge order ("internal ids": bytes 0-255, merge r -> 256 + r, then <|endoftext|>).
-# GPT-2's vocab.json orders the bytes by their stand-ins ("!" is 0) and puts <|endoftext|> last
-# (50256); Hugging Face's trainer puts the special tokens first. A model only knows the ids it was
-# trained with, so a tokenizer read from files must hand out the files' ids. `GPT2BPETokenizer`
-# does so with one table, vocab_ids[internal id] = file id: it encodes with the unchanged BPE
-# machinery above and translates at the border (encode: internal -> file id, decode: back). Files
-# in our own order (written by `save_gpt2_files`) give a plain BPETokenizer.
-#
-# A merges.txt may make one text twice, e.g. "ccc" by "c cc" and by "cc c" (our trainer never did on
-# 16 books): vocab.json holds one id for it, we two internal ids. Both map to that file id, and the
-# merges that continue from the text accept either (extra `_merge_ids` entries). Hugging Face merges
-# one occurrence of the best pair at a time, we all of its occurrences at once; that is the same for
-# files from a trainer, and with texts made twice a random search over small merge lists found no
-# difference either (it cannot be ruled out for every hand-made file).
-#
-# The split pattern: Hugging Face runs GPT2_SPLIT_PATTERN (or ours) with the Oniguruma regex engine,
-# we with `regex`. They agree on every character assigned up to Unicode 14 (checked for all code
-# points); a few characters of the newest Unicode versions (e.g. U+0C5C) fall into other chunks.
-
-_GPT2_FILE_LIMIT = 64 << 20  # bytes; GPT-2's own vocab.json is 1 MB, merges.txt 0.5 MB
-_MAX_MERGES = 1 << 21  # no real tokenizer comes near; keeps a malformed file from exhausting memory
-
-
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's printable stand-in for each byte: printable Latin-1 characters stand for themselves,
-    the other 68 bytes (control characters, space, ...) become chr(256), chr(257), ... in byte order.
-
-    Example: bytes_to_unicode()[ord("a")] -> "a", [ord(" ")] -> "Ġ" (U+0120), [ord("\\n")] -> "Ċ".
-    """
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    stand_in = {b: chr(b) for b in printable}
-    for b in range(256):
-        if b not in stand_in:
-            stand_in[b] = chr(256 + len(stand_in) - len(printable))
-    return dict(sorted(stand_in.items()))
+# A tokenizer read from GPT-2-format files (src/gpt2_tokenizer.py) must hand out the files' ids, as a
+# model only knows the ids it was trained with. It lives here, not there, because `load_tokenizer`
+# rebuilds every tokenizer it saved - a fine-tuned GPT-2's data set and checkpoints hold one - and
+# this file may not import upward. src/gpt2_tokenizer.py explains the numbering.
 
 
 class GPT2BPETokenizer(BPETokenizer):
-    """A BPETokenizer whose ids are those of a GPT-2-format vocab.json (see the section comment).
+    """A BPETokenizer whose ids are those of a GPT-2-format vocab.json (src/gpt2_tokenizer.py explains).
 
     `vocab_ids[i]` is the file id of internal token i (0-255 bytes, 256 + r merge r, then
     `<|endoftext|>`); encode returns file ids and decode takes them.
@@ -605,9 +540,9 @@ class GPT2BPETokenizer(BPETokenizer):
             if first_of[file_id] != internal:
                 repeats[first_of[file_id]].append(internal)
         pairs = sum((1 + len(repeats.get(a, ()))) * (1 + len(repeats.get(b, ()))) for a, b in self.merges) if repeats else 0
-        if pairs > 2 * _MAX_MERGES:  # each repeated text multiplies the pairs: bounded before building them
+        if pairs > 2 * MAX_MERGES:  # each repeated text multiplies the pairs: bounded before building them
             raise ValueError(f"the repeated tokens would make {pairs:,} merge pairs, more than the "
-                             f"{2 * _MAX_MERGES:,} this code builds; not a real tokenizer")
+                             f"{2 * MAX_MERGES:,} this code builds; not a real tokenizer")
         for rank, (a, b) in enumerate(self.merges if repeats else []):
             for left in (a, *repeats.get(a, ())):
                 for right in (b, *repeats.get(b, ())):
@@ -634,106 +569,6 @@ class GPT2BPETokenizer(BPETokenizer):
 
     def to_dict(self) -> dict:
         return {**super().to_dict(), "vocab_ids": list(self.vocab_ids)}
-
-
-def tokenizer_from_gpt2_vocab(
-    vocab: dict[str, int], merges: Sequence[tuple[str, str]], pattern: str = GPT2_SPLIT_PATTERN
-) -> BPETokenizer:
-    """GPT-2-format data ({token text: id}, [(text, text) per merge]) -> a tokenizer with its ids.
-
-    Needs all 256 byte tokens and `<|endoftext|>`; every other token must be made by a merge.
-    Example: vocab {"a": 2, "b": 3, "ab": 1, ...} with merges [("a", "b")] encodes "ab" as [1].
-    """
-    stand_in = bytes_to_unicode()
-    internal_of = {stand_in[b]: b for b in range(256)}  # token text -> internal id
-    missing = [(b, text) for b, text in stand_in.items() if text not in vocab]
-    if missing:
-        raise ValueError(f"vocab.json lacks {len(missing)} of the 256 byte tokens (e.g. {missing[0][1]!r} for "
-                         f"byte {missing[0][0]:#04x}); a byte-level BPE vocabulary holds every byte")
-    if len(merges) > _MAX_MERGES:
-        raise ValueError(f"{len(merges):,} merges is more than the {_MAX_MERGES:,} this code reads")
-    texts = list(internal_of)  # the text of each internal id, in internal order
-    internal_merges = []
-    for rank, (a, b) in enumerate(merges):
-        for part in (a, b):
-            if part not in internal_of:
-                raise ValueError(f"merge {rank + 1} '{a} {b}' uses {part!r}, which is neither a byte "
-                                 "nor made by an earlier merge")
-        if a + b not in vocab:
-            raise ValueError(f"merge {rank + 1} '{a} {b}' makes {a + b!r}, which vocab.json does not hold")
-        internal_merges.append((internal_of[a], internal_of[b]))
-        internal_of.setdefault(a + b, 256 + rank)  # a text made a second time keeps its first id
-        texts.append(a + b)
-    if EOT_TOKEN not in vocab:
-        raise ValueError(f"vocab.json has no {EOT_TOKEN!r} token")
-    texts.append(EOT_TOKEN)
-    extra = [text for text in vocab if text not in internal_of and text != EOT_TOKEN]
-    if extra:
-        raise ValueError(f"vocab.json has {len(extra)} tokens that are neither bytes, nor made by a merge, "
-                         f"nor {EOT_TOKEN} (e.g. {extra[0]!r}); such extra tokens are not supported")
-    if sorted(vocab.values()) != list(range(len(vocab))):
-        raise ValueError("the ids in vocab.json must be 0 .. N-1, each used once")
-    vocab_ids = [vocab[text] for text in texts]
-    if vocab_ids == list(range(len(vocab_ids))):
-        return BPETokenizer(internal_merges, pattern)  # the files are in our order
-    return GPT2BPETokenizer(internal_merges, pattern, vocab_ids)
-
-
-def gpt2_vocab_and_merges(tok: BPETokenizer) -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """The inverse of `tokenizer_from_gpt2_vocab`: ({token text: id} sorted by id, merges as texts)."""
-    stand_in = bytes_to_unicode()
-    n_plain = len(tok._token_bytes) - len(tok.special_tokens)
-    texts = ["".join(stand_in[b] for b in tok._token_bytes[i]) for i in range(n_plain)]
-    texts += list(tok.special_tokens)
-    file_ids = tok.vocab_ids if isinstance(tok, GPT2BPETokenizer) else range(len(texts))
-    vocab: dict[str, int] = {}
-    for text, file_id in zip(texts, file_ids, strict=True):
-        if vocab.setdefault(text, file_id) != file_id:
-            raise ValueError(f"ids {vocab[text]} and {file_id} are the same token {tok.id_to_token(file_id)!r}; "
-                             "GPT-2-format files (vocab.json) cannot hold one token under two ids")
-    merges = [(texts[a], texts[b]) for a, b in tok.merges]
-    return dict(sorted(vocab.items(), key=lambda item: item[1])), merges
-
-
-def _read_gpt2_file(path: str | Path, what: str) -> str:
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: no such file ({what})")
-    size = path.stat().st_size
-    if size > _GPT2_FILE_LIMIT:
-        raise ValueError(f"{path}: {size / 1e6:.0f} MB is too large for {what} (this code reads up to "
-                         f"{_GPT2_FILE_LIMIT >> 20} MB)")
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise ValueError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
-    except OSError as err:
-        raise ValueError(f"{path}: cannot read: {err.strerror or err}") from None
-
-
-def read_gpt2_vocab(path: str | Path) -> dict[str, int]:
-    """vocab.json -> {token text: id}; raises ValueError naming the file for anything else."""
-    try:
-        vocab = json.loads(_read_gpt2_file(path, "a GPT-2 vocab.json"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON: {err}") from None
-    if not isinstance(vocab, dict) or not all(type(i) is int for i in vocab.values()):
-        raise ValueError(f"{path}: expected a JSON object mapping token texts to integer ids")
-    return vocab
-
-
-def read_gpt2_merges(path: str | Path) -> list[tuple[str, str]]:
-    """merges.txt -> [(text, text), ...] in rank order; the "#version" line and blank lines are skipped."""
-    merges = []
-    for number, line in enumerate(_read_gpt2_file(path, "a GPT-2 merges.txt").split("\n"), start=1):
-        line = line.rstrip("\r")
-        if not line or line.startswith("#version"):
-            continue
-        parts = line.split(" ")
-        if len(parts) != 2 or not all(parts):
-            raise ValueError(f"{path} line {number}: expected two tokens separated by one space, got {line!r}")
-        merges.append((parts[0], parts[1]))
-    return merges
 
 
 # ---------------------------------------------------------------------------------------------
@@ -771,8 +606,8 @@ def tokenizer_from_dict(data: dict) -> CharTokenizer | BPETokenizer:
         if cls is CharTokenizer:
             return CharTokenizer(_require_list(data, "chars"))
         merges = _require_list(data, "merges")
-        if len(merges) > _MAX_MERGES:
-            raise ValueError(f"{len(merges):,} merges is more than the {_MAX_MERGES:,} this code reads")
+        if len(merges) > MAX_MERGES:
+            raise ValueError(f"{len(merges):,} merges is more than the {MAX_MERGES:,} this code reads")
         if not all(isinstance(m, list) and len(m) == 2 and all(type(x) is int for x in m) for m in merges):
             raise ValueError("every merge must be a pair of integer ids like [101, 32]")
         pattern = data.get("pattern", SPLIT_PATTERN)

@@ -14,6 +14,8 @@ take tensors, a model or paths; they contain no training logic.
 * `plot_embeddings` - a 2-D PCA of the token embeddings and the cosine similarity of the position
   embeddings (neighbouring positions should look alike).
 * `plot_lr_schedule` - the learning rate at each step: a run's planned schedule and the logged values.
+* `plot_model_overview` - the whole GPT as one diagram of boxes and arrows, every size and shape
+  taken from a `ModelConfig` (docs/model_overview.png is drawn by `save_model_overview`).
 
 Shape notation as in `src/model/`: B batch, T time, nh heads, V vocabulary.
 
@@ -26,6 +28,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +40,9 @@ from matplotlib.figure import Figure  # figures are built without pyplot: no GUI
 from matplotlib.patches import Rectangle
 
 from src.analysis import display_token, encode_prompt, quoted_token, token_surprisal  # noqa: F401 - re-exported
-from src.fileio import atomic_write
-from src.training.utils import evaluating
+from src.config import ModelConfig
+from src.fileio import StructuredFileError, atomic_write, read_json, read_jsonl
+from src.model.eval_mode import evaluating
 
 # Heat-maps over more tokens than this are drawn without tick labels (they would overlap): a grid
 # cell is at most 5 inches wide, a single head 12 inches (8-point labels need ~0.13 inch each).
@@ -53,12 +57,40 @@ SURPRISAL_CMAP = "YlOrRd"
 # ---------------------------------------------------------------------------------------------
 
 
-def save_figure(fig: Figure, path: str | Path, dpi: int = 120) -> Path:
+def save_figure(fig: Figure, path: str | Path, dpi: int = 120, metadata: dict[str, str] | None = None) -> Path:
     """Write `fig` as an image (format from the suffix, e.g. .png) and return the path. Atomically: a
-    Ctrl-C or a full disk while drawing leaves the old picture, never half a PNG."""
+    Ctrl-C or a full disk while drawing leaves the old picture, never half a PNG. `metadata` becomes
+    text entries of the file (PNG: tEXt chunks)."""
     path = Path(path)
     return atomic_write(path, lambda handle: fig.savefig(handle, format=path.suffix.lstrip(".") or "png", dpi=dpi,
-                                                         bbox_inches="tight"))
+                                                         bbox_inches="tight", metadata=metadata))
+
+
+# Written into every picture of `write_visualizations`: a later --visualize may replace a picture that
+# carries it, never one of the user's that merely has the same name.
+PICTURE_MARK = {"Source": "mini_transformer --visualize"}
+
+
+def is_our_picture(path: str | Path, max_bytes: int = 1 << 16) -> bool:
+    """True for a PNG whose text chunks (before the image data) carry PICTURE_MARK. Reads at most
+    `max_bytes`. A PNG is a signature and chunks: 4-byte length, 4-byte type, data, 4-byte CRC."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(max_bytes)
+    except OSError:
+        return False
+    if not head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return False
+    wanted = b"\0".join(part.encode("latin-1") for part in next(iter(PICTURE_MARK.items())))
+    pos = 8
+    while pos + 8 <= len(head):
+        length, kind = int.from_bytes(head[pos:pos + 4], "big"), head[pos + 4:pos + 8]
+        if kind == b"IDAT":  # text chunks written by matplotlib come before the image data
+            return False
+        if kind == b"tEXt" and head[pos + 8:pos + 8 + length] == wanted:
+            return True
+        pos += 12 + length
+    return False
 
 
 def _device_of(model: torch.nn.Module) -> torch.device:
@@ -227,12 +259,11 @@ def _tokens_per_step(run_dir: Path) -> float | None:
     config_path = run_dir / "config.json"
     if not config_path.is_file():
         return None
-    config = json.loads(config_path.read_text(encoding="utf-8"))
-    model = config.get("model", {})
-    train = config.get("train", {})
     try:
+        config = read_json(config_path)
+        model, train = config["model"], config["train"]
         return float(train["batch_size"] * train.get("grad_accum", 1) * model["block_size"])
-    except (KeyError, TypeError):
+    except (StructuredFileError, KeyError, TypeError, AttributeError):  # damaged: the curves need no tokens axis
         return None
 
 
@@ -241,11 +272,13 @@ def _tokens_at(run_dir: Path, scalars: dict[str, list[tuple[int, float, float]]]
     metrics = run_dir / "metrics.jsonl"
     if metrics.is_file():
         seen: dict[int, float] = {}
-        for line in metrics.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                record = json.loads(line)
-                if "step" in record and "tokens" in record:
-                    seen[int(record["step"])] = float(record["tokens"])
+        try:
+            rows = read_jsonl(metrics).rows  # lines that are not a JSON object are skipped (metrics_note says so)
+        except StructuredFileError:
+            rows = []
+        for record in rows:
+            if isinstance(record.get("step"), int) and isinstance(record.get("tokens"), (int, float)):
+                seen[record["step"]] = float(record["tokens"])
         if seen:
             return seen
     per_step = _tokens_per_step(run_dir)
@@ -475,6 +508,137 @@ def plot_lr_schedule(
 
 
 # ---------------------------------------------------------------------------------------------
+# The whole model in one picture
+# ---------------------------------------------------------------------------------------------
+
+# The vocabulary of the default run: the 12 books have 119 distinct characters, plus <unk> and
+# <|endoftext|> (see "Schnellstart" in the README). The picture in docs/ uses it for V.
+DEFAULT_RUN_VOCAB_SIZE = 121
+
+
+@dataclass(frozen=True)
+class OverviewStage:
+    """One box of the model overview: what happens, in which file, and the shape that leaves it."""
+
+    title: str  # what the stage does
+    detail: str  # the sizes that go into it, from the config
+    file: str  # where it lives in src/model/
+    shape: str  # the tensor that leaves it, e.g. "(B, T, C=384)"
+    in_block: bool = False  # inside the L = n_layer times repeated TransformerBlock
+
+
+def model_overview_stages(config: ModelConfig) -> list[OverviewStage]:
+    """The stages of `MiniTransformer.forward`, with every size taken from `config`.
+
+    Example: for ModelConfig(vocab_size=121) the attention stage names "nh=6 Heads mit hs=64" and
+    the LM head leaves "(B, T, V=121)".
+    """
+    C, nh, hs, V, T = config.n_embd, config.n_head, config.head_size, config.vocab_size, config.block_size
+    btc = f"(B, T, C={C})"
+    layer_norm = "jeder Token-Vektor auf Mittelwert 0, Streuung 1"
+    return [
+        OverviewStage("Token-IDs", f"ganze Zahlen 0 .. {V - 1}, T ≤ block_size = {T} Positionen",
+                      "tokenizer.py, dataset.py", "(B, T)"),
+        OverviewStage("Token-Embedding + Positions-Embedding",
+                      f"Zeile der Tabelle ({V} x {C}) + Zeile der Tabelle ({T} x {C})", "embeddings.py", btc),
+        OverviewStage("LayerNorm (ln_1)", layer_norm, "transformer_block.py", btc, True),
+        OverviewStage("Maskierte Multi-Head-Attention",
+                      f"nh={nh} Heads mit hs={hs}: Q, K, V je (B, nh={nh}, T, hs={hs})\n"
+                      f"softmax(Q K^T / sqrt({hs})) mit kausaler Maske: (B, {nh}, T, T)", "attention.py", btc, True),
+        OverviewStage("+ Residualverbindung", "x = x + Attention(ln_1(x))", "transformer_block.py", btc, True),
+        OverviewStage("LayerNorm (ln_2)", layer_norm, "transformer_block.py", btc, True),
+        OverviewStage("MLP", f"{C} -> {4 * C} -> GELU -> {C}, jede Position für sich", "transformer_block.py",
+                      btc, True),
+        OverviewStage("+ Residualverbindung", "x = x + MLP(ln_2(x))", "transformer_block.py", btc, True),
+        OverviewStage("LayerNorm (ln_f)", layer_norm, "transformer.py", btc),
+        OverviewStage("LM-Head (Linear C -> V)", f"({C} -> {V}), Gewicht geteilt mit dem Token-Embedding",
+                      "transformer.py", f"(B, T, V={V}) Logits"),
+        OverviewStage("Softmax / Kreuzentropie",
+                      "Generieren: Softmax -> Wahrscheinlichkeiten -> nächstes Token (sampling.py)\n"
+                      "Training: Kreuzentropie gegen y (= x um ein Token verschoben) -> Loss",
+                      "transformer.py", f"(B, T, V={V}) Wahrscheinlichkeiten / Loss: eine Zahl"),
+    ]
+
+
+def model_overview_legend(config: ModelConfig) -> str:
+    """The symbols of the picture with their values in `config` (one line)."""
+    return (f"B Batch · T ≤ block_size = {config.block_size} · C = n_embd = {config.n_embd} · "
+            f"nh = n_head = {config.n_head} · hs = C/nh = {config.head_size} · V = vocab_size = {config.vocab_size} · "
+            f"L = n_layer = {config.n_layer}")
+
+
+def plot_model_overview(config: ModelConfig) -> Figure:
+    """The whole GPT in one picture: token ids -> embeddings -> L x block -> LayerNorm -> LM head -> logits.
+
+    Every box and every shape comes from `model_overview_stages(config)`, so the picture always shows
+    the model that `config` builds. `fig.overview_labels` holds all texts drawn (for tests and the
+    PNG's metadata).
+    """
+    stages = model_overview_stages(config)
+    box_h, gap, width = 0.68, 0.55, 9.0  # inches: a box, the arrow below it (with its shape label), the page
+    height = len(stages) * (box_h + gap) + 1.2
+    fig = Figure(figsize=(width, height))
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.set_xlim(0, width)
+    ax.set_ylim(0, height)
+    ax.axis("off")
+    texts: list[str] = []
+
+    def text(x: float, y: float, s: str, **kwargs: Any) -> None:
+        ax.text(x, y, s, **kwargs)
+        texts.append(s)
+
+    title = f"Das ganze GPT: {config.n_layer} Blöcke, {config.n_head} Heads, C = {config.n_embd}"
+    text(width / 2, height - 0.3, title, ha="center", va="center", fontsize=13, weight="bold")
+    text(width / 2, height - 0.62, model_overview_legend(config), ha="center", va="center", fontsize=9, color="0.25")
+    box_x, box_w = 1.1, 5.6
+    tops = [height - 1.0 - i * (box_h + gap) for i in range(len(stages))]
+    block = [i for i, stage in enumerate(stages) if stage.in_block]
+    if block:  # the repeated TransformerBlock: one frame around its stages
+        top, bottom = tops[block[0]] + 0.24, tops[block[-1]] - box_h - 0.06
+        ax.add_patch(Rectangle((0.15, bottom), box_x + box_w + 0.1, top - bottom, fill=False, linestyle="--",
+                               edgecolor="tab:blue", linewidth=1.5))
+        text(0.38, (top + bottom) / 2, f"L = {config.n_layer} x TransformerBlock", rotation=90, ha="center",
+             va="center", fontsize=11, color="tab:blue", weight="bold")
+    for i, (stage, top) in enumerate(zip(stages, tops)):
+        residual = stage.title.startswith("+")
+        colour = "#fde8c8" if residual else "#dbe9f6" if stage.in_block else "#eeeeee"
+        ax.add_patch(Rectangle((box_x, top - box_h), box_w, box_h, facecolor=colour, edgecolor="0.3"))
+        text(box_x + 0.12, top - 0.19, stage.title, va="center", fontsize=11, weight="bold")
+        text(box_x + 0.12, top - 0.45, stage.detail, va="center", fontsize=8.5, linespacing=1.25)
+        text(box_x + box_w + 0.3, top - box_h / 2, stage.file, va="center", fontsize=9, color="0.35",
+             style="italic")
+        if residual:  # the skip path: x from before the LayerNorm, around the sub-layer, into the "+"
+            x_skip, y_from = box_x + box_w - 0.35, tops[i - 2] + 0.13
+            ax.plot([box_x + 1.5, x_skip, x_skip], [y_from, y_from, top], color="tab:orange", linewidth=1.5)
+            ax.annotate("", xy=(x_skip, top), xytext=(x_skip, top + 0.05),
+                        arrowprops={"arrowstyle": "-|>", "color": "tab:orange"})
+        if i + 1 < len(stages):  # the arrow to the next box, labelled with the shape that flows along it
+            y0, y1 = top - box_h, tops[i + 1]
+            ax.annotate("", xy=(box_x + 1.5, y1), xytext=(box_x + 1.5, y0),
+                        arrowprops={"arrowstyle": "-|>", "color": "0.2"})
+            text(box_x + 1.62, y0 - 0.19, stage.shape, va="center", fontsize=10, family="monospace",
+                 color="tab:red")
+        else:
+            text(box_x + 1.62, top - box_h - 0.22, "-> " + stage.shape, va="center", fontsize=10,
+                 family="monospace", color="tab:red")
+    fig.overview_labels = texts  # type: ignore[attr-defined]  # what the picture says, for tests
+    return fig
+
+
+def save_model_overview(path: str | Path, config: ModelConfig | None = None) -> Path:
+    """Draw `plot_model_overview` (default: the default model with the default run's vocabulary) to a PNG
+    whose metadata ("Description") records the drawn labels as JSON, so a test can tell whether the
+    committed picture still matches the config. `docs/model_overview.png` is made by this function."""
+    config = config or ModelConfig(vocab_size=DEFAULT_RUN_VOCAB_SIZE)
+    fig = plot_model_overview(config)
+    description = json.dumps(fig.overview_labels, ensure_ascii=False)
+    path = Path(path)
+    return atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=100,
+                                                         metadata={"Description": description}))
+
+
+# ---------------------------------------------------------------------------------------------
 # Entry points for the CLI and the training loop
 # ---------------------------------------------------------------------------------------------
 
@@ -496,18 +660,34 @@ def write_visualizations(
     embeddings.png, and training_curves.png when `run_dir` holds TensorBoard event files with losses.
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     weights, tokens = attention_for_prompt(model, tokenizer, prompt)  # (n_layer, nh, T, T)
+    curves = run_dir is not None and _has_losses(Path(run_dir))
+    names = [f"attention_layer{layer}.png" for layer in range(weights.shape[0])]
+    names += ["surprisal.png"] * (len(tokens) >= 2) + ["embeddings.png"] + ["training_curves.png"] * curves
+    check_pictures_replaceable(out_dir, names)  # before the first picture is drawn
+    out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for layer in range(weights.shape[0]):
         figure = plot_attention(weights, tokens, layer)
-        written.append(save_figure(figure, out_dir / f"attention_layer{layer}.png"))
+        written.append(save_figure(figure, out_dir / f"attention_layer{layer}.png", metadata=PICTURE_MARK))
     if len(tokens) >= 2:
-        written.append(save_figure(plot_token_surprisal(model, tokenizer, prompt), out_dir / "surprisal.png"))
-    written.append(save_figure(plot_embeddings(model, tokenizer), out_dir / "embeddings.png"))
-    if run_dir is not None and _has_losses(Path(run_dir)):
-        written.append(save_figure(plot_training_curves([run_dir]), out_dir / "training_curves.png"))
+        written.append(save_figure(plot_token_surprisal(model, tokenizer, prompt), out_dir / "surprisal.png",
+                                   metadata=PICTURE_MARK))
+    written.append(save_figure(plot_embeddings(model, tokenizer), out_dir / "embeddings.png", metadata=PICTURE_MARK))
+    if curves:
+        written.append(save_figure(plot_training_curves([run_dir]), out_dir / "training_curves.png",
+                                   metadata=PICTURE_MARK))
     return written
+
+
+def check_pictures_replaceable(out_dir: Path, names: Sequence[str]) -> None:
+    """ValueError naming the first of `names` in `out_dir` that exists and is not a picture of ours
+    (`is_our_picture`): a user's picture of the same name is never replaced."""
+    for name in names:
+        path = out_dir / name
+        if path.is_symlink() or (path.exists() and not (path.is_file() and is_our_picture(path))):
+            raise ValueError(f"--out: {path} exists and was not written by --visualize (left untouched, as is every "
+                             f"other file there); choose another --out, or move that file away")
 
 
 def attention_figures(

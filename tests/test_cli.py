@@ -17,8 +17,10 @@ import torch
 
 from src.config import DataConfig, ModelConfig, TrainConfig
 from src.main import main
+from src.model import MiniTransformer
 from src.training.checkpoints import load_checkpoint, load_model
 from src.training.trainer import Callback
+from src.training.utils import set_seed
 from tests.conftest import REPO_ROOT, make_story
 
 USER_COMMAND = ["--train", "--epochs", "5", "--batch-size", "32", "--max-vocab-size", "256",
@@ -134,8 +136,16 @@ def test_sigint_saves_and_resume_finishes(tmp_path, story, capsys):
     stopped = load_checkpoint(run / "checkpoints" / "last.pt")
     step = stopped["state"]["step"]
     assert step >= 1
-    model, _ = load_model(run)  # loads
-    assert sum(p.numel() for p in model.parameters()) > 0
+    model, _ = load_model(run)  # the weights saved at the interrupt, after `step` optimiser steps
+    weights = model.state_dict()
+    assert weights.keys() == stopped["model"].keys()
+    assert all(torch.equal(weights[name], stopped["model"][name]) for name in weights)
+    set_seed(stopped["train_config"]["seed"])  # as src/cli/train.py does right before building the model
+    initial = MiniTransformer(model.config).state_dict()["embeddings.token_embedding.weight"]
+    change = (weights["embeddings.token_embedding.weight"] - initial).abs().mean()
+    # Trained, not the initial weights: they moved - but only a little (a few steps in the warm-up), far less
+    # than the distance to another random initialisation (~1.4x the weights' own size).
+    assert 0 < change < 0.5 * initial.abs().mean(), (change, initial.abs().mean())
 
     assert main(["--train", "--resume", str(run), "--max-steps", str(step + 3), "--quiet"]) == 2  # where is the data?
     assert "pass --data-dir" in one_error_line(capsys.readouterr().err)

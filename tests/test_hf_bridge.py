@@ -29,14 +29,20 @@ from src.hf_bridge import (
     our_name,
 )
 from src.model import MiniTransformer
+from src.gpt2_tokenizer import (
+    GPT2_SPLIT_PATTERN,
+    bytes_to_unicode,
+    gpt2_file_texts,
+    gpt2_vocab_and_merges,
+    read_gpt2_files,
+    save_gpt2_files,
+)
 from src.tokenizer import (
     EOT_TOKEN,
-    GPT2_SPLIT_PATTERN,
     SPLIT_PATTERN,
     BPETokenizer,
     CharTokenizer,
     GPT2BPETokenizer,
-    bytes_to_unicode,
     tokenizer_from_dict,
 )
 from src.training.checkpoints import CheckpointError, find_checkpoint, load_model
@@ -133,7 +139,7 @@ def hf_bpe_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def ours_from_files(hf_bpe_dir) -> BPETokenizer:
-    return BPETokenizer.from_gpt2_files(hf_bpe_dir / "vocab.json", hf_bpe_dir / "merges.txt")
+    return read_gpt2_files(hf_bpe_dir / "vocab.json", hf_bpe_dir / "merges.txt")
 
 
 @pytest.fixture(scope="module")
@@ -458,7 +464,7 @@ def test_gpt2_files_keep_their_ids(ours_from_files, hf_bpe_dir, hf_from_files):
     assert ours_from_files.vocab_size == len(vocab) and ours_from_files.eot_id == vocab[EOT_TOKEN] == 0
     assert ours_from_files.id_to_token(vocab["Ġthe"]) == " the"
     assert ours_from_files.encode(GERMAN) == hf_from_files.encode(GERMAN)
-    assert ours_from_files.to_gpt2_vocab()[0] == vocab
+    assert gpt2_vocab_and_merges(ours_from_files)[0] == vocab
 
 
 def test_gpt2_tokenizer_round_trips_through_json(ours_from_files):
@@ -492,7 +498,7 @@ def test_a_text_made_by_two_merges_encodes_like_hf(tmp_path):
         vocab[text] = len(vocab)
     (tmp_path / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
     (tmp_path / "merges.txt").write_text("#version: 0.2\nc c\nc cc\ncc c\nccc b\n", encoding="utf-8")
-    ours = BPETokenizer.from_gpt2_files(tmp_path / "vocab.json", tmp_path / "merges.txt")
+    ours = read_gpt2_files(tmp_path / "vocab.json", tmp_path / "merges.txt")
     hf = GPT2TokenizerFast.from_pretrained(tmp_path)
     assert ours.encode("cccb") == hf.encode("cccb") == [vocab["cccb"]]
     for text in ["ccc", "ccccb", "cccccb", "cccbccc", "bcccb cccb", "ccccccb"]:
@@ -517,7 +523,7 @@ def test_bad_gpt2_files_are_one_clear_line(hf_bpe_dir, tmp_path, vocab_change, m
     lines = merges if merges is not None else (hf_bpe_dir / "merges.txt").read_text(encoding="utf-8").split("\n")[1:]
     (tmp_path / "merges.txt").write_text("#version: 0.2\n" + "\n".join(lines), encoding="utf-8")
     with pytest.raises(ValueError) as excinfo:
-        BPETokenizer.from_gpt2_files(tmp_path / "vocab.json", tmp_path / "merges.txt")
+        read_gpt2_files(tmp_path / "vocab.json", tmp_path / "merges.txt")
     assert expected in one_line_error(excinfo)
 
 
@@ -525,14 +531,18 @@ def test_vocab_json_must_be_an_object_of_ids(tmp_path):
     (tmp_path / "vocab.json").write_text('["a", "b"]', encoding="utf-8")
     (tmp_path / "merges.txt").write_text("", encoding="utf-8")
     with pytest.raises(ValueError, match="vocab.json: expected a JSON object mapping token texts to integer ids"):
-        BPETokenizer.from_gpt2_files(tmp_path / "vocab.json", tmp_path / "merges.txt")
+        read_gpt2_files(tmp_path / "vocab.json", tmp_path / "merges.txt")
     with pytest.raises(ValueError, match="no such file"):
-        BPETokenizer.from_gpt2_files(tmp_path / "missing.json", tmp_path / "merges.txt")
+        read_gpt2_files(tmp_path / "missing.json", tmp_path / "merges.txt")
+
+
+def test_gpt2_file_texts_docstring_example():
+    assert gpt2_file_texts({"a": 0}, [("a", "b")]) == ('{"a": 0}\n', "#version: 0.2\na b\n")
 
 
 def test_our_bpe_in_gpt2_files_comes_back_unchanged(bpe, tmp_path):
-    bpe.save_gpt2_files(tmp_path / "vocab.json", tmp_path / "merges.txt")
-    again = BPETokenizer.from_gpt2_files(tmp_path / "vocab.json", tmp_path / "merges.txt", pattern=SPLIT_PATTERN)
+    save_gpt2_files(bpe, tmp_path / "vocab.json", tmp_path / "merges.txt")
+    again = read_gpt2_files(tmp_path / "vocab.json", tmp_path / "merges.txt", pattern=SPLIT_PATTERN)
     assert type(again) is BPETokenizer and again.fingerprint() == bpe.fingerprint()  # our id order: no table
 
 
@@ -549,7 +559,7 @@ def test_our_bpe_with_gpt2s_pattern_encodes_alike_in_gpt2_tokenizer_fast(bpe, tm
     """vocab.json + merges.txt carry no split pattern: GPT2TokenizerFast always uses GPT-2's. With
     that pattern our trained merges give the same ids (our own pattern needs tokenizer.json, above)."""
     tok = BPETokenizer(bpe.merges, pattern=GPT2_SPLIT_PATTERN)
-    tok.save_gpt2_files(tmp_path / "vocab.json", tmp_path / "merges.txt")
+    save_gpt2_files(tok, tmp_path / "vocab.json", tmp_path / "merges.txt")
     model = trained_model(tiny_config(tok.vocab_size))
     export_hf(model, tok, tmp_path / "export", card={})
     samples = [TEXT[:3000], "It's 1234567 o'clock  \n\n we'll\tsee 😀 <|endoftext|> Straße", ""]

@@ -26,6 +26,20 @@ def name_the_flag(message: str, flags: dict[str, str]) -> str:
         return f"{flag}: {words[1] if len(words) > 1 else ''}"
     return f"{flag}: {message}"
 
+def check_encodable(path: Any, flag: str) -> None:
+    """UsageError unless `path` can be a file name on this system: a string holding a lone surrogate
+    (e.g. "\\ud800" from a JSON --config file) has no bytes on a UTF-8 file system."""
+    import os
+    import sys
+
+    try:
+        os.fsencode(path)
+    except UnicodeEncodeError as err:
+        raise UsageError(f"{flag}: {str(path)!r} cannot be a file name here (character {err.object[err.start]!r} "
+                         f"has no {sys.getfilesystemencoding()} encoding); choose a name of ordinary "
+                         "characters") from None
+
+
 def load_for_inference(args: argparse.Namespace, flags: dict[str, str]):
     from src.training.checkpoints import (
         find_checkpoint,

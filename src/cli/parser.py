@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--top-k", type=int, default=200, metavar="N",
                      help="sample only from the k most likely tokens (default: 200)")
     gen.add_argument("--top-p", type=float, default=None, metavar="X",
-                     help="nucleus sampling: the smallest set of tokens with probability >= p (default: off)")
+                     help="sample only from the fewest most likely tokens whose probabilities add up to X (default: off)")
     gen.add_argument("--num-samples", type=int, default=1, metavar="N", help="independent samples (default: 1)")
     gen.add_argument("--check-memorization", action="store_true",
                      help="after each sample, print its longest piece that appears word for word in the "

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import json
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -15,11 +13,9 @@ from typing import Any
 
 from src.cli.common import UsageError, name_the_flag
 from src.config import DataConfig, ModelConfig, TrainConfig
+from src.fileio import StructuredFileError, read_json, read_toml
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # Python 3.10 (Ubuntu 22.04): the same parser, published as tomli
-    import tomli as tomllib
+CONFIG_FILE_MAX_BYTES = 1 << 20  # a settings file is a few hundred bytes
 
 MODEL_FIELDS = tuple(f.name for f in fields(ModelConfig) if f.name != "vocab_size")
 TRAIN_FIELDS = tuple(f.name for f in fields(TrainConfig))
@@ -50,13 +46,13 @@ LOCKED_ON_RESUME = (
 
 def read_config_file(path: Path) -> dict[str, Any]:
     """Settings from a JSON or TOML file; keys are field names (n_layer) or flag names (n-layer)."""
-    if not path.is_file():
+    if not path.exists():
         raise UsageError(f"--config: {path} does not exist")
-    text = path.read_text(encoding="utf-8")
+    reader = read_toml if path.suffix.lower() == ".toml" else read_json
     try:
-        values = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
-    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as err:
-        raise UsageError(f"--config: {path} is not valid {path.suffix.lstrip('.').upper() or 'JSON'}: {err}") from None
+        values = reader(path, max_bytes=CONFIG_FILE_MAX_BYTES, max_depth=4)
+    except StructuredFileError as err:
+        raise UsageError(f"--config: {err}") from None
     if not isinstance(values, dict):
         raise UsageError(f"--config: {path} must hold one object/table of settings")
     known = set(MODEL_FIELDS) | set(TRAIN_FIELDS) | set(DATA_FIELDS) | {"preset"}

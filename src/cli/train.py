@@ -23,6 +23,7 @@ from typing import Any
 from src.cli.common import (
     INSPECT_PROMPT,
     UsageError,
+    check_encodable,
     check_fits,
     cpu_fallback_note,
     name_the_flag,
@@ -31,7 +32,7 @@ from src.cli.init_from import load_init_from
 from src.cli.report import final_report, time_split_line
 from src.cli.settings import resolve_settings
 from src.config import ModelConfig, TrainConfig, config_to_dict
-from src.fileio import atomic_write_text
+from src.fileio import atomic_write_text, read_json
 
 
 def eval_hooks(args: argparse.Namespace, tokenizer: Any) -> list[Callable[[int, Any, Any], None]]:
@@ -114,6 +115,7 @@ def _train(args: argparse.Namespace, flags: dict[str, str], callbacks: Sequence[
     else:
         run_dir = train_cfg.logdir or _default_run_dir()
         train_cfg.logdir = run_dir
+        check_encodable(run_dir, "--logdir")  # before any folder is made: a name the disk cannot store
         check_new_run_dir(run_dir)  # ours or untouched: a folder of the user's is refused before any work
         _check_can_create(run_dir, "--logdir")
         if distributed.is_main():
@@ -329,8 +331,8 @@ def _write_run_files(run_dir: Path, args: argparse.Namespace, static: dict[str, 
     segments = []
     if start_step > 0 and config_path.is_file():
         try:  # config.json only documents the run (last.pt holds what resuming needs): never fail on it
-            segments = list(json.loads(config_path.read_text(encoding="utf-8")).get("segments", []))
-        except (ValueError, AttributeError, TypeError):
+            segments = list(read_json(config_path).get("segments", []))
+        except (ValueError, AttributeError, TypeError):  # StructuredFileError is a ValueError
             print(f"warning: {config_path} was unreadable; writing it anew (earlier segments are not listed)",
                   file=sys.stderr)
     segments.append({"argv": list(args.argv), "started": dt.datetime.now().isoformat(timespec="seconds"),

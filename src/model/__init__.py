@@ -2,6 +2,8 @@
 
 Files, read in this order: embeddings.py, attention.py, transformer_block.py, transformer.py;
 sampling.py holds how `generate` picks each next token (greedy, temperature, top-k, top-p).
+eval_mode.py is not part of the model: `evaluating`, the with-block in which the training and the
+analysis code run a model (dropout off, no gradients, the random generators untouched).
 """
 
 from src.model.attention import (

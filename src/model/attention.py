@@ -110,6 +110,7 @@ def scaled_dot_product_attention(
     return out, weights
 
 
+# First pass: skip KVCache (a speed-up for generation) and continue at MultiHeadAttention below.
 class KVCache:
     """A preallocated ("static") cache of one attention layer's keys and values, for generation.
 
@@ -189,6 +190,7 @@ class MultiHeadAttention(nn.Module):
         B, T, C = x.shape
         # 1. Project to queries, keys, values and 2. split into heads.
         q, k, v = self.project_qkv(x)  # 3 x (B, nh, T, hs)
+        # First pass: skip the cache lines - without a KV cache past = 0 and mask is the (T, T) triangle.
         past = 0
         if kv_cache is not None:
             past = kv_cache.length
@@ -196,8 +198,8 @@ class MultiHeadAttention(nn.Module):
         # Query i sits at position past + i and may see keys 0 .. past + i.
         mask = self.causal_mask[past : past + T, : past + T]  # (T, past + T)
         dropout_p = self.dropout_p if self.training else 0.0
-        # 3.-6. Attention proper (steps 1-5 of scaled_dot_product_attention): scores, causal mask,
-        # softmax, dropout, weighted sum of the values.
+        # 3.-6. Attention proper, steps 1-5 of scaled_dot_product_attention: 3. scores, 4. causal mask,
+        # 5. softmax (then dropout on the weights), 6. weighted sum of the values.
         if self.attention == "manual":
             context, _ = scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, causal_mask=mask)
         elif past == 0:
@@ -211,6 +213,7 @@ class MultiHeadAttention(nn.Module):
         y = merge_heads(context)  # (B, nh, T, hs) -> (B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
+    # First pass: skip attention_weights (it feeds the pictures of src/visualization.py).
     def attention_weights(self, x: torch.Tensor) -> torch.Tensor:
         """The attention distribution of each head, (B, T, C) -> (B, nh, T, T), via the manual path."""
         T = x.size(1)

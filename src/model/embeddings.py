@@ -1,8 +1,12 @@
 """Embeddings: turn token ids into vectors the Transformer can work with.
 
 A token id is just an index, so each id looks up a learned row of width C = n_embd (the token
-embedding). Attention itself has no notion of order - it treats its input as a set - so a second
-vector that depends only on the *position* is added. Two kinds are offered:
+embedding). Attention without a mask cannot tell order: shuffle its inputs and its outputs are
+shuffled the same way. The causal mask breaks that symmetry - position t sees exactly t + 1 tokens,
+so a causal model can even learn positions with no position vector at all (Haviv et al. 2022,
+"Transformer Language Models without Positional Encodings Still Learn Positional Information") -
+but only indirectly. An explicit vector that depends only on the *position* is added, so order is
+easy to use from the first layer on. Two kinds are offered:
 
 * "learned" (GPT-2, Radford et al. 2019): a trainable table with one row per position.
 * "sinusoidal" (Vaswani et al. 2017, "Attention Is All You Need", section 3.5): a fixed table of
@@ -25,6 +29,7 @@ from torch import nn
 from src.config import ModelConfig
 
 
+# First pass: skip to Embeddings below; the fixed sinusoidal table is the alternative to GPT-2's learned one.
 def sinusoidal_table(num_positions: int, dim: int) -> torch.Tensor:
     """The fixed position table of Vaswani et al. (2017), shape (num_positions, dim).
 

@@ -78,6 +78,7 @@ class MiniTransformer(nn.Module):
         Returns:
             logits (B, T, V) and the mean cross-entropy over all positions (None without targets).
         """
+        # First pass: skip the kv_cache lines (generation only); without a cache start_pos is 0.
         if kv_cache is not None and len(kv_cache) != len(self.blocks):
             raise ValueError(
                 f"kv_cache has {len(kv_cache)} layers, the model {len(self.blocks)}; use model.new_kv_cache()"
@@ -92,6 +93,7 @@ class MiniTransformer(nn.Module):
         loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())  # (B*T, V) vs (B*T,)
         return logits, loss
 
+    # First pass: skip new_kv_cache and read generate and _stream below as if use_cache were False.
     def new_kv_cache(self) -> list[KVCache]:
         """An empty KV cache, one KVCache of block_size positions per layer, for `forward(..., kv_cache=...)`.
 
@@ -137,7 +139,8 @@ class MiniTransformer(nn.Module):
             idx: (B, T) prompt token ids (T >= 1; only the last block_size tokens are used).
             temperature: divides the logits; < 1 sharper, > 1 flatter, 0 = greedy (argmax).
             top_k: sample only among the k most likely tokens.
-            top_p: nucleus sampling - only among the smallest set of tokens whose probability >= top_p.
+            top_p: nucleus sampling - only among the smallest set of most likely tokens whose
+                cumulative probability reaches top_p.
             use_cache: reuse keys/values of earlier tokens while the sequence fits in block_size.
                 Beyond it the window slides and every position shifts, so each step then recomputes
                 the last block_size tokens; the tokens are the same as with use_cache=False.
@@ -175,6 +178,7 @@ class MiniTransformer(nn.Module):
             context = torch.cat([context, next_token], dim=1)[:, -block_size:]  # (B, <= block_size)
             fresh = next_token
 
+    # First pass: skip from here (evaluation-mode helper, attention maps for pictures, parameter and FLOP counts).
     def _eval_logits(self, idx: torch.Tensor, cache: list[KVCache] | None) -> torch.Tensor:
         """Logits (B, T, V) with dropout off. In eval mode (the usual case) no mode switch is needed."""
         if not self.training:

@@ -298,6 +298,9 @@ class Playground:
         notes = [f"Run-Verzeichnis: {markdown_text(str(self.run_dir))}"]
         if figure is None:
             notes.append("metrics.jsonl fehlt oder enthält noch keine Werte.")
+        if files.skipped:
+            notes.append(f"{files.skipped} Zeile(n) in metrics.jsonl übersprungen (kein JSON-Objekt: beim Schreiben "
+                         "abgebrochen oder von Hand geändert).")
         samples = files.samples if files.samples is not None else "*samples.md fehlt.*"
         return figure, "\n\n".join(notes), files.config or {}, samples
 

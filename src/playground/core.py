@@ -11,7 +11,6 @@ Messages of `PlaygroundInputError` are shown in the (German) web page, so they a
 
 from __future__ import annotations
 
-import json
 import math
 import threading
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ import torch
 # Everything the playground takes from the analysis and visualisation modules, in ONE place
 # (the app imports these names from here): a rename there is a one-line fix here.
 from src.analysis import explain_forward, head_pattern_scores, unknown_characters
+from src.fileio import JsonLines, StructuredFileError, read_json, read_jsonl
 from src.model.sampling import check_generate_args, next_token_probs
 from src.training.checkpoints import CHECKPOINT_DIR, load_model
 from src.visualization import attention_for_prompt, display_token, plot_attention, plot_token_surprisal
@@ -288,29 +288,30 @@ class RunFiles:
     metrics: list[dict[str, Any]]
     config: dict[str, Any] | None
     samples: str | None
+    skipped: int = 0  # metrics.jsonl lines that are not a JSON object (cut short while written, edited)
 
 
 def read_run_files(run_dir: Path, max_sample_chars: int = 60_000) -> RunFiles:
     """metrics.jsonl (unreadable lines skipped: a run may be writing it right now), config.json and
     the end of samples.md (the newest samples) of `run_dir`."""
     metrics: list[dict[str, Any]] = []
+    skipped = 0
     metrics_path = run_dir / "metrics.jsonl"
     if metrics_path.is_file():
-        for line in metrics_path.read_text(encoding="utf-8", errors="replace").splitlines():
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(row, dict) and isinstance(row.get("step"), int):
-                metrics.append(row)
+        try:
+            lines = read_jsonl(metrics_path)  # bounded; lines that are not a JSON object are counted, not fatal
+        except StructuredFileError:
+            lines = JsonLines([], 1)
+        metrics = [row for row in lines.rows if isinstance(row.get("step"), int)]
+        skipped = lines.skipped
     config = None
     config_path = run_dir / "config.json"
     if config_path.is_file():
         try:
-            loaded = json.loads(config_path.read_text(encoding="utf-8", errors="replace"))
+            loaded = read_json(config_path)
             config = loaded if isinstance(loaded, dict) else {"config.json": loaded}
-        except ValueError as err:
-            config = {"Fehler": f"config.json ist kein gültiges JSON: {err}"}
+        except StructuredFileError as err:
+            config = {"Fehler": f"config.json ist nicht lesbar: {err}"}
     samples = None
     samples_path = run_dir / "samples.md"
     if samples_path.is_file():
@@ -318,4 +319,4 @@ def read_run_files(run_dir: Path, max_sample_chars: int = 60_000) -> RunFiles:
         if len(samples) > max_sample_chars:
             cut = samples.find("\n## ", len(samples) - max_sample_chars)  # start at a step heading
             samples = "*(ältere Samples ausgelassen)*\n\n" + samples[cut + 1 if cut >= 0 else -max_sample_chars:]
-    return RunFiles(metrics, config, samples)
+    return RunFiles(metrics, config, samples, skipped)

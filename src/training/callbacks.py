@@ -11,7 +11,7 @@
 * `ProgressBar` draws a tqdm bar per epoch and one line per evaluation (stderr).
 * `SignalStop` turns SIGINT (Ctrl-C) and SIGTERM into "finish this step, save, stop".
 
-Neither draws from the global random generators, so they never change what the model learns.
+None of them draws from the global random generators, so they never change what the model learns.
 Under DDP (several processes, `src/training/distributed.py`) the CLI installs `RunLogger` and
 `ProgressBar` on rank 0 only; `SignalStop` and `CheckpointSaver` run on every process (each handles
 its own signals, and each hands its random-generator state to the checkpoint that rank 0 writes).
@@ -32,7 +32,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from src.fileio import atomic_write_text
+from src.fileio import atomic_write_text, read_jsonl
+from src.model.eval_mode import evaluating
 from src.training import distributed
 from src.training.checkpoints import (
     CHECKPOINT_DIR,
@@ -42,7 +43,7 @@ from src.training.checkpoints import (
 )
 from src.training.run_dir import RunDirError, is_run_dir
 from src.training.trainer import DIVERGED, Callback, EvalRecord, History, LoopContext, StepRecord
-from src.training.utils import capture_rng_state, evaluating
+from src.training.utils import capture_rng_state
 
 SAMPLE_PROMPTS: tuple[str, ...] = ("The ", "Once upon a time")
 SAMPLE_TEMPERATURE = 0.8
@@ -286,14 +287,9 @@ def _truncate_metrics(path: Path, last_step: int) -> None:
     rows that are not valid JSON (a line cut short when a process was killed while writing it)."""
     if not path.is_file():
         return
-    kept = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= last_step:
-            kept.append(line)
+    rows = read_jsonl(path).rows  # bounded; lines that are not a JSON object are dropped
+    kept = [json.dumps(row, allow_nan=True) for row in rows
+            if isinstance(row.get("step"), int) and row["step"] <= last_step]
     atomic_write_text(path, "".join(line + "\n" for line in kept))  # a full disk must not lose the old rows
 
 

@@ -29,8 +29,8 @@ import torch
 
 from src.config import ModelConfig, config_from_dict, config_to_dict
 from src.errors import CheckpointError  # noqa: F401 - raised here, and imported from here by callers
-from src.fileio import atomic_write
-from src.hf_bridge import hf_checkpoint_payload, hf_declared, is_hf_model_dir
+from src.fileio import StructuredFileError, atomic_write, parse_json
+from src.hf_bridge import hf_checkpoint_payload, hf_declared, is_hf_model_dir, read_hf_config
 
 CHECKPOINT_FORMAT_VERSION = 1
 CHECKPOINT_DIR = "checkpoints"
@@ -64,6 +64,8 @@ def find_checkpoint(path_or_run_dir: str | Path) -> Path:
             candidate = path / CHECKPOINT_DIR / name
             if candidate.is_file():
                 return candidate
+        if (path / "config.json").is_file() and not (path / CHECKPOINT_DIR).exists():
+            read_hf_config(path)  # a model folder whose config.json is damaged: this error names the file
         raise CheckpointError(f"{path}: no {CHECKPOINT_DIR}/best.pt or {CHECKPOINT_DIR}/last.pt in this run directory")
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file or run directory")
@@ -279,7 +281,7 @@ def _load_failure(err: Exception) -> str:
 
 def model_from_checkpoint(payload: dict[str, Any], path: str | Path, device: str | torch.device = "cpu"):
     """Rebuild `MiniTransformer` from the stored config and load the stored weights (strictly)."""
-    from src.model import MiniTransformer  # imported here so utils stays importable on its own
+    from src.model import MiniTransformer
 
     try:
         config = config_from_dict(ModelConfig, payload["model_config"])
@@ -402,11 +404,12 @@ def _check_export_header(metadata: dict[str, str], found: dict[str, tuple[tuple[
     if metadata.get("format_version") != str(SAFETENSORS_FORMAT_VERSION):
         raise CheckpointError(f"{path}: export format version {metadata.get('format_version')!r} is not supported "
                               f"(this code reads version {SAFETENSORS_FORMAT_VERSION})")
-    try:
-        model_config, tokenizer = json.loads(metadata["model_config"]), json.loads(metadata["tokenizer"])
-        tied = json.loads(metadata.get("tied_weights", "{}"))
-    except (KeyError, json.JSONDecodeError, RecursionError) as err:  # RecursionError: JSON nested too deep
-        raise CheckpointError(f"{path}: header metadata is incomplete or not valid JSON: {err!r}") from None
+    try:  # the project's JSON reader: nesting capped, a damaged value is one line
+        model_config, tokenizer = (parse_json(metadata[key], f"its header's {key}")
+                                   for key in ("model_config", "tokenizer"))
+        tied = parse_json(metadata.get("tied_weights", "{}"), "its header's tied_weights")
+    except (KeyError, StructuredFileError) as err:
+        raise CheckpointError(f"{path}: header metadata is incomplete or not valid JSON: {err}") from None
     if not isinstance(tied, dict) or not all(isinstance(src, str) and src in found for src in tied.values()):
         raise CheckpointError(f"{path}: header metadata 'tied_weights' names tensors the file does not hold")
     load_bytes = sum(_nbytes(shape, dtype) for shape, dtype in found.values())

@@ -34,7 +34,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from src.training.utils import FP32, Precision, evaluating
+from src.model.eval_mode import evaluating
+from src.training.utils import FP32, Precision
 
 
 @dataclass

@@ -19,10 +19,9 @@ of ours and a disaster in a folder of the user's. So:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from src.fileio import FileLock, LockedError
+from src.fileio import FileLock, LockedError, StructuredFileError, read_json
 from src.training.checkpoints import CHECKPOINT_DIR, REQUIRED_KEYS
 
 RUN_FORMAT = "mini_transformer-run"
@@ -39,8 +38,8 @@ def is_run_dir(path: str | Path) -> bool:
     damaged, e.g. by a full disk - a checkpoints/last.pt of ours."""
     config = Path(path) / CONFIG_NAME
     try:
-        values = json.loads(config.read_text(encoding="utf-8")) if config.is_file() else None
-    except (OSError, ValueError, RecursionError):
+        values = read_json(config) if config.is_file() else None
+    except StructuredFileError:
         values = None
     if isinstance(values, dict):
         legacy = isinstance(values.get("command"), str) and values["command"].startswith("python -m src.main")
@@ -81,6 +80,21 @@ def check_new_run_dir(path: str | Path, flag: str = "--logdir") -> None:
     if others:
         raise RunDirError(f"{flag}: {path} is not empty ({len(others)} entries, e.g. {others[0]!r}) and is not a "
                           f"mini_transformer run; nothing there was touched - choose a new or empty folder")
+
+
+def lock_enclosing_run(path: str | Path, flag: str = "--out") -> FileLock | None:
+    """Take the lock of the run directory `path` is (or lies directly in), for a command that writes
+    there (--export, --visualize): a training of that run would otherwise write it at the same time.
+    Returns the held lock (release it when done), None when `path` is not in a run, RunDirError when
+    a training holds it. Example: `lock_enclosing_run("runs/x/visualizations")` locks runs/x."""
+    for folder in (Path(path), Path(path).parent):
+        if folder.is_dir() and is_run_dir(folder):
+            try:
+                return FileLock(folder / LOCK_NAME, f"the run {folder}").acquire()
+            except LockedError as err:
+                raise RunDirError(f"{flag}: {err} and would write into it; wait for the training to finish, "
+                                  f"or choose an {flag} outside the run") from None
+    return None
 
 
 def resume_target(resume: str | Path) -> tuple[Path, Path]:

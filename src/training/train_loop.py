@@ -53,6 +53,7 @@ class LRSchedule:
         """A fresh run: the cosine starts at the peak `lr` right after warm-up."""
         return cls(config.lr, config.min_lr, config.warmup_steps, total_steps, config.warmup_steps, config.lr)
 
+    # First pass: skip replanned (only --resume with a new end uses it).
     def replanned(self, step: int, total_steps: int) -> LRSchedule:
         """The same run with a new end (e.g. `--resume RUN --epochs 8`): the cosine starts again from
         the learning rate reached at `step`, so the rate never jumps - it only decays more slowly."""
@@ -99,6 +100,7 @@ def build_optimizer(model: nn.Module, config: TrainConfig, device: torch.device)
     return torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2), fused=fused)
 
 
+# First pass: skip StepReport and TrainHooks (how the loop talks to the product around it).
 # --- what the loop reports --------------------------------------------------------------------
 
 
@@ -153,6 +155,7 @@ def train(
     several processes), whose `backward` also averages the gradients of all processes; `no_sync` is
     then its `no_sync`, which skips that averaging for all micro-batches of a step but the last.
     """
+    # First pass: skip these defaults (no hooks, no fp16 loss scaling, no compile/DDP wrapper).
     hooks = hooks or TrainHooks()
     scaler = scaler or torch.amp.GradScaler(enabled=False)  # only fp16 needs loss scaling
     forward = forward or model

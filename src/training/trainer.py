@@ -114,7 +114,7 @@ class TimeSplit:
 class History:
     steps: list[StepRecord] = field(default_factory=list)
     evals: list[EvalRecord] = field(default_factory=list)
-    stop_reason: str = "completed"  # completed | early_stopping | interrupted | non_finite_loss
+    stop_reason: str = "completed"  # completed | early_stopping | interrupted | one of DIVERGED (non_finite_...)
     stop_signal: int | None = None  # the signal behind "interrupted" (any process's, under DDP)
     state: TrainState = field(default_factory=TrainState)
     total_steps: int = 0

@@ -2,8 +2,9 @@
 
 A resumed run can only continue *exactly* if every random number generator (python, numpy, torch,
 CUDA) is where it was: the dropout masks and the data order depend on them. `capture_rng_state` and
-`restore_rng_state` save and restore all of them; `preserved_rng` lets side work (evaluation,
-sampling) run without moving them. Checkpoints themselves live in `src/training/checkpoints.py`.
+`restore_rng_state` save and restore all of them; `preserved_rng` lets side work (creating the data
+iterator) run without moving them - evaluation and sampling use `src/model/eval_mode.py:evaluating`.
+Checkpoints themselves live in `src/training/checkpoints.py`.
 """
 
 from __future__ import annotations
@@ -80,20 +81,6 @@ def preserved_rng(device: torch.device):
     devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         yield
-
-
-@contextlib.contextmanager
-def evaluating(model: torch.nn.Module):
-    """Run a block with `model.eval()` (dropout off), no gradients and the global RNG untouched; the
-    model's previous train/eval mode is restored afterwards, even after an exception."""
-    was_training = model.training
-    device = next(model.parameters()).device
-    model.eval()
-    try:
-        with preserved_rng(device), torch.no_grad():
-            yield model
-    finally:
-        model.train(was_training)
 
 
 # --- devices and numeric precision ------------------------------------------------------------
