@@ -646,6 +646,15 @@ def verify_tokens(meta: dict, path: Path, full: bool = False) -> bool:
     return legacy
 
 
+def check_window(window: np.ndarray, vocab_size: int, file: Path, start: int) -> None:
+    """The last guard before the embedding: DataError (not an IndexError deep inside the model) when a
+    window holds an id >= vocab_size - its .bin changed after `verify_tokens` checked it."""
+    if window.max() >= vocab_size:
+        raise DataError(f"{file} holds the token id {int(window.max()):,} near position {start:,}, but the vocabulary "
+                        f"has only {vocab_size:,} ids: the file is damaged or was edited; "
+                        + REBUILD.format(path=file.parent))
+
+
 def record_checksums(meta: dict, path: Path) -> None:
     """Add the checksums of an older data set's .bin files to its meta.json (after `verify_tokens` checked
     every id); a folder we cannot write (a read-only disk) simply keeps its old meta.json."""
@@ -833,10 +842,7 @@ class TokenDataset(Dataset):
             self._ids = np.memmap(self.path / f"{self.split}.bin", dtype=self.dtype, mode="r")
         start = self.offset + index * self.block_size
         window = self._ids[start : start + self.block_size + 1]
-        if window.max() >= self.vocab_size:  # the last guard before the embedding (a file changed since it was verified)
-            raise DataError(f"{self.path / (self.split + '.bin')} holds the token id {int(window.max()):,} near position "
-                            f"{start:,}, but the vocabulary has only {self.vocab_size:,} ids: the file is damaged or was "
-                            "edited; " + REBUILD.format(path=self.path))
+        check_window(window, self.vocab_size, self.path / f"{self.split}.bin", start)
         chunk = torch.from_numpy(window.astype(np.int64))  # (T+1,)
         return chunk[:-1], chunk[1:]  # x (T,), y (T,)
 
