@@ -18,15 +18,22 @@ https://github.com/karpathy/nanoGPT/blob/master/data/shakespeare_char/prepare.py
 
 The result lives in `<data_dir>/processed/<name>/`; it is written into a temporary folder and
 renamed at the end, so a failed build leaves nothing half-written behind. One builder at a time:
-a second one waits for the first (a lock file beside the folder) and then reuses its result. On
-reuse, the .bin sizes and the tokenizer's fingerprint are checked against meta.json.
+a second one waits for the first (a lock file beside the folder) and then reuses its result.
+
+A data set is checked, not trusted (`verify_tokens`): on reuse the .bin sizes, the tokenizer's
+fingerprint and vocabulary size, every id (below the vocabulary size) and a sha256 are compared
+with meta.json - whole for files up to FULL_CHECK_BYTES, by sampled blocks above, always whole
+on --resume and --evaluate. A text file larger than STREAM_BYTES is never held in memory: it is
+read, cleaned and encoded block by block (`StreamedText`), so a corpus of several GB builds in
+bounded memory.
 `TokenDataset` reads the .bin file through `np.memmap` (the OS pages it in on demand) and
 `make_dataloader` adds the seeded shuffling that makes training resumable mid-epoch.
 
-Left out on purpose: sharding for corpora larger than memory-mapped files handle, document
-packing/masking across `<|endoftext|>` (the model simply learns that a new book starts there).
+Left out on purpose: sharding the .bin files, streaming a corpus of many small files (each is
+read whole, all at once), document packing/masking across `<|endoftext|>` (the model simply
+learns that a new book starts there).
 
-Why one file of ~800 lines: it is the whole pipeline the user runs as `python -m src.dataset`, in
+Why one file of ~1100 lines: it is the whole pipeline the user runs as `python -m src.dataset`, in
 numbered sections that follow the steps above; downloading and cleaning already live apart in
 `src/gutenberg.py`, and the training loop never imports this module (it receives batches).
 """
@@ -63,16 +70,20 @@ from src.config import (
     ModelConfig,
     config_to_dict,
 )
-from src.fileio import FileLock, describe_os_error
+from src.fileio import FileLock, atomic_write_text, describe_os_error
 from src.gutenberg import (
     DataError,
+    StreamedText,
     book_url,
     cache_path,
     clean_book,
     fetch_book,
     is_url,
+    not_regular,
+    not_regular_message,
     parse_header,
     read_raw,
+    sha256_of,
 )
 from src.tokenizer import load_tokenizer, train_tokenizer
 
@@ -90,6 +101,19 @@ _PIECE_BREAK = re.compile(r"\n(?=[^\W\d_])")  # a line break followed by a lette
 # the sha256 of every source file: the same settings on other files are another data set).
 CONTENT_FIELDS = ("books", "input", "unwrap", "val_fraction", "holdout_books", "tokenizer", "max_vocab_size")
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # --name becomes a folder name
+# Verifying the token files (meta.json records, per split, the sha256 of the whole .bin, the sha256 of
+# SAMPLE_BLOCKS evenly spaced blocks of it, and its largest id). Up to FULL_CHECK_BYTES a .bin is hashed
+# and scanned whole every time it is reused (the 12 default books: ~15 MB, read once per reuse);
+# a larger one only by its sampled blocks (4 MiB read, however large the file), and whole on --resume
+# and --evaluate, in chunks of SCAN_BYTES (bounded memory).
+FULL_CHECK_BYTES = 64 << 20
+SAMPLE_BLOCKS, SAMPLE_BLOCK_BYTES = 64, 1 << 16
+SCAN_BYTES = 1 << 20
+# Big inputs: an --input file larger than STREAM_BYTES is never held in memory (StreamedText): it is
+# read gutenberg.BLOCK_BYTES at a time, and its tokenizer is trained on a sample of TOKENIZER_SAMPLE_CHARS.
+STREAM_BYTES = 32 << 20
+TOKENIZER_SAMPLE_CHARS = 4 << 20
+SAMPLE_SPANS = 16  # the sample: this many stretches spread over the training split
 
 
 class DataChangedError(DataError):
@@ -112,6 +136,7 @@ class Document:
     location: str  # the file it was read from (for a download: the cached copy)
     text: str
     url: str | None = None  # where a downloaded book came from
+    stream: StreamedText | None = None  # a file too large to hold: read from disk piece by piece (text is "")
 
 
 def resolve_mirror(mirror: str | None) -> str:
@@ -165,6 +190,8 @@ def expand_inputs(patterns: Sequence[str]) -> list[Path]:
             if not found:
                 raise DataError(f"--input pattern {pattern!r} matches no files")
             files.extend(found)
+        elif kind := not_regular(path):
+            raise DataError(f"--input {not_regular_message(path, kind)}")
         else:
             raise DataError(f"--input {pattern} does not exist (give .txt files, folders or glob patterns)")
     unique = list(dict.fromkeys(p.resolve() for p in files))
@@ -172,13 +199,48 @@ def expand_inputs(patterns: Sequence[str]) -> list[Path]:
 
 
 def load_input_file(path: Path, unwrap: bool, source_id: str | None = None) -> Document:
-    """One of the user's own files: title = file name; a Gutenberg header is stripped if present."""
+    """One of the user's own files: title = file name; a Gutenberg header is stripped if present.
+    A file larger than STREAM_BYTES is not read into memory but streamed (`StreamedText`)."""
+    if path.stat().st_size > STREAM_BYTES:
+        stream = StreamedText.open(path, unwrap)
+        return Document(id=source_id or path.name, title=path.stem, author=None, language=None, sha256=stream.sha256,
+                        location=str(path), text="", stream=stream)
     raw = read_raw(path)
     text = clean_book(raw.data, str(path), unwrap=unwrap, require_markers=False)
     return Document(
         id=source_id or path.name, title=path.stem, author=None, language=None, sha256=raw.sha256,
         location=str(path), text=text,
     )
+
+
+class StreamedPieces:
+    """The pieces of one split of a `StreamedText`; iterating reads them from disk anew each time."""
+
+    def __init__(self, text: StreamedText, start: int, stop: int):
+        self.text, self.start, self.stop = text, start, stop
+
+    def __iter__(self) -> Iterator[str]:
+        for block in self.text.blocks(self.start, self.stop):
+            yield from text_pieces(block)
+
+    def __bool__(self) -> bool:
+        return self.stop > self.start
+
+    def sample(self, max_chars: int) -> list[str]:
+        """About `max_chars` bytes of the split's text in SAMPLE_SPANS stretches spread evenly over it
+        (each starting at a line), or all of it when it is no longer: what the tokenizer is trained on.
+        Only the stretches are read, so a split of several GB costs a few MB."""
+        length = self.stop - self.start
+        if length <= max_chars:
+            return list(self)
+        pieces = []
+        for i in range(SAMPLE_SPANS):
+            first = self.text.line_start(self.start + i * length // SAMPLE_SPANS)
+            last = self.text.line_start(min(self.stop, first + max_chars // SAMPLE_SPANS))
+            for block in self.text.blocks(first, last):
+                pieces.extend(text_pieces(block))
+        return pieces
+
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,6 +276,10 @@ def split_documents(documents: list[Document], config: DataConfig) -> list[tuple
     """
     parts = []
     for doc in documents:
+        if doc.stream is not None:  # a big file: pieces read from disk when needed
+            train, val = doc.stream.split(config.val_fraction)
+            parts.append((StreamedPieces(doc.stream, *train), StreamedPieces(doc.stream, *val)))
+            continue
         if doc.id in config.holdout_books:
             cut = 0
         elif config.val_fraction == 0:  # allowed with --holdout-book: the other books train only
@@ -264,13 +330,15 @@ def dataset_name(config: DataConfig, tokenizer: Any = None) -> str:
 
 
 def prepare_dataset(config: DataConfig, *, block_size: int | None = None, show_progress: bool = True,
-                    tokenizer: Any = None) -> PreparedDataset:
+                    tokenizer: Any = None, full_check: bool = False) -> PreparedDataset:
     """Build `<data_dir>/processed/<name>/` (or reuse it when it exists with the same settings).
 
     With `block_size`, each split must hold at least block_size + 1 tokens (one (x, y) window).
     With `tokenizer`, the text is encoded with it instead of a tokenizer trained here (fine-tuning a
     model that brings its own, e.g. GPT-2); `config.tokenizer`/`max_vocab_size` are then not used.
-    Raises DataError for every problem with the input; nothing is left behind on failure.
+    A reused data set is verified first (`verify_tokens`; `full_check` reads every .bin whole, as
+    --resume and --evaluate do). Raises DataError for every problem with the input; nothing is left
+    behind on failure.
     """
     if config.name is not None and not NAME_RE.fullmatch(config.name):
         raise DataError(f"--name {config.name!r}: use letters, digits, '.', '_' and '-' only "
@@ -281,10 +349,12 @@ def prepare_dataset(config: DataConfig, *, block_size: int | None = None, show_p
     created = [folder for folder in (processed, config.data_dir) if not folder.exists()]  # innermost first
     # One builder per data set: a second one waits here, then finds the first one's result and reuses it.
     lock = FileLock(processed / f".{name}.lock", f"the data set {out_dir}")
+    locked = False
     try:
         try:
             lock.acquire(wait=True, on_wait=lambda holder: print(
                 f"waiting for another process ({holder}) to finish building {out_dir} ...", file=sys.stderr, flush=True))
+            locked = True
         except OSError:  # a finished data set on a read-only disk or folder: reused as it is, nothing is written
             if config.force or not (out_dir / "meta.json").is_file():
                 raise
@@ -292,6 +362,8 @@ def prepare_dataset(config: DataConfig, *, block_size: int | None = None, show_p
             meta = load_meta(out_dir)
             check_reusable(meta, config, out_dir, show_progress)
             check_files(meta, out_dir)
+            if verify_tokens(meta, out_dir, full=full_check) and locked:  # built before checksums: add them
+                record_checksums(meta, out_dir)
             if tokenizer is not None and meta["tokenizer"].get("fingerprint") != tokenizer.fingerprint():
                 raise DataChangedError(f"{out_dir} was encoded with another tokenizer than the model's; pass --force "
                                        "to rebuild it, or choose another --name")
@@ -338,7 +410,8 @@ def build(documents: list[Document], config: DataConfig, name: str, out: Path, s
     """Train the tokenizer (unless one is given), stream the ids into out/{train,val}.bin, write
     tokenizer.json + meta.json."""
     parts = split_documents(documents, config)
-    train_texts = [piece for train, _ in parts for piece in train]
+    train_texts = [piece for train, _ in parts  # a big file's tokenizer learns from a sample of its text
+                   for piece in (train.sample(TOKENIZER_SAMPLE_CHARS) if isinstance(train, StreamedPieces) else train)]
     if not train_texts:
         raise DataError("the training split is empty; hold out fewer books (--holdout-book)")
     try:
@@ -363,18 +436,19 @@ def build(documents: list[Document], config: DataConfig, name: str, out: Path, s
                 if tokens and pieces:  # books are separated by <|endoftext|>, as a token id
                     np.array([tokenizer.eot_id], dtype=dtype).tofile(f)
                     tokens += 1
-                count = 0
-                for piece in pieces:
+                count = n_chars = 0
+                for piece in pieces:  # a big file's pieces are read from disk here (see StreamedText)
                     ids = tokenizer.encode_to_array(piece)
                     ids.astype(dtype, copy=False).tofile(f)
                     count += len(ids)
+                    n_chars += len(piece)
                     if split == "val":
                         unknown_chars += tokenizer.unknown_rate(piece) * len(piece)
-                n_chars = sum(len(piece) for piece in pieces)
                 source[split] = {"characters": n_chars, "tokens": count, "offset": tokens}
                 tokens += count
                 characters += n_chars
-        splits[split] = {"tokens": tokens, "characters": characters}
+        splits[split] = {"tokens": tokens, "characters": characters,
+                         **token_checksums(out / f"{split}.bin", dtype, whole=True)}
 
     tokenizer.save(out / "tokenizer.json")
     meta = {
@@ -449,7 +523,7 @@ def check_reusable(meta: dict, config: DataConfig, path: Path, show_progress: bo
             f"pass --force to rebuild it, or choose another --name"
         )
     if config.input:
-        now = {str(p): read_raw(p).sha256 for p in expand_inputs(config.input)}
+        now = {str(p): sha256_of(p) for p in expand_inputs(config.input)}
         if now != {s.get("path"): s["sha256"] for s in meta.get("sources", [])}:
             raise DataChangedError(f"{path} was built from other versions of the --input files (input file contents differ); "
                             f"pass --force to rebuild it, or choose another --name")
@@ -513,12 +587,18 @@ def check_files(meta: dict, path: Path) -> None:
         raise DataError(f"{Path(path) / 'meta.json'} lacks or garbles its tokenizer or sources; rebuild with --force")
     tokenizer_file = Path(path) / "tokenizer.json"
     try:
-        fingerprint = load_tokenizer(tokenizer_file).fingerprint()
+        stored_tokenizer = load_tokenizer(tokenizer_file)
+        fingerprint = stored_tokenizer.fingerprint()
     except ValueError as error:
         raise DataError(f"{error}; rebuild the data set with --force") from None
     if fingerprint != recorded.get("fingerprint"):
         raise DataError(f"{tokenizer_file} is not the tokenizer this data set was encoded with (its fingerprint "
                         "differs from meta.json's); rebuild the data set with --force")
+    vocab_size = vocab_size_of(meta, path)
+    if vocab_size != stored_tokenizer.vocab_size or meta["dtype"] != (
+            "uint16" if vocab_size <= 1 << 16 else "uint32"):
+        raise DataError(f"{Path(path) / 'meta.json'} records a vocabulary size ({vocab_size:,}) or dtype ({meta['dtype']}) "
+                        f"that does not fit {tokenizer_file}: the file was edited; " + REBUILD.format(path=path))
 
 
 def check_bin_size(meta: dict, path: Path, split: str) -> None:
@@ -533,10 +613,126 @@ def check_bin_size(meta: dict, path: Path, split: str) -> None:
                         "is damaged (truncated or replaced); rebuild it with --force")
 
 
+REBUILD = "delete the folder {path} and run the same command again (it builds the data set anew from its sources)"
+
+
+def verify_tokens(meta: dict, path: Path, full: bool = False) -> bool:
+    """DataError naming the file unless every split's .bin is the one meta.json describes: the size its
+    token count implies, every id below the vocabulary size, and the recorded checksum.
+
+    Cheap by default: a .bin up to FULL_CHECK_BYTES is read whole, a larger one only in its sampled
+    blocks (compared with "sample_sha256"); `full=True` (--resume, --evaluate) reads every file whole.
+    A data set from before these checksums (no "sha256" in meta.json) has every id checked, and True
+    is returned: the caller may record its checksums (`record_checksums`).
+    """
+    path = Path(path)
+    vocab_size, dtype = vocab_size_of(meta, path), np.dtype(meta["dtype"])
+    legacy = False
+    for split in ("train", "val"):
+        check_bin_size(meta, path, split)
+        file, info = path / f"{split}.bin", meta["splits"][split]
+        legacy = legacy or "sha256" not in info
+        whole = full or "sha256" not in info or file.stat().st_size <= FULL_CHECK_BYTES
+        found = token_checksums(file, dtype, whole, vocab_size)
+        if found["first_bad"] is not None:
+            position, value = found["first_bad"]
+            raise DataError(f"{file} holds the token id {value:,} at position {position:,}, but the vocabulary has only "
+                            f"{vocab_size:,} ids (0 ... {vocab_size - 1:,}): the file is damaged or was edited; "
+                            + REBUILD.format(path=path))
+        key = "sha256" if whole else "sample_sha256"
+        if key in info and found[key] != info[key]:
+            raise DataError(f"{file} changed since the data set was built (its sha256 differs from the one in "
+                            f"{path / 'meta.json'}): " + REBUILD.format(path=path))
+    return legacy
+
+
+def check_window(window: np.ndarray, vocab_size: int, file: Path, start: int) -> None:
+    """The last guard before the embedding: DataError (not an IndexError deep inside the model) when a
+    window holds an id >= vocab_size - its .bin changed after `verify_tokens` checked it."""
+    if window.max() >= vocab_size:
+        raise DataError(f"{file} holds the token id {int(window.max()):,} near position {start:,}, but the vocabulary "
+                        f"has only {vocab_size:,} ids: the file is damaged or was edited; "
+                        + REBUILD.format(path=file.parent))
+
+
+def record_checksums(meta: dict, path: Path) -> None:
+    """Add the checksums of an older data set's .bin files to its meta.json (after `verify_tokens` checked
+    every id); a folder we cannot write (a read-only disk) simply keeps its old meta.json."""
+    dtype = np.dtype(meta["dtype"])
+    for split in ("train", "val"):
+        found = token_checksums(Path(path) / f"{split}.bin", dtype, whole=True)
+        meta["splits"][split].update({k: found[k] for k in ("sha256", "sample_sha256", "max_id")})
+    try:
+        atomic_write_text(Path(path) / "meta.json", json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+    except ValueError:  # WriteError: no permission, read-only disk - the checks run again next time
+        pass
+
+
+def vocab_size_of(meta: dict, path: Path) -> int:
+    """The vocabulary size meta.json records, checked to fit its dtype (a uint16 file holds ids < 65,536)."""
+    tokenizer = meta.get("tokenizer")
+    vocab_size = tokenizer.get("vocab_size") if isinstance(tokenizer, dict) else None
+    limit = np.iinfo(np.dtype(meta["dtype"])).max + 1
+    if type(vocab_size) is not int or not 0 < vocab_size <= limit:
+        raise DataError(f"{Path(path) / 'meta.json'} records the vocabulary size {vocab_size!r}, not a number of ids a "
+                        f"{meta['dtype']} file can hold: the file is damaged or was edited; " + REBUILD.format(path=path))
+    return vocab_size
+
+
+def sample_offsets(size: int, itemsize: int) -> list[int]:
+    """Where the SAMPLE_BLOCKS blocks of a file of `size` bytes start (evenly spread, on whole ids);
+    [0] for a file small enough to be one block: then the sample is the whole file."""
+    if size <= SAMPLE_BLOCKS * SAMPLE_BLOCK_BYTES:
+        return [0]
+    last = size - SAMPLE_BLOCK_BYTES
+    return [last * i // (SAMPLE_BLOCKS - 1) // itemsize * itemsize for i in range(SAMPLE_BLOCKS)]
+
+
+def token_checksums(file: Path, dtype: np.dtype, whole: bool, vocab_size: int | None = None) -> dict[str, Any]:
+    """The checksums and largest id of a .bin, reading SCAN_BYTES at a time (bounded memory).
+
+    Always "sample_sha256" (of the sampled blocks); with `whole` also "sha256" of the whole file;
+    "max_id" over what was read; "first_bad": (position, id) of the first id >= `vocab_size` found, or None.
+    Example: a 13 MB train.bin -> {"sample_sha256": "3f...", "sha256": "a1...", "max_id": 97, "first_bad": None}.
+    """
+    dtype = np.dtype(dtype)
+    size = Path(file).stat().st_size
+    result: dict[str, Any] = {"max_id": 0, "first_bad": None}
+
+    def scan(data: bytes, start: int) -> None:
+        ids = np.frombuffer(data[: len(data) // dtype.itemsize * dtype.itemsize], dtype=dtype)
+        if ids.size:
+            result["max_id"] = max(result["max_id"], int(ids.max()))
+            if vocab_size is not None and result["first_bad"] is None and result["max_id"] >= vocab_size:
+                index = int(np.argmax(ids >= vocab_size))
+                result["first_bad"] = (start // dtype.itemsize + index, int(ids[index]))
+
+    with open(file, "rb") as handle:
+        sample = hashlib.sha256()
+        for offset in sample_offsets(size, dtype.itemsize):
+            handle.seek(offset)
+            block = handle.read(SAMPLE_BLOCK_BYTES if offset or size > SAMPLE_BLOCKS * SAMPLE_BLOCK_BYTES else size)
+            sample.update(block)
+            scan(block, offset)
+        result["sample_sha256"] = sample.hexdigest()
+        if whole:
+            digest, start = hashlib.sha256(), 0
+            handle.seek(0)
+            while chunk := handle.read(SCAN_BYTES):
+                digest.update(chunk)
+                scan(chunk, start)
+                start += len(chunk)
+            result["sha256"] = digest.hexdigest()
+    return result
+
+
 def data_fingerprint(meta: dict) -> str:
     """sha256 of what a data set holds (token counts per source and split, source checksums, tokenizer),
-    not where it lies: equal fingerprints <=> the same training data in the same order."""
-    content = {key: meta[key] for key in ("dtype", "tokenizer", "splits")}
+    not where it lies: equal fingerprints <=> the same training data in the same order. (The .bin
+    checksums are left out, so a data set keeps its fingerprint when `record_checksums` adds them.)"""
+    content = {key: meta[key] for key in ("dtype", "tokenizer")}
+    content["splits"] = {split: {k: info[k] for k in ("tokens", "characters") if k in info}
+                         for split, info in meta["splits"].items()}
     content["sources"] = [{k: v for k, v in source.items() if k not in ("path", "url")} for source in meta["sources"]]
     return hashlib.sha256(json.dumps(content, sort_keys=True, ensure_ascii=True).encode("ascii")).hexdigest()
 
@@ -567,6 +763,7 @@ def load_meta(path: Path) -> dict:
     splits = meta.get("splits")
     well_formed = meta.get("dtype") in ("uint16", "uint32") and isinstance(splits, dict) and all(
         isinstance(splits.get(k), dict) and type(splits[k].get("tokens")) is int and splits[k]["tokens"] >= 0
+        and all(isinstance(splits[k].get(c, ""), str) for c in ("sha256", "sample_sha256"))
         for k in ("train", "val"))
     if not well_formed:
         raise DataError(f"{meta_file} lacks or garbles its dtype or split sizes; rebuild with --force")
@@ -608,6 +805,7 @@ class TokenDataset(Dataset):
         self.path, self.split, self.block_size, self.seed = Path(path), split, block_size, seed
         meta = load_meta(self.path)
         self.dtype = np.dtype(meta["dtype"])
+        self.vocab_size = vocab_size_of(meta, self.path)
         self.num_tokens = meta["splits"][split]["tokens"] if split in meta["splits"] else -1
         if split not in ("train", "val"):
             raise ValueError(f"split must be 'train' or 'val', got {split!r}")
@@ -643,7 +841,9 @@ class TokenDataset(Dataset):
         if self._ids is None:
             self._ids = np.memmap(self.path / f"{self.split}.bin", dtype=self.dtype, mode="r")
         start = self.offset + index * self.block_size
-        chunk = torch.from_numpy(self._ids[start : start + self.block_size + 1].astype(np.int64))  # (T+1,)
+        window = self._ids[start : start + self.block_size + 1]
+        check_window(window, self.vocab_size, self.path / f"{self.split}.bin", start)
+        chunk = torch.from_numpy(window.astype(np.int64))  # (T+1,)
         return chunk[:-1], chunk[1:]  # x (T,), y (T,)
 
     def __getstate__(self) -> dict:

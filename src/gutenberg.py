@@ -21,21 +21,31 @@ interrupted download never poisons the cache. Each attempt is bounded in time (T
 network operation, DEADLINE_S for the whole file), so a server that hangs or trickles fails after
 at most (RETRIES + 1) attempts with one clear message instead of blocking forever.
 
+A text file larger than memory is cleaned the same way, block by block (`StreamedText`, used by
+src/dataset.py for big --input files). Only regular files are read (`open_regular`): a FIFO, a
+device or a symbolic link loop is named as such, and UTF-16 text gets the iconv command that
+converts it.
+
 Left out on purpose: HTML/EPUB formats, zip archives, Gutenberg's robot "harvest" endpoint.
 """
 
 from __future__ import annotations
 
 import codecs
+import errno
 import hashlib
 import http.client
+import os
 import re
+import stat
 import time
 import unicodedata
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from tqdm import tqdm
 
@@ -47,6 +57,8 @@ DEADLINE_S = 300.0  # seconds one attempt at one file may take in all (a 1 MB bo
 RETRIES = 3  # attempts after the first one fails with a network error or a 5xx status
 BACKOFF_BASE_S = 1.0  # waits 1 s, 2 s, 4 s between attempts; tests set this to ~0
 CHUNK_BYTES = 1 << 16
+BLOCK_BYTES = 1 << 20  # a streamed text (`StreamedText`) is read this much at a time
+TAIL_BYTES = 1 << 16  # where a streamed text's END marker is looked for
 
 # "*** START OF THE PROJECT GUTENBERG EBOOK ALICE ***", "*** START OF THIS PROJECT GUTENBERG
 # EBOOK ...", "***START OF THE PROJECT GUTENBERG E-BOOK ...": case, spacing, the "E-BOOK"
@@ -133,16 +145,75 @@ def fetch_book(book_id: int, mirror: str, raw_dir: Path, show_progress: bool = T
         raise DataError(f"--mirror {mirror!r} is neither an http(s) URL nor an existing directory")
     path = root / book_path(book_id)
     if not path.is_file():
+        kind = not_regular(path)
+        if kind:
+            raise DataError(f"book {book_id} in mirror {root}: {not_regular_message(path, kind)}")
         raise DataError(f"book {book_id} not found in mirror {root} (expected {path})")
     return read_raw(path)
 
 
 def read_raw(path: Path) -> RawBook:
-    try:
-        data = path.read_bytes()
-    except OSError as error:
-        raise DataError(f"cannot read {path}: {error.strerror or error}") from None
+    with open_regular(path) as handle:
+        try:
+            data = handle.read()
+        except OSError as error:
+            raise DataError(f"cannot read {path}: {error.strerror or error}") from None
     return RawBook(data=data, location=str(path), sha256=hashlib.sha256(data).hexdigest())
+
+
+def sha256_of(path: Path) -> str:
+    """The sha256 of a file, read CHUNK_BYTES at a time (a multi-GB text never lies in memory whole)."""
+    digest = hashlib.sha256()
+    with open_regular(path) as handle:
+        try:
+            while chunk := handle.read(CHUNK_BYTES * 16):
+                digest.update(chunk)
+        except OSError as error:
+            raise DataError(f"cannot read {path}: {error.strerror or error}") from None
+    return digest.hexdigest()
+
+
+def not_regular(path: Path) -> str | None:
+    """What `path` is when it exists but is no regular file or folder ("a FIFO (named pipe)", "a symbolic
+    link loop", ...); None for a file, a folder, or nothing at all."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as error:
+        return "a symbolic link loop" if error.errno == errno.ELOOP else None
+    for test, kind in ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return None
+
+
+def not_regular_message(path: Path, kind: str) -> str:
+    """'x.txt is a FIFO (named pipe), not a regular file; ...' with what to do instead."""
+    if "loop" in kind:
+        return f"{path} is {kind} (it leads back to itself), not a regular file; point it at a .txt file"
+    return (f"{path} is {kind}, not a regular file; the text is read more than once (checksums, tokenizer, "
+            "encoding), so save it to a .txt file first")
+
+
+def open_regular(path: Path) -> BinaryIO:
+    """`path` opened for reading, or DataError: a FIFO or device is refused without blocking on it
+    (O_NONBLOCK, then fstat), so one swapped in after a check cannot hang the build either."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as error:
+        kind = "a symbolic link loop" if error.errno == errno.ELOOP else None
+        if kind:
+            raise DataError(not_regular_message(path, kind)) from None
+        raise DataError(f"cannot read {path}: {error.strerror or error}") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        if stat.S_ISDIR(mode):
+            raise DataError(f"{path} is a folder, not a text file")
+        raise DataError(not_regular_message(path, not_regular(path) or "not a regular file"))
+    if hasattr(os, "set_blocking"):
+        os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
 
 
 def download(url: str, book_id: int, show_progress: bool = True) -> bytes:
@@ -198,6 +269,10 @@ def decode_text(data: bytes, source: str) -> str:
     """Bytes -> normalised text: `decode_text(b'\\xef\\xbb\\xbfa\\r\\nb', 'x')` -> 'a\\nb'."""
     if not data.strip():
         raise DataError(f"{source} is empty")
+    utf16 = utf16_kind(data[:UTF16_PROBE_BYTES])
+    if utf16:
+        raise DataError(f"{source} is {utf16} text, not UTF-8; convert it, e.g. iconv -f {utf16} -t UTF-8 "
+                        f"{source} > {utf8_name(source)}")
     nul = data.find(b"\x00")
     if nul >= 0:
         raise DataError(f"{source} looks like a binary file (NUL byte at offset {nul}); expected UTF-8 text")
@@ -211,6 +286,36 @@ def decode_text(data: bytes, source: str) -> str:
         ) from None
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     return unicodedata.normalize("NFC", text)
+
+
+UTF16_PROBE_BYTES = 4096  # how much of a file tells UTF-16 (half its bytes NUL, at one parity) from binary
+
+
+def utf16_kind(head: bytes) -> str | None:
+    """The iconv name of the UTF-16 encoding `head` (a file's first bytes) is in, or None.
+
+    A byte-order mark says it outright ("UTF-16"). Without one, English or German text in UTF-16 has
+    a NUL in (nearly) every other byte: at the odd offsets for little-endian ("H\\0e\\0"), the even ones
+    for big-endian. Binary files have NULs at both parities, UTF-8 text none at all.
+    Example: utf16_kind("Hallo".encode("utf-16-le")) -> 'UTF-16LE'.
+    """
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) and not head.startswith(codecs.BOM_UTF32_LE):
+        return "UTF-16"
+    pairs = len(head) // 2
+    if pairs < 2:
+        return None
+    odd, even = head[1 : 2 * pairs : 2].count(0), head[0 : 2 * pairs : 2].count(0)
+    if odd >= 0.7 * pairs and even <= 0.05 * pairs:
+        return "UTF-16LE"
+    if even >= 0.7 * pairs and odd <= 0.05 * pairs:
+        return "UTF-16BE"
+    return None
+
+
+def utf8_name(source: str) -> str:
+    """Where the converted copy of a file could go: 'texts/book.txt' -> 'texts/book-utf8.txt'."""
+    path = Path(source)
+    return str(path.with_name(f"{path.stem}-utf8{path.suffix or '.txt'}"))
 
 
 def parse_header(text: str) -> dict[str, str | None]:
@@ -301,6 +406,31 @@ def _unwrap_block(lines: list[str], width: int) -> str:
     return " ".join(line.strip() for line in lines)
 
 
+def decode_block(data: bytes, offset: int, source: str) -> str:
+    """One block of a streamed file (cut at a line break) -> normalised text, like `decode_text`.
+
+    `offset` is where the block starts in the file: errors name the byte offset in the file, and only
+    the block at offset 0 may start with a byte-order mark (or be UTF-16).
+    """
+    if offset == 0:
+        utf16 = utf16_kind(data[:UTF16_PROBE_BYTES])
+        if utf16:
+            raise DataError(f"{source} is {utf16} text, not UTF-8; convert it, e.g. iconv -f {utf16} -t UTF-8 "
+                            f"{source} > {utf8_name(source)}")
+    nul = data.find(b"\x00")
+    if nul >= 0:
+        raise DataError(f"{source} looks like a binary file (NUL byte at offset {offset + nul}); expected UTF-8 text")
+    bom = 3 if offset == 0 and data.startswith(codecs.BOM_UTF8) else 0
+    try:
+        text = data[bom:].decode("utf-8")
+    except UnicodeDecodeError as error:
+        at = offset + bom + error.start
+        raise DataError(f"{source} is not valid UTF-8 (byte offset {at}: {data[bom + error.start:bom + error.start + 1]!r}); "
+                        f"convert it, e.g. iconv -f latin1 -t utf-8") from None
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return unicodedata.normalize("NFC", text)
+
+
 def clean_book(data: bytes, source: str, unwrap: bool, require_markers: bool = True) -> str:
     """Decode, strip the Gutenberg header/footer (if present or required) and optionally unwrap."""
     text = decode_text(data, source)
@@ -311,3 +441,147 @@ def clean_book(data: bytes, source: str, unwrap: bool, require_markers: bool = T
     if not text.strip():
         raise DataError(f"{source} contains only whitespace")
     return text
+
+
+# ---------------------------------------------------------------------------------------------
+# Streaming a text too large to hold in memory
+
+
+class StreamedText:
+    """A text file too large to hold in memory (several GB): read and cleaned block by block whenever
+    its text is needed (`blocks`), so memory holds one block (BLOCK_BYTES) at a time.
+
+    `open` reads the file once: the first block is checked (UTF-16, NUL bytes, UTF-8) before the rest
+    is read, then every block, while its sha256 is computed. It finds the Gutenberg markers (START in
+    the first block, END in the last TAIL_BYTES), estimates the wrap width from the first block and
+    chooses the split: validation starts at the first blank line after (1 - val_fraction) of the
+    text's bytes. Blocks are cut at blank lines, so unwrapping them one at a time joins the same lines
+    as unwrapping the whole text. Later passes check that the file did not change (size, mtime).
+    Differences to a file read whole: the split is placed by bytes, not characters, and an END marker
+    or credits line is looked for only near the end or start.
+    """
+
+    def __init__(self, path: Path, sha256: str, size: int, mtime_ns: int, body: tuple[int, int], width: int | None):
+        self.path, self.sha256, self.size, self.mtime_ns = path, sha256, size, mtime_ns
+        self.body, self.width = body, width  # (first, last + 1) byte of the text between the markers
+
+    @classmethod
+    def open(cls, path: Path, unwrap: bool) -> StreamedText:
+        digest = hashlib.sha256()
+        with open_regular(path) as handle:
+            info = os.fstat(handle.fileno())
+            offset, carry, head = 0, b"", None
+            while chunk := handle.read(BLOCK_BYTES):
+                digest.update(chunk)
+                data = carry + chunk
+                cut = _line_cut(data)
+                text = decode_block(data[:cut], offset - len(carry), str(path))  # the first: before the rest is read
+                if head is None:
+                    head, raw_head = text, data[:cut]
+                offset, carry = offset + len(chunk), data[cut:]
+            if head is None:
+                raise DataError(f"{path} is empty")
+            decode_block(carry, offset - len(carry), str(path))
+            handle.seek(max(0, offset - TAIL_BYTES))
+            tail = handle.read()
+        width = estimate_wrap_width(head.split("\n")) if unwrap else None
+        return cls(path, digest.hexdigest(), offset, info.st_mtime_ns, _gutenberg_body(raw_head, tail, offset), width)
+
+    def line_start(self, offset: int) -> int:
+        """The first byte of the line at or after `offset` (the body's ends stay; with no line break
+        within BLOCK_BYTES, the next character): where a block may start."""
+        if offset <= self.body[0] or offset >= self.body[1]:
+            return min(max(offset, self.body[0]), self.body[1])
+        with open_regular(self.path) as handle:
+            handle.seek(offset - 1)
+            window = handle.read(min(BLOCK_BYTES, self.body[1] - offset + 1))
+        line = window.find(b"\n")
+        if line < 0:  # a line longer than a block: at least not inside a character
+            line = next((i for i in range(1, len(window)) if window[i] & 0xC0 != 0x80), len(window)) - 1
+        return min(self.body[1], offset + line)
+
+    @property
+    def has_markers(self) -> bool:
+        return self.body != (0, self.size)
+
+    def split(self, val_fraction: float) -> tuple[tuple[int, int], tuple[int, int]]:
+        """The byte ranges (start, stop) of the training and the validation text: the body cut at the
+        first blank line after (1 - val_fraction) of it."""
+        first, end = self.body
+        if val_fraction == 0:
+            return (first, end), (end, end)
+        target = first + round((end - first) * (1 - val_fraction))
+        with open_regular(self.path) as handle:
+            handle.seek(target)
+            window = handle.read(min(BLOCK_BYTES, end - target))
+        cut = _after_blank_line(window)
+        if cut is None:  # no paragraph break near the target: the next line break, else the next character
+            line = window.find(b"\n")
+            cut = line + 1 if line >= 0 else next((i for i, b in enumerate(window) if b & 0xC0 != 0x80), len(window))
+        cut = min(end, target + cut)
+        return (first, cut), (cut, end)
+
+    def blocks(self, start: int, stop: int) -> Iterator[str]:
+        """The cleaned text of bytes [start, stop), one block (at most BLOCK_BYTES, cut at a blank line) at a time."""
+        with open_regular(self.path) as handle:
+            info = os.fstat(handle.fileno())
+            if (info.st_size, info.st_mtime_ns) != (self.size, self.mtime_ns):
+                raise DataError(f"{self.path} changed while the data set was being built from it; run the command again")
+            handle.seek(start)
+            position, carry = start, b""
+            while position < stop or carry:
+                new = handle.read(min(BLOCK_BYTES, stop - position))
+                if not new and position < stop:  # the file ended early: it was cut short meanwhile
+                    raise DataError(f"{self.path} changed while the data set was being built from it; run the command again")
+                data, position = carry + new, position + len(new)
+                cut = len(data) if position >= stop else _last_blank_line(data) or _line_cut(data)
+                block, carry = data[:cut], data[cut:]
+                block_start = position - len(data)
+                text = decode_block(block, block_start, str(self.path))
+                if self.has_markers and block_start == self.body[0]:  # like strip_gutenberg: no credits, no blank lines
+                    text = _LEADING_BLANKS.sub("", CREDITS_RE.sub("", _LEADING_BLANKS.sub("", text)))
+                if self.has_markers and position >= self.body[1] and not carry:  # no "End of Project Gutenberg" line
+                    text = BLANK_EDGES_RE.sub("", END_LINE_RE.sub("", text)) + "\n"
+                if self.width is not None:
+                    text = unwrap_paragraphs(text, self.width)
+                yield text
+
+
+def _after_blank_line(data: bytes) -> int | None:
+    """Index just after the first blank line ("\n\n" or "\n\r\n") in `data`, or None."""
+    found = [i + len(sep) for sep in (b"\n\n", b"\n\r\n") if (i := data.find(sep)) >= 0]
+    return min(found) if found else None
+
+
+_LEADING_BLANKS = re.compile(r"\A(?:[ \t]*\n)+")
+
+
+def _line_cut(data: bytes) -> int:
+    """Where to cut `data` so that the first part ends with a whole line: after its last line break, or
+    (a line longer than a block) before the last character that may be incomplete."""
+    line = data.rfind(b"\n")
+    if line >= 0:
+        return line + 1
+    return next((i for i in range(len(data) - 1, max(-1, len(data) - 5), -1) if data[i] & 0xC0 != 0x80), len(data))
+
+
+def _last_blank_line(data: bytes) -> int | None:
+    """Index just after the last blank line in `data` (a paragraph never spans the cut), or None."""
+    found = [i + len(sep) for sep in (b"\n\n", b"\n\r\n") if (i := data.rfind(sep)) >= 0]
+    return max(found) if found else None
+
+
+_START_BYTES = re.compile(START_RE.pattern.encode(), re.IGNORECASE | re.MULTILINE)
+_END_BYTES = re.compile(END_RE.pattern.encode(), re.IGNORECASE | re.MULTILINE)
+
+
+def _gutenberg_body(head: bytes, tail: bytes, size: int) -> tuple[int, int]:
+    """(first, last + 1) byte of the text between the START marker (in `head`, the file's first block)
+    and the END marker (in `tail`, its last bytes); (0, size) for a file without both markers."""
+    start = _START_BYTES.search(head)
+    ends = list(_END_BYTES.finditer(tail))
+    if start is None or not ends:
+        return 0, size
+    end = size - len(tail) + ends[0].start()
+    first = start.end() + 1 if head[start.end() : start.end() + 1] == b"\n" else start.end()
+    return (first, end) if end > first else (0, size)

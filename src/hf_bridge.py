@@ -72,8 +72,6 @@ from src.fileio import (
     read_json,
     remove_if_empty,
 )
-from src.model import MiniTransformer
-from src.model.embeddings import sinusoidal_table
 from src.gpt2_tokenizer import (
     GPT2_SPLIT_PATTERN,
     gpt2_file_texts,
@@ -81,6 +79,9 @@ from src.gpt2_tokenizer import (
     read_gpt2_files,
     tokenizer_from_gpt2_vocab,
 )
+from src.model import MiniTransformer
+from src.model.embeddings import sinusoidal_table
+from src.model.weights import safetensors_shapes
 from src.tokenizer import EOT_TOKEN, BPETokenizer, CharTokenizer, load_tokenizer, tokenizer_from_dict
 
 Tokenizer = CharTokenizer | BPETokenizer
@@ -166,22 +167,13 @@ def to_hf_state_dict(model: MiniTransformer) -> dict[str, torch.Tensor]:
 def from_hf_state_dict(hf_state: Mapping[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
     """GPT-2 weights (names with or without "transformer.") -> our state dict for a model built from
     `config`. Checks every name and shape; raises ValueError naming the tensor and both shapes."""
+    check_hf_shapes({name: (tuple(t.shape), t.dtype) for name, t in hf_state.items()}, config)
     state = {}
     for name, tensor in hf_state.items():
         if name == "lm_head.weight" or _HF_BUFFER.match(name):
             continue  # the tied head (checked below) and HF's mask buffers (rebuilt by our model)
         state[name if name.startswith(HF_PREFIX) else HF_PREFIX + name] = tensor
     expected = hf_shapes(config)
-    unknown = sorted(set(state) - set(expected))
-    if unknown:
-        raise ValueError(f"tensor {unknown[0]} is not part of a GPT-2 with {config.n_layer} layers "
-                         "(another model class, or config.json does not fit the weights)")
-    missing = [name for name in expected if name not in state]
-    if missing:
-        raise ValueError(f"tensor {missing[0]} is missing ({len(missing)} of {len(expected)} missing)")
-    for name, shape in expected.items():
-        if tuple(state[name].shape) != shape:
-            raise ValueError(f"tensor {name} has shape {tuple(state[name].shape)}, but config.json implies {shape}")
     wte = state["transformer.wte.weight"]
     if "lm_head.weight" in hf_state and not torch.equal(hf_state["lm_head.weight"], wte):
         raise ValueError("lm_head.weight differs from transformer.wte.weight: an untied LM head is not supported")
@@ -198,6 +190,29 @@ def from_hf_state_dict(hf_state: Mapping[str, torch.Tensor], config: ModelConfig
         ours[our_name(name)] = tensor.t() if name.endswith(_CONV1D) else tensor  # (in, out) -> (out, in)
     ours["lm_head.weight"] = wte
     return ours
+
+
+def check_hf_shapes(found: Mapping[str, tuple[tuple[int, ...], torch.dtype]], config: ModelConfig) -> None:
+    """ValueError unless the tensors `found` (name -> (shape, dtype), e.g. from a file's header, before its
+    data is read) are exactly those of a GPT-2 of `config`, with floating-point weights."""
+    shapes = {name if name.startswith(HF_PREFIX) else HF_PREFIX + name: value for name, value in found.items()
+              if name != "lm_head.weight" and not _HF_BUFFER.match(name)}
+    if config.n_layer > len(shapes):  # every layer has 12 tensors: before hf_shapes lists n_layer of them
+        raise ValueError(f"n_layer {config.n_layer:,} in config.json cannot fit a file of {len(shapes):,} tensors")
+    expected = hf_shapes(config)
+    unknown = sorted(set(shapes) - set(expected))
+    if unknown:
+        raise ValueError(f"tensor {unknown[0]} is not part of a GPT-2 with {config.n_layer} layers "
+                         "(another model class, or config.json does not fit the weights)")
+    missing = [name for name in expected if name not in shapes]
+    if missing:
+        raise ValueError(f"tensor {missing[0]} is missing ({len(missing)} of {len(expected)} missing)")
+    for name, shape in expected.items():
+        if tuple(shapes[name][0]) != shape:
+            raise ValueError(f"tensor {name} has shape {tuple(shapes[name][0])}, but config.json implies {shape}")
+        if not shapes[name][1].is_floating_point:
+            raise ValueError(f"tensor {name} is {str(shapes[name][1]).removeprefix('torch.')}, not a floating-point "
+                             "dtype (weights must be float32, float16 or bfloat16)")
 
 
 # --- config.json ----------------------------------------------------------------------------
@@ -339,6 +354,52 @@ def read_hf_weights(folder: str | Path) -> dict[str, torch.Tensor]:
     raise CheckpointError(f"{folder}: no weights (model.safetensors or pytorch_model.bin)")
 
 
+def read_hf_shapes(folder: str | Path) -> tuple[dict[str, tuple[tuple[int, ...], torch.dtype]], Path] | None:
+    """The weight file's tensors as name -> (shape, dtype), without reading their data (the safetensors
+    header, or pytorch_model.bin mapped into memory); None where that cannot be told (then the
+    full read reports what is wrong)."""
+    from safetensors import SafetensorError, safe_open
+
+    folder = Path(folder)
+    safetensors_file, bin_file = folder / "model.safetensors", folder / "pytorch_model.bin"
+    if safetensors_file.is_file():
+        try:
+            with safe_open(str(safetensors_file), framework="pt", device="cpu") as handle:
+                return safetensors_shapes(handle), safetensors_file
+        except (SafetensorError, OSError):
+            return None
+    if bin_file.is_file():
+        try:
+            state = torch.load(bin_file, map_location="cpu", weights_only=True, mmap=True)
+        except Exception:  # noqa: BLE001 - an old (non-zip) file cannot be mapped; read_hf_weights reports
+            return None
+        if isinstance(state, dict) and all(isinstance(t, torch.Tensor) for t in state.values()):
+            return {name: (tuple(t.shape), t.dtype) for name, t in state.items()}, bin_file
+    return None
+
+
+def hf_declared(folder: str | Path) -> tuple[ModelConfig, dict[str, tuple[tuple[int, ...], torch.dtype]], Path] | None:
+    """(the configuration config.json declares, the weight file's tensors, that file), checked against each
+    other (CheckpointError naming the file) - all without reading a weight; None where the shapes cannot
+    be told without reading the file."""
+    folder = Path(folder)
+    try:
+        hf_cfg = model_config_from_hf(read_hf_config(folder))
+    except ValueError as err:
+        if isinstance(err, CheckpointError):
+            raise
+        raise CheckpointError(f"{folder / 'config.json'}: {err}") from None
+    declared = read_hf_shapes(folder)
+    if declared is None:
+        return None
+    found, weights_file = declared
+    try:
+        check_hf_shapes(found, hf_cfg)
+    except ValueError as err:
+        raise CheckpointError(f"{weights_file}: {err}") from None
+    return hf_cfg, found, weights_file
+
+
 def load_hf_model(folder: str | Path, device: str | torch.device = "cpu") -> MiniTransformer:
     """A GPT-2 model folder -> our MiniTransformer with its weights, in evaluation mode (dropout off) on `device`."""
     config, state = _hf_config_and_state(Path(folder))
@@ -353,6 +414,7 @@ def _hf_config_and_state(folder: Path) -> tuple[ModelConfig, dict[str, torch.Ten
         hf_cfg = model_config_from_hf(data)
     except ValueError as err:
         raise CheckpointError(f"{folder / 'config.json'}: {err}") from None
+    hf_declared(folder)  # config.json against the tensors' shapes and dtypes, before a weight is read
     hf_state = read_hf_weights(folder)
     config = _our_config(hf_cfg, data.get(MARKER_KEY), hf_state)
     weights = "model.safetensors" if (folder / "model.safetensors").is_file() else "pytorch_model.bin"

@@ -37,6 +37,9 @@ class Match:
 _HASH_BASE = 1_000_003
 _HASH_INVERSE = pow(_HASH_BASE, -1, 2**32)
 _FILTER_BITS = 22  # a table of 2**22 booleans (4 MB) pre-filters the window hashes by their high bits
+# The index holds the decoded training text and its hashes (~10 bytes per character): above this many
+# training tokens (a corpus of a few hundred MB) the search is skipped, and the note says so.
+MAX_INDEX_TOKENS = 50_000_000
 
 
 def _powers(base: int, n: int) -> np.ndarray:
@@ -202,6 +205,15 @@ def memorization_note(data_path: str | Path) -> Callable[[str], str]:
     The index over the training text is built on first use (about a second for the 12 books).
     """
     index: list[Any] = []
+    from src.dataset import load_meta
+
+    try:
+        tokens = load_meta(Path(data_path))["splits"]["train"]["tokens"]
+    except ValueError:
+        tokens = 0  # training_texts names the problem on first use
+    if isinstance(tokens, int) and tokens > MAX_INDEX_TOKENS:  # a big corpus: never decoded into memory whole
+        return lambda sample: (f"longest verbatim match: not searched (the training text has {tokens:,} tokens, more "
+                               f"than the {MAX_INDEX_TOKENS:,} this search holds in memory)")
 
     def note(sample: str) -> str:
         if not index:

@@ -283,7 +283,7 @@ def write_positions(tmp_path: Path, n_train: int, n_val: int = 50) -> Path:
     out.mkdir()
     np.arange(n_train, dtype=np.uint16).tofile(out / "train.bin")
     np.arange(n_val, dtype=np.uint16).tofile(out / "val.bin")
-    meta = {"version": 1, "dtype": "uint16",
+    meta = {"version": 1, "dtype": "uint16", "tokenizer": {"type": "char", "vocab_size": 1 << 16},
             "splits": {"train": {"tokens": n_train, "characters": n_train}, "val": {"tokens": n_val, "characters": n_val}}}
     (out / "meta.json").write_text(json.dumps(meta))
     return out

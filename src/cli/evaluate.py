@@ -50,7 +50,7 @@ def run_evaluate(args: argparse.Namespace, flags: dict[str, str]) -> int:
             raise UsageError("--val-fraction: the validation part of this text is empty; raise --val-fraction")
     else:
         # A fine-tuned model (--init-from) encoded its data with its own tokenizer, not a trained one.
-        prepared = prepare_dataset(data_cfg, show_progress=not args.quiet,
+        prepared = prepare_dataset(data_cfg, show_progress=not args.quiet, full_check=True,
                                    tokenizer=tokenizer if payload.get("init_from") else None)
         if prepared.meta["tokenizer"]["fingerprint"] != tokenizer.fingerprint():
             raise CheckpointError(f"{path}: the data set {prepared.path} uses a different tokenizer than the model; "

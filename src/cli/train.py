@@ -140,7 +140,7 @@ def _train(args: argparse.Namespace, flags: dict[str, str], callbacks: Sequence[
         prepared = distributed.main_first(lambda: prepare_dataset(
             data_cfg if main_process else dataclasses.replace(data_cfg, force=False),
             block_size=settings.model.get("block_size", 256), show_progress=not args.quiet and main_process,
-            tokenizer=init.tokenizer if init else None),
+            tokenizer=init.tokenizer if init else None, full_check=stored is not None),
             what="prepare the data set")
         distributed.check_same_everywhere(data_fingerprint(prepared.meta), "the data set")
     except DataChangedError as err:

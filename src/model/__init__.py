@@ -4,6 +4,8 @@ Files, read in this order: embeddings.py, attention.py, transformer_block.py, tr
 sampling.py holds how `generate` picks each next token (greedy, temperature, top-k, top-p).
 eval_mode.py is not part of the model: `evaluating`, the with-block in which the training and the
 analysis code run a model (dropout off, no gradients, the random generators untouched).
+weights.py is not part of the model either: which tensors a configuration implies, counted on the
+meta device, so that the loaders compare a file's declared configuration with its tensors.
 """
 
 from src.model.attention import (

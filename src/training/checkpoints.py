@@ -30,7 +30,7 @@ import torch
 from src.config import ModelConfig, config_from_dict, config_to_dict
 from src.errors import CheckpointError  # noqa: F401 - raised here, and imported from here by callers
 from src.fileio import StructuredFileError, atomic_write, parse_json
-from src.hf_bridge import hf_checkpoint_payload, is_hf_model_dir, read_hf_config
+from src.hf_bridge import hf_checkpoint_payload, hf_declared, is_hf_model_dir, read_hf_config
 
 CHECKPOINT_FORMAT_VERSION = 1
 CHECKPOINT_DIR = "checkpoints"
@@ -83,9 +83,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if path.suffix == ".safetensors":
         return load_safetensors(path)
     if path.is_dir() and is_hf_model_dir(path):
+        declared = hf_declared(path)  # config.json against the weights' header: nothing is read yet
+        if declared is not None:
+            check_loadable(declared[0], path, sum(_nbytes(shape, dtype) for shape, dtype in declared[1].values()))
         return hf_checkpoint_payload(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
+    check_declared_checkpoint(path)
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # noqa: BLE001 - any bytes can arrive here; the unpickler then fails with
@@ -103,6 +107,77 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         )
     check_entries(payload, path)
     return payload
+
+
+def check_declared_checkpoint(path: Path) -> None:
+    """Before a .pt file is read: its stored model configuration against its tensors' shapes and dtypes,
+    and whether the model fits in memory (`check_declared`). The file is mapped into memory
+    (`mmap=True`), which reads the tensors' shapes but not their data; a file that cannot be mapped
+    (an old format, or not a checkpoint at all) is left to the full read and its messages."""
+    try:
+        lazy = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - the full read below names what is wrong
+        return
+    weights = lazy.get("model") if isinstance(lazy, dict) else None
+    if not isinstance(weights, dict) or not isinstance(lazy.get("model_config"), dict) or not all(
+            isinstance(name, str) and torch.is_tensor(t) for name, t in weights.items()) or (
+            lazy.get("format_version") != CHECKPOINT_FORMAT_VERSION):
+        return  # not our layout: load_checkpoint says so
+    try:
+        config_from_dict(ModelConfig, lazy["model_config"])
+    except (TypeError, ValueError):
+        return  # no usable configuration, so nothing can be built from it: model_from_checkpoint says so
+    found = {name: (tuple(t.shape), t.dtype) for name, t in weights.items()}
+    check_declared(lazy["model_config"], found, path, path.stat().st_size)
+
+
+def check_declared(model_config: Any, found: dict[str, tuple[tuple[int, ...], torch.dtype]], path: str | Path,
+                   load_bytes: int) -> ModelConfig:
+    """CheckpointError naming `path` unless the stored configuration implies exactly the tensors `found`
+    (name -> (shape, dtype), floating-point weights) and the model plus `load_bytes` (what reading the
+    file allocates) fit into free memory; the configuration otherwise. Nothing is built or allocated."""
+    from src.model.weights import weights_mismatch
+
+    try:
+        config = config_from_dict(ModelConfig, model_config)
+    except (TypeError, ValueError, AttributeError) as err:
+        raise CheckpointError(f"{path}: stored model config is not usable: {err}") from None
+    try:
+        problem = weights_mismatch(config, found)
+    except ValueError as err:  # shapes beyond counting
+        problem = str(err)
+    if problem is not None:
+        raise CheckpointError(f"{path}: its stored configuration (n_layer {config.n_layer:,}, n_embd {config.n_embd:,}, "
+                              f"block_size {config.block_size:,}, vocab_size {config.vocab_size:,}) does not match its "
+                              f"tensors: {problem}; the file is damaged or was edited - use another checkpoint of the "
+                              "run, or train or export it again")
+    check_loadable(config, path, load_bytes)
+    return config
+
+
+def check_loadable(config: ModelConfig, path: str | Path, load_bytes: int) -> None:
+    """CheckpointError when the model of `config` (its weights and buffers, counted on the meta device)
+    plus `load_bytes` exceed the free memory, before anything is allocated."""
+    from src.model.weights import model_bytes
+    from src.training.utils import free_memory
+
+    try:
+        need = model_bytes(config) + load_bytes
+    except ValueError as err:
+        raise CheckpointError(f"{path}: {err}; nothing was loaded") from None
+    free = free_memory(torch.device("cpu"))
+    if free is not None and need > free:
+        raise CheckpointError(f"{path}: loading its model needs about {need / 2**30:,.1f} GiB (weights and buffers of "
+                              f"n_layer {config.n_layer:,}, n_embd {config.n_embd:,}, block_size {config.block_size:,}, "
+                              f"vocab_size {config.vocab_size:,}, plus the file's tensors), but this machine has "
+                              f"{free / 2**30:,.1f} GiB free; nothing was loaded - load it on a machine with more memory")
+
+
+def _nbytes(shape: tuple[int, ...], dtype: torch.dtype) -> int:
+    count = 1
+    for size in shape:
+        count *= size
+    return count * dtype.itemsize
 
 
 # What each entry of a checkpoint must be, checked before anything is built from it: a file that
@@ -299,15 +374,30 @@ def load_safetensors(path: str | Path) -> dict[str, Any]:
     `tokenizer`, `tokenizer_fingerprint`), so `model_from_checkpoint` and friends work on it."""
     from safetensors import SafetensorError, safe_open
 
+    from src.model.weights import safetensors_shapes
+
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such safetensors file")
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             metadata = handle.metadata() or {}
+            found = safetensors_shapes(handle)
+            model_config, tokenizer, tied = _check_export_header(metadata, found, path)  # before a tensor is read
             tensors = {name: handle.get_tensor(name) for name in handle.keys()}
     except (SafetensorError, OSError) as err:
         raise CheckpointError(f"{path}: cannot read safetensors file (corrupt or truncated?): {err}") from err
+    for alias, source in tied.items():
+        tensors[alias] = tensors[source]  # load_state_dict copies it into the one shared parameter
+    return {"model": tensors, "model_config": model_config, "tokenizer": tokenizer,
+            "tokenizer_fingerprint": metadata.get("tokenizer_fingerprint")}
+
+
+def _check_export_header(metadata: dict[str, str], found: dict[str, tuple[tuple[int, ...], torch.dtype]],
+                         path: Path) -> tuple[Any, Any, dict[str, str]]:
+    """An export's header: ours, a supported version, valid JSON, and a model configuration that implies
+    exactly its tensors (`check_declared`) - all from the header, before the tensors are read.
+    Returns (model config, tokenizer, tied weights) as stored."""
     if metadata.get("project") != PROJECT_NAME:
         raise CheckpointError(f"{path}: not a {PROJECT_NAME} export (its header has no project={PROJECT_NAME} "
                               "metadata); export a run with: python -m src.main --export --checkpoint RUN_DIR")
@@ -320,9 +410,8 @@ def load_safetensors(path: str | Path) -> dict[str, Any]:
         tied = parse_json(metadata.get("tied_weights", "{}"), "its header's tied_weights")
     except (KeyError, StructuredFileError) as err:
         raise CheckpointError(f"{path}: header metadata is incomplete or not valid JSON: {err}") from None
-    if not isinstance(tied, dict) or not all(isinstance(src, str) and src in tensors for src in tied.values()):
+    if not isinstance(tied, dict) or not all(isinstance(src, str) and src in found for src in tied.values()):
         raise CheckpointError(f"{path}: header metadata 'tied_weights' names tensors the file does not hold")
-    for alias, source in tied.items():
-        tensors[alias] = tensors[source]  # load_state_dict copies it into the one shared parameter
-    return {"model": tensors, "model_config": model_config, "tokenizer": tokenizer,
-            "tokenizer_fingerprint": metadata.get("tokenizer_fingerprint")}
+    load_bytes = sum(_nbytes(shape, dtype) for shape, dtype in found.values())
+    check_declared(model_config, {**found, **{alias: found[source] for alias, source in tied.items()}}, path, load_bytes)
+    return model_config, tokenizer, tied
