@@ -70,7 +70,7 @@ from src.config import (
     ModelConfig,
     config_to_dict,
 )
-from src.fileio import FileLock, atomic_write_text, describe_os_error
+from src.fileio import FileLock, StructuredFileError, atomic_write_text, describe_os_error, read_json
 from src.gutenberg import (
     DataError,
     StreamedText,
@@ -751,12 +751,12 @@ def check_split_sizes(meta: dict, block_size: int | None) -> None:
 def load_meta(path: Path) -> dict:
     """The meta.json of a processed data set folder."""
     meta_file = Path(path) / "meta.json"
-    try:
-        meta = json.loads(meta_file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"{meta_file} not found; build the data set with python -m src.dataset") from None
-    except json.JSONDecodeError as error:
-        raise DataError(f"{meta_file} is not valid JSON ({error}); rebuild it with --force") from None
+    if not meta_file.exists() and not meta_file.is_symlink():
+        raise DataError(f"{meta_file} not found; build the data set with python -m src.dataset")
+    try:  # read with size and nesting caps: the folder may hold a file that `build` did not write
+        meta = read_json(meta_file, max_depth=8)
+    except StructuredFileError as error:
+        raise DataError(f"{error}; rebuild it with --force") from None
     if not isinstance(meta, dict) or meta.get("version") != FORMAT_VERSION:
         version = meta.get("version") if isinstance(meta, dict) else None
         raise DataError(f"{meta_file} has format version {version!r}, expected {FORMAT_VERSION}; rebuild with --force")
