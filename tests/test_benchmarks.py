@@ -23,8 +23,10 @@ def test_model_bench_training_tables_on_a_tiny_shape(capsys):
 
     assert main(["--device", "cpu", "--preset", "tiny", "--n-layer", "1", "--n-head", "2", "--n-embd", "32",
                  "--block-size", "16", "--batch-size", "2", "--repeats", "1", "--steps", "1", "--compile", "no",
-                 "--skip-generation", "--lm-head-padding"]) == 0
+                 "--skip-generation", "--lm-head-padding", "--peak-size", "128"]) == 0
     out = capsys.readouterr().out
+    assert re.search(r"^fraction of the measured matmul peak \(128\^3 products.*\): fp32 [\d.]+ [kGMT]?FLOP/s: ours fp32 at "
+                     r"\d+\.\d %; bf16 [\d.]+ [kGMT]?FLOP/s: ours bf16 at \d+\.\d %$", out, flags=re.MULTILINE), out
     assert "max |difference| 0.0e+00 (sdpa)" in out  # the same model as HF's, so speed is all that differs
     for row in ("fp32 vs fp32", "bf16 autocast vs bf16 autocast", "ours --dtype auto"):
         assert re.search(rf"^\| {re.escape(row)}.* \| [\d,]+ \| [\d,]+ \| \d+\.\d\dx \|", out, flags=re.MULTILINE), row
