@@ -187,8 +187,8 @@ def run_nanogpt(nano: Path, s: Setting, steps: int, env: dict[str, str], tag: st
     # "iter N: loss X, time Y ms": Y is the whole iteration, at N % eval_interval == 0 with the evaluation.
     times = {int(n): float(ms) for n, ms in re.findall(r"^iter (\d+): loss [\d.]+, time ([\d.]+)ms", log, re.M)}
     eval_iters = [n for n in times if n % s.eval_interval == 0]
-    plain = [ms for n, ms in times.items() if n % s.eval_interval and n > 10]
-    step_ms = statistics.median(plain)
+    plain = [ms for n, ms in sorted(times.items()) if n % s.eval_interval]
+    step_ms = statistics.median(plain[10:] if len(plain) > 20 else plain)  # steady state: after 10 warm-up steps
     eval_s = sum(max(times[n] - step_ms, 0.0) for n in eval_iters) / 1000
     return RunResult("nanoGPT", s.name, wall, rss, step_ms, len(times), sum(times.values()) / 1000, len(eval_iters),
                      eval_s, len(eval_iters) * 2 * s.eval_batches, checkpoint=str(out_dir / "ckpt.pt"))
