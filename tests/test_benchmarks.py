@@ -53,7 +53,7 @@ def test_nanogpt_bench_runs_both_programs_and_evaluates_both_checkpoints_alike(t
                  "--mirror", str(shared_corpus), "--threads", "1", "--workdir", str(tmp_path / "work"),
                  "--json", str(results)]) == 0
     out = capsys.readouterr().out
-    assert re.search(r"^\| ours fp32 \(fp32\) \| \d+\.\d\dx \| \d+\.\d\dx \| \d+\.\d\dx cost \| \d+\.\d\dx \| [+-]\d+\.\d\d % \|$",
+    assert re.search(r"^\| ours fp32 \(fp32\) \| \d+\.\d\dx \| \d+\.\d\dx \| \d+\.\d\dx \| \d+\.\d\dx cost \| \d+\.\d\dx \| [+-]\d+\.\d\d % \|$",
                      out, flags=re.MULTILINE), out
     runs = {r["program"]: r for r in json.loads(results.read_text())}
     assert set(runs) == {"nanoGPT", "ours fp32"}
