@@ -85,12 +85,14 @@ def estimate_loss(
     Returns None when `should_stop()` turns true midway (Ctrl-C need not wait for a long evaluation).
     """
     device = next(model.parameters()).device
-    return loss_on_batches(model, sample_batches(val_set, indices, batch_size, device), precision, should_stop)
+    batches = sample_batches(val_set, indices, batch_size, device, should_stop)
+    return None if batches is None else loss_on_batches(model, batches, precision, should_stop)
 
 
-def sample_batches(val_set: torch.utils.data.Dataset, indices: np.ndarray, batch_size: int,
-                   device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The validation windows `indices` as (x, y) batches of `batch_size` on `device`.
+def sample_batches(val_set: torch.utils.data.Dataset, indices: np.ndarray, batch_size: int, device: torch.device,
+                   should_stop: Callable[[], bool] | None = None) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+    """The validation windows `indices` as (x, y) batches of `batch_size` on `device` (None when
+    `should_stop()` turns true midway).
 
     A run reads them once and keeps them (a few MB at most): the sample is the same at every
     evaluation, so only the forward passes are left to repeat.
@@ -99,6 +101,8 @@ def sample_batches(val_set: torch.utils.data.Dataset, indices: np.ndarray, batch
         raise ValueError("the validation split has no complete window; use a smaller --block-size or more text")
     batches = []
     for first in range(0, len(indices), batch_size):
+        if should_stop is not None and should_stop():
+            return None
         windows = [val_set[int(i)] for i in indices[first : first + batch_size]]
         x = torch.stack([w[0] for w in windows]).to(device)  # (B, T)
         y = torch.stack([w[1] for w in windows]).to(device)  # (B, T)

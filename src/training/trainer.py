@@ -370,8 +370,9 @@ def run_training(
     def evaluate() -> float | None:
         if len(share) == 0:  # DDP with fewer validation windows than processes: this one has none
             return distributed.mean_over_ranks(0.0, weight=0)
-        val_batches[:] = val_batches or sample_batches(val_set, share, config.batch_size, device)
-        loss = loss_on_batches(model, val_batches, precision, should_stop=cut_short)
+        if not val_batches:
+            val_batches[:] = sample_batches(val_set, share, config.batch_size, device, should_stop=cut_short) or []
+        loss = loss_on_batches(model, val_batches, precision, should_stop=cut_short) if val_batches else None
         return None if loss is None else distributed.mean_over_ranks(loss, weight=len(share))
 
     evaluate = book.timed(evaluate)  # its time counts as evaluation (the final report's split)
