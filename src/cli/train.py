@@ -183,7 +183,8 @@ def _train(args: argparse.Namespace, flags: dict[str, str], callbacks: Sequence[
             raise CheckpointError(f"{last}: cannot resume: {str(err).splitlines()[0]}") from None
 
     if train_cfg.dtype == "auto" and device.type == "cpu" and world_size == 1:  # DDP: the flag rule, alike everywhere
-        if stored is not None and stored.get("dtype") in ("fp32", "bf16"):  # a resumed run keeps its dtype
+        if stored is not None and stored.get("dtype") in ("fp32", "bf16") and stored["train_config"].get("dtype") == "auto":
+            # a resumed run keeps what --dtype auto chose at its start
             precision, why_dtype = resolve_precision(stored["dtype"], device), stored.get("dtype_reason", why_dtype)
         else:  # bf16 or fp32, whichever trains faster at this shape (a short probe on CPUs with native bf16)
             precision, why_dtype = choose_cpu_precision(model, train_cfg.batch_size, model_cfg.block_size,
