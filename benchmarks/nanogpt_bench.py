@@ -24,8 +24,11 @@ by both programs, unchanged, each in its own process, on the same character text
    nanoGPT's `ckpt.pt` is a pickle: it is loaded with `weights_only=False`, only because it is this
    known file that the benchmark itself just wrote; ours loads with `weights_only=True` as always.
 
-    python -m benchmarks.nanogpt_bench --quick     # 300 steps per run, ~2 min on a quiet 2-core CPU
-    python -m benchmarks.nanogpt_bench             # 2,000 steps per run (the benchmark), <= ~12 min
+    python -m benchmarks.nanogpt_bench --quick         # baby GPT, 200 steps per run: ~2 min
+    python -m benchmarks.nanogpt_bench                 # baby GPT, 2,000 steps (the benchmark): ~13 min
+    python -m benchmarks.nanogpt_bench --settings tiny # our tiny preset, 2,000 steps: ~20 min
+(times with --threads 1 on a 2-core AMD EPYC without AVX-512, where a step of the baby GPT takes ~180 ms;
+both programs use the same threads, torch's default unless --threads is given)
 
 nanoGPT's `prepare.py` imports `requests` (to download Shakespeare when input.txt is missing); the
 benchmark gives it an empty stand-in module, since input.txt is always there.
@@ -55,7 +58,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_ANCHOR = REPO_ROOT.parent / "shared" / "anchors" / "nanoGPT"
 DEFAULT_MIRROR = REPO_ROOT.parent / "shared" / "corpus" / "gutenberg"
 DEFAULT_BOOKS = (11, 74, 84)  # Alice, Tom Sawyer, Frankenstein: ~0.9 M characters, like tiny Shakespeare
-FULL_STEPS, QUICK_STEPS = 2000, 300
+FULL_STEPS, QUICK_STEPS = 2000, 200
 RUN_TIMEOUT_S = 1800  # one training process may take at most this long (a hung run ends the benchmark)
 
 
@@ -346,7 +349,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=None, help="steps per run (overrides --quick)")
     parser.add_argument("--eval-interval", type=int, default=None,
                         help="evaluate every N steps (default: the setting's, 250 / 200; --quick: 100)")
-    parser.add_argument("--settings", nargs="+", choices=sorted(SETTINGS), default=["baby", "tiny"])
+    parser.add_argument("--settings", nargs="+", choices=sorted(SETTINGS), default=["baby"],
+                        help="baby (nanoGPT's README) and/or tiny (our preset; with 2,000 steps ~2x the baby's time) "
+                             "(default: baby)")
     parser.add_argument("--dtypes", nargs="+", choices=("fp32", "auto", "bf16"), default=["fp32", "auto"],
                         help="our runs; 'auto' is skipped where it means fp32 (no native bf16 on this CPU)")
     parser.add_argument("--repeats", type=int, default=1, help="rounds of A B A B (default: 1)")
