@@ -39,6 +39,7 @@ import argparse
 import copy
 import datetime
 import itertools
+import math
 import os
 import platform
 import statistics
@@ -398,6 +399,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--new-tokens", type=int, default=200,
                         help="tokens to generate (default: 200, capped so prompt + new tokens fit in block_size)")
     parser.add_argument("--prompt-length", type=int, default=8, help="prompt tokens for generation (default: 8)")
+    parser.add_argument("--peak-size", type=int, default=2048, metavar="N",
+                        help="matrix size of the product that measures the matmul peak (default: 2048)")
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="the device's dense bf16 peak TFLOP/s, to print MFU (default: looked up for known "
                              "GPUs, e.g. RTX 4080 ~97.5 with fp32 accumulate, H100/H200 SXM 989)")
@@ -440,6 +443,25 @@ def bench_attention_implementations(ours: dict[str, MiniTransformer], hf: dict[s
 # Dense bf16 peak TFLOP/s (tensor cores, fp32 accumulate) from the vendors' spec sheets, for MFU.
 KNOWN_PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "RTX 4090": 165.2, "RTX 4080": 97.5,
                           "L40S": 362.0, "L4": 121.0, "A10": 125.0}
+
+
+def matmul_peak(dtype: torch.dtype, device: torch.device, size: int, repeats: int = 5) -> float:
+    """FLOP/s of one large square matrix product (size x size x size) in `dtype`, best of `repeats`:
+    what this device's matrix kernels reach here and now, with the benchmark's threads - the practical
+    limit for a training step, whose FLOPs are nearly all such products (on a CPU with AMX the bf16
+    limit is several times the fp32 one; without native bf16, bf16 is emulated and below fp32)."""
+    generator = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(size, size, generator=generator, device=device).to(dtype)
+    b = torch.randn(size, size, generator=generator, device=device).to(dtype)
+    best = math.inf
+    for i in range(repeats + 1):  # the first one only warms the kernel up
+        synchronize(device)
+        start = time.perf_counter()
+        a @ b
+        synchronize(device)
+        if i > 0:
+            best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
 
 
 def peak_tflops(device: torch.device, given: float | None) -> float | None:
@@ -514,6 +536,13 @@ def bench_training(ours: MiniTransformer, hf: nn.Module, batch: int, args: argpa
                             if peak and "bf16" in name else "")
                          for name, variant in variants.items())
     print(f"\nachieved ({flops:,} FLOPs/token" + (f", bf16 peak {peak:g} TFLOP/s" if peak else "") + f"): {achieved}")
+    fractions = []
+    for dtype, name in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
+        limit = matmul_peak(dtype, device, args.peak_size)
+        fractions.append(f"{name} {format_si(limit, 'FLOP/s')}: ours {name} at "
+                         f"{100 * v[f'ours {name}'].tokens_per_sec * flops / limit:.1f} %")
+    print(f"fraction of the measured matmul peak ({args.peak_size}^3 products, best of 5, "
+          f"{torch.get_num_threads()} thread(s)): {'; '.join(fractions)}")
     if first_step is not None:
         print(f"time to the first step with torch.compile (compiling): {first_step:.1f} s")
 

@@ -139,7 +139,8 @@ class TrainConfig:
     early_stopping: int = field(default=0, metadata=_help("stop after N evaluations without improvement (0 = off)"))
     seed: int = field(default=1337, metadata=_help("random seed (weights, data order, sampling)"))
     device: str = field(default="auto", metadata=_help("auto, cpu, cuda or mps (auto: cuda, then mps, then cpu)"))
-    dtype: str = field(default="auto", metadata=_help("auto, fp32, bf16 or fp16 (auto: bf16/fp16 on CUDA, fp32 else)"))
+    dtype: str = field(default="auto", metadata=_help("auto, fp32, bf16 or fp16 (auto: bf16, else fp16 on CUDA; on a CPU with "
+        "native bf16 (AVX512-BF16/AMX) the faster of bf16 and fp32 at the run's shape, timed at start-up; fp32 else)"))
     compile: bool = field(default=False, metadata=_help("torch.compile the model (CUDA, Linux)"))
     num_workers: int = field(default=0, metadata=_help("DataLoader worker processes"))
     logdir: Path | None = field(default=None, metadata=_help("run directory (default runs/<date-time>)"))

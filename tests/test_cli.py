@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -376,12 +377,14 @@ def test_dtype_auto_says_which_dtype_and_why_in_the_start_line(tmp_path, story, 
     assert main([*flags, "--logdir", str(tmp_path / "auto")]) == 0
     start = [line for line in capsys.readouterr().err.splitlines() if line.startswith("Training:")]
     native = cpu_bf16_flags()
-    if native:
-        assert f"device cpu, bf16 (--dtype auto: this CPU computes in bf16 natively, with {native[0]}" in start[0]
+    config = json.loads((tmp_path / "auto" / "config.json").read_text())
+    if native:  # the faster of the two at this shape, timed at start-up (issue 20)
+        assert re.search(rf"device cpu, (bf16|fp32) \(--dtype auto: this CPU has {native[0]}.*; a training step at "
+                         r"this shape took [\d,]+ ms in bf16 and [\d,]+ ms in fp32, so \1\)", start[0]), start[0]
     else:
         assert "device cpu, fp32 (--dtype auto: this CPU has no native bf16" in start[0]
-    config = json.loads((tmp_path / "auto" / "config.json").read_text())
-    assert config["dtype"] == ("bf16" if native else "fp32") and config["dtype_reason"].startswith("--dtype auto: ")
+        assert config["dtype"] == "fp32"
+    assert config["dtype_reason"].startswith("--dtype auto: ") and config["dtype_reason"] in start[0]
     assert main([*flags, "--dtype", "fp32", "--logdir", str(tmp_path / "fp32")]) == 0
     assert "device cpu, fp32 (--dtype)" in capsys.readouterr().err
 

@@ -90,6 +90,7 @@ def _train(args: argparse.Namespace, flags: dict[str, str], callbacks: Sequence[
     from src.training.train_loop import LRSchedule, build_optimizer
     from src.training.trainer import TrainState, run_training, steps_per_epoch_for, total_steps_for
     from src.training.utils import (
+        choose_cpu_precision,
         dtype_reason,
         enable_tf32,
         library_versions,
@@ -188,6 +189,13 @@ def _train(args: argparse.Namespace, flags: dict[str, str], callbacks: Sequence[
             raise CheckpointError(f"{last}: cannot resume: {str(err).splitlines()[0]}") from None
         _apply_optimizer_settings(optimizer, train_cfg)  # the loaded state holds the stored values
 
+    if train_cfg.dtype == "auto" and device.type == "cpu" and world_size == 1:  # DDP: the flag rule, alike everywhere
+        if stored is not None and stored.get("dtype") in ("fp32", "bf16") and stored["train_config"].get("dtype") == "auto":
+            # a resumed run keeps what --dtype auto chose at its start
+            precision, why_dtype = resolve_precision(stored["dtype"], device), stored.get("dtype_reason", why_dtype)
+        else:  # bf16 or fp32, whichever trains faster at this shape (a short probe on CPUs with native bf16)
+            precision, why_dtype = choose_cpu_precision(model, train_cfg.batch_size, model_cfg.block_size,
+                                                        model_cfg.vocab_size)
     steps_per_epoch = steps_per_epoch_for(len(train_set), train_cfg, world_size)
     if stored is not None and "steps_per_epoch" not in stored and world_size == 1:
         # A run from before only whole batches counted kept the last, smaller batch of each epoch:
@@ -217,6 +225,7 @@ def _train(args: argparse.Namespace, flags: dict[str, str], callbacks: Sequence[
         "data_changes": data_changes,  # steps where a resume continued on other data (--force): not exact
         "init_from": init.source if init else None,  # fine-tuned from this model (None: trained from scratch)
         "dtype_reason": why_dtype,  # why this dtype: "--dtype", or what --dtype auto found
+        "dtype": precision.name,  # what --dtype auto chose is kept on --resume
     }
     val_windows = (min(train_cfg.eval_batches * train_cfg.batch_size, len(val_set)), len(val_set))
     val_note = (f"val/loss is measured during training on {val_windows[0]:,} of the {val_windows[1]:,} validation "

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import signal
 import sys
 import time
@@ -245,7 +246,7 @@ class CheckpointSaver(Callback):
         self.saved_step = record.step
         if distributed.is_main():  # DDP: every process took part in the payload; rank 0 writes it
             save_checkpoint(self.last_path, payload)
-            if record.improved:
+            if record.improved and not _link_into_place(self.last_path, self.best_path):
                 save_checkpoint(self.best_path, payload)
 
     def on_train_end(self, ctx: LoopContext, history: History) -> None:
@@ -258,6 +259,26 @@ class CheckpointSaver(Callback):
             self.saved_step = ctx.state.step
             if distributed.is_main():
                 save_checkpoint(self.last_path, payload)
+
+
+def _link_into_place(source: Path, target: Path) -> bool:
+    """Make `target` a second name of `source`'s file (a hard link, swapped in atomically); False where
+    the file system has no hard links (then the caller writes a copy).
+
+    An evaluation that improves the loss would otherwise serialise and write the same checkpoint twice
+    (last.pt and best.pt): half of the checkpoint time of such an evaluation. Safe because
+    `save_checkpoint` never rewrites a file in place: the next last.pt is a new file renamed over the
+    name, and best.pt keeps this one.
+    """
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.link")
+    try:
+        temporary.unlink(missing_ok=True)
+        os.link(source, temporary)
+        os.replace(temporary, target)
+        return True
+    except OSError:
+        temporary.unlink(missing_ok=True)
+        return False
 
 
 def checkpoint_payload(ctx: LoopContext, static: dict[str, Any]) -> dict[str, Any]:

@@ -85,19 +85,48 @@ def estimate_loss(
 
     Returns None when `should_stop()` turns true midway (Ctrl-C need not wait for a long evaluation).
     """
+    device = next(model.parameters()).device
+    batches = sample_batches(val_set, indices, batch_size, device, should_stop)
+    return None if batches is None else loss_on_batches(model, batches, precision, should_stop)
+
+
+def sample_batches(val_set: torch.utils.data.Dataset, indices: np.ndarray, batch_size: int, device: torch.device,
+                   should_stop: Callable[[], bool] | None = None) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+    """The validation windows `indices` as (x, y) batches of `batch_size` on `device` (None when
+    `should_stop()` turns true midway).
+
+    A run reads them once and keeps them (a few MB at most): the sample is the same at every
+    evaluation, so only the forward passes are left to repeat.
+    """
     if len(indices) == 0:
         raise ValueError("the validation split has no complete window; use a smaller --block-size or more text")
+    batches = []
+    for first in range(0, len(indices), batch_size):
+        if should_stop is not None and should_stop():
+            return None
+        windows = [val_set[int(i)] for i in indices[first : first + batch_size]]
+        x = torch.stack([w[0] for w in windows]).to(device)  # (B, T)
+        y = torch.stack([w[1] for w in windows]).to(device)  # (B, T)
+        batches.append((x, y))
+    return batches
+
+
+def loss_on_batches(
+    model: nn.Module,
+    batches: list[tuple[torch.Tensor, torch.Tensor]],
+    precision: Precision = FP32,
+    should_stop: Callable[[], bool] | None = None,
+) -> float | None:
+    """Mean cross-entropy per token over `batches` (see `sample_batches`); None when `should_stop()`
+    turns true midway."""
     device = next(model.parameters()).device
     total_loss, total_tokens = 0.0, 0
     with evaluating(model):
-        for first in range(0, len(indices), batch_size):
+        for x, y in batches:
             if should_stop is not None and should_stop():
                 return None
-            windows = [val_set[int(i)] for i in indices[first : first + batch_size]]
-            x = torch.stack([w[0] for w in windows]).to(device)  # (B, T)
-            y = torch.stack([w[1] for w in windows]).to(device)  # (B, T)
             with precision.autocast(device):
-                _, loss = model(x, y)
+                _, loss = model(x, y)  # loss: mean cross-entropy over B*T
             total_loss += loss.float().item() * y.numel()
             total_tokens += y.numel()
     return total_loss / total_tokens

@@ -32,7 +32,7 @@ from torch import nn
 
 from src.config import TrainConfig
 from src.training import distributed
-from src.training.evaluation import bits_per_character, estimate_loss, validation_sample
+from src.training.evaluation import bits_per_character, loss_on_batches, sample_batches, validation_sample
 from src.training.train_loop import LRSchedule, StepReport, TrainHooks, train
 from src.training.utils import FP32, Precision, preserved_rng
 
@@ -371,10 +371,14 @@ def run_training(
     share = sample[distributed.rank() :: distributed.world_size()]
     cut_short = (lambda: ctx.stop_reason == "interrupted") if distributed.world_size() == 1 else None
 
+    val_batches: list[tuple[torch.Tensor, torch.Tensor]] = []  # the sample's batches, read at the first evaluation
+
     def evaluate() -> float | None:
         if len(share) == 0:  # DDP with fewer validation windows than processes: this one has none
             return distributed.mean_over_ranks(0.0, weight=0)
-        loss = estimate_loss(model, val_set, share, config.batch_size, precision, should_stop=cut_short)
+        if not val_batches:
+            val_batches[:] = sample_batches(val_set, share, config.batch_size, device, should_stop=cut_short) or []
+        loss = loss_on_batches(model, val_batches, precision, should_stop=cut_short) if val_batches else None
         return None if loss is None else distributed.mean_over_ranks(loss, weight=len(share))
 
     evaluate = book.timed(evaluate)  # its time counts as evaluation (the final report's split)

@@ -12,6 +12,9 @@ from __future__ import annotations
 import contextlib
 import platform
 import random
+import statistics
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -182,7 +185,11 @@ def cpu_bf16_flags(cpuinfo: str | None = None) -> list[str]:
 
 
 def auto_precision_name(device: torch.device) -> tuple[str, str]:
-    """What --dtype auto means on `device`, and why: (name, reason)."""
+    """What --dtype auto means on `device`, and why: (name, reason), before a model exists.
+
+    On a CPU with native bf16 this is only the first guess: a training run then times both dtypes at
+    its own shape (`choose_cpu_precision`), because at small shapes bf16 can be the slower one.
+    """
     if device.type == "cuda":
         if torch.cuda.is_bf16_supported():
             return "bf16", "this GPU computes in bf16 natively"
@@ -193,6 +200,73 @@ def auto_precision_name(device: torch.device) -> tuple[str, str]:
             return "bf16", f"this CPU computes in bf16 natively, with {' and '.join(flags)}"
         return "fp32", "this CPU has no native bf16 (AVX512-BF16 or AMX)"
     return "fp32", f"no mixed precision on {device.type}"
+
+
+# The start-up probe of --dtype auto on a CPU with native bf16: rounds of one fp32 and one bf16
+# training step (forward + backward) after one warm-up step each, within about PROBE_BUDGET_S seconds.
+PROBE_ROUNDS = 3
+PROBE_BUDGET_S = 20.0
+
+
+def time_training_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, precision: Precision) -> float:
+    """Seconds of one forward + backward of `model` on the batch (x, y) under `precision`; the gradients
+    are dropped again (set to None), so the weights and the next optimiser step are untouched."""
+    started = time.perf_counter()
+    with precision.autocast(x.device):
+        _, loss = model(x, y)  # loss: mean cross-entropy over B*T
+    loss.backward()
+    seconds = time.perf_counter() - started
+    for p in model.parameters():
+        p.grad = None
+    return seconds
+
+
+def probe_cpu_dtypes(model: torch.nn.Module, batch_size: int, block_size: int, vocab_size: int,
+                     rounds: int = PROBE_ROUNDS, budget_s: float = PROBE_BUDGET_S) -> tuple[float, float]:
+    """Median seconds of one training step (forward + backward) in fp32 and in bf16 autocast:
+    (fp32_s, bf16_s), at the run's own shape (B, T), on random tokens.
+
+    The two are timed in alternation (fp32 bf16, bf16 fp32, ...), so that a slow phase of a shared
+    machine hits both alike; fewer rounds when one step is slow (at least one). The global random
+    generators, the weights and the model's train/eval mode are left as they were; the gradients end
+    as None.
+    """
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(0)
+    x = torch.randint(0, vocab_size, (batch_size, block_size), generator=generator, device=device)  # (B, T)
+    y = torch.randint(0, vocab_size, (batch_size, block_size), generator=generator, device=device)  # (B, T)
+    bf16 = Precision("bf16", torch.bfloat16, False)
+    times: dict[str, list[float]] = {"fp32": [], "bf16": []}
+    with preserved_rng(device):  # dropout masks draw random numbers: the run's must stay the same
+        warm_up = time_training_step(model, x, y, FP32) + time_training_step(model, x, y, bf16)
+        rounds = max(1, min(rounds, int(budget_s / max(warm_up, 1e-9))))
+        for i in range(rounds):
+            for precision in ((FP32, bf16) if i % 2 == 0 else (bf16, FP32)):
+                times[precision.name].append(time_training_step(model, x, y, precision))
+    return statistics.median(times["fp32"]), statistics.median(times["bf16"])
+
+
+def choose_cpu_precision(model: torch.nn.Module, batch_size: int, block_size: int, vocab_size: int,
+                         flags: list[str] | None = None,
+                         probe: Callable[..., tuple[float, float]] = probe_cpu_dtypes) -> tuple[Precision, str]:
+    """--dtype auto on the CPU for this model and batch: (precision, the reason for the start line).
+
+    Without native bf16 (`cpu_bf16_flags`) bf16 is emulated and always slower: fp32, nothing timed.
+    With it, bf16 is not always faster: its matrix units win at large matrices, but every operation
+    also converts between fp32 and bf16, which dominates at small ones (issue 20, an Intel Xeon with
+    AMX: nanoGPT's baby GPT, C = 128 and 12 x 64 tokens, trained 1.2x *slower* in bf16; an AMD EPYC with
+    AVX512-BF16: a step of the default shape, C = 384 and 8 x 256 tokens, 1.66x faster). Where the two
+    cross depends on the CPU, so both are timed at start-up at the run's own shape (`probe_cpu_dtypes`,
+    about a second for small models, at most ~20 s) and the faster one is kept. Both learn alike
+    (bf16 vs fp32 validation loss within 0.2 %, benchmarks/README.md).
+    """
+    flags = cpu_bf16_flags() if flags is None else flags
+    if not flags:
+        return FP32, "--dtype auto: this CPU has no native bf16 (AVX512-BF16 or AMX)"
+    fp32_s, bf16_s = probe(model, batch_size, block_size, vocab_size)
+    chosen = Precision("bf16", torch.bfloat16, False) if bf16_s < fp32_s else FP32
+    return chosen, (f"--dtype auto: this CPU has {' and '.join(flags)}; a training step at this shape took "
+                    f"{1000 * bf16_s:,.0f} ms in bf16 and {1000 * fp32_s:,.0f} ms in fp32, so {chosen.name}")
 
 
 def dtype_reason(dtype: str, device: torch.device) -> str:
