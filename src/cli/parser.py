@@ -15,6 +15,8 @@ from src.config import (
     ATTENTION_CHOICES,
     DEVICE_CHOICES,
     DTYPE_CHOICES,
+    NORM_CHOICES,
+    NORM_POSITION_CHOICES,
     POS_ENCODING_CHOICES,
     ModelConfig,
     TrainConfig,
@@ -37,7 +39,8 @@ MODE_HELP: dict[str, str] = {
 }
 
 CHOICES = {"attention": ATTENTION_CHOICES, "pos_encoding": POS_ENCODING_CHOICES,
-           "device": DEVICE_CHOICES, "dtype": DTYPE_CHOICES}
+           "device": DEVICE_CHOICES, "dtype": DTYPE_CHOICES, "norm": NORM_CHOICES,
+           "norm_position": NORM_POSITION_CHOICES}
 
 class _Parser(argparse.ArgumentParser):
     """argparse that raises instead of printing usage and exiting, so errors stay one line."""

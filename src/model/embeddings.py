@@ -9,6 +9,11 @@ vector that depends only on the *position* is added. Two kinds are offered:
   sines and cosines with wavelengths from 2*pi to 10000*2*pi, so nearby positions get similar
   vectors and no parameters are needed.
 
+* "none": no position vector at all. Attention alone then cannot tell "dog bites man" from "man
+  bites dog" - yet a *causal* model partly recovers positions, because position t attends over t + 1
+  tokens (Haviv et al. 2022, "Transformer Language Models without Positional Encodings Still Learn
+  Positional Information"). `--experiment ablations` measures how much.
+
 Both tables have exactly `block_size` rows, so a longer sequence cannot be embedded: that raises a
 ValueError naming both numbers. Omitted on purpose: relative / rotary position encodings (RoPE).
 
@@ -61,9 +66,10 @@ class Embeddings(nn.Module):
         super().__init__()
         self.block_size = config.block_size
         self.token_embedding = nn.Embedding(config.vocab_size, config.n_embd)
+        self.position_embedding: nn.Module | None = None  # "none": token vectors only
         if config.pos_encoding == "learned":
-            self.position_embedding: nn.Module = nn.Embedding(config.block_size, config.n_embd)
-        else:
+            self.position_embedding = nn.Embedding(config.block_size, config.n_embd)
+        elif config.pos_encoding == "sinusoidal":
             self.position_embedding = SinusoidalPositionEmbedding(config.block_size, config.n_embd)
         self.dropout = nn.Dropout(config.dropout)
 
@@ -75,7 +81,7 @@ class Embeddings(nn.Module):
             start_pos: position of idx[:, 0] in the sequence; > 0 when earlier tokens are already
                 held in a KV cache and only the new ones are fed in.
         Returns:
-            (B, T, C) token vector + position vector (after dropout).
+            (B, T, C) token vector + position vector (after dropout; no position vector with "none").
         """
         B, T = idx.shape
         end = start_pos + T
@@ -86,6 +92,7 @@ class Embeddings(nn.Module):
                 f"feed at most the last {self.block_size} tokens or train with a larger --block-size"
             )
         positions = torch.arange(start_pos, end, device=idx.device)  # (T,)
-        token_vectors = self.token_embedding(idx)  # (B, T) -> (B, T, C)
-        position_vectors = self.position_embedding(positions)  # (T,) -> (T, C), broadcast over B
-        return self.dropout(token_vectors + position_vectors)  # (B, T, C) + (T, C) -> (B, T, C)
+        x = self.token_embedding(idx)  # (B, T) -> (B, T, C)
+        if self.position_embedding is not None:
+            x = x + self.position_embedding(positions)  # (B, T, C) + (T, C) -> (B, T, C), broadcast over B
+        return self.dropout(x)
