@@ -49,7 +49,7 @@ SAMPLE_TOKENS = 60
 # (issue 22: around step 250-500 at lr 3e-3, block 32, no dropout) and eleven variants of
 # `--preset tiny` fit in about 15 minutes on a 2-core CPU (benchmarks/README.md).
 EXPERIMENT_DEFAULTS: dict[str, Any] = {
-    "max_steps": 1000, "block_size": 32, "dropout": 0.0, "lr": 3e-3, "min_lr": 3e-4, "warmup_steps": 50,
+    "max_steps": 800, "block_size": 32, "dropout": 0.0, "lr": 3e-3, "min_lr": 3e-4, "warmup_steps": 50,
     "eval_interval": 50, "eval_batches": 10, "sample_tokens": 0,
 }
 # A drop of the validation loss by this many nats between two evaluations, after the first steps,
@@ -165,7 +165,7 @@ def run_experiment(args: argparse.Namespace, flags: dict[str, str], callbacks: S
         raise UsageError("--variants: one_head needs a model with several heads (here --n-head 1: it would equal the "
                          "baseline); drop one_head or choose --n-head 2 or more")
     seed0 = settings.train.seed
-    jobs = [(name, k) for name in names for k in range(args.seeds)]
+    jobs = [(name, k) for k in range(args.seeds) for name in names]  # seed by seed: one full table comes first
     started = time.perf_counter()
     print(f"Ablation experiment: {len(names)} variant(s) x {args.seeds} seed(s) = {len(jobs)} runs under {logdir}; "
           f"{settings.train.max_steps} steps each (settings: {_settings_line(settings)})", file=sys.stderr, flush=True)
