@@ -33,15 +33,15 @@ import shlex
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from src.cli.common import EXIT_DIVERGED, EXIT_OK, UsageError
 from src.config import ModelConfig, config_to_dict
+from src.cli.variants import VARIANTS, Variant
 from src.fileio import atomic_write_text
 
-EXPERIMENTS = ("ablations",)
 RESULT_FILE = "ablation.json"  # per run: what the experiment measured on it
 SAMPLE_PROMPT = "It was a "
 SAMPLE_TOKENS = 60
@@ -58,37 +58,6 @@ ABRUPT_DROP = 0.5
 ABRUPT_AFTER_STEP = 200
 SWITCH_FIELDS = ("pos_encoding", "causal", "residual", "norm", "norm_position", "mlp", "tie_weights")
 NOT_WITH_EXPERIMENT = ("resume", "checkpoint", "init_from", "find_batch_size")
-
-
-@dataclass(frozen=True)
-class Variant:
-    """One idea taken away: the ModelConfig changes, and what the table says was removed (German)."""
-
-    name: str
-    changes: dict[str, Any]
-    removed: str
-    idea: str  # the half-sentence that frames the measured result
-
-
-VARIANTS: dict[str, Variant] = {v.name: v for v in (
-    Variant("baseline", {}, "nichts (GPT-2 wie im Lesepfad)", "Der Vergleichsmaßstab"),
-    Variant("no_position", {"pos_encoding": "none"}, "Positions-Embedding",
-            "Ohne Positionsvektor kann ein kausales Modell Positionen nur indirekt erschließen"),
-    Variant("sinusoidal", {"pos_encoding": "sinusoidal"}, "gelernte Positionen (dafür feste Sinus-Tabelle)",
-            "Feste Sinus-Positionen statt gelernter"),
-    Variant("no_mask", {"causal": False}, "kausale Maske",
-            "Ohne Maske sieht jede Position die Zukunft und schreibt das nächste Zeichen einfach ab"),
-    Variant("no_residual", {"residual": False}, "Residualverbindungen",
-            "Ohne Residualpfad muss jede Schicht den ganzen Strom neu erzeugen"),
-    Variant("no_layernorm", {"norm": "none"}, "LayerNorm (alle)", "Ohne Normalisierung"),
-    Variant("rmsnorm", {"norm": "rmsnorm"}, "LayerNorm (dafür RMSNorm)", "RMSNorm statt LayerNorm"),
-    Variant("post_norm", {"norm_position": "post"}, "Pre-LN (dafür Post-LN)",
-            "Normalisieren nach der Addition (Post-LN, Vaswani 2017)"),
-    Variant("one_head", {"n_head": 1}, "mehrere Köpfe (ein Kopf, gleiche Breite)", "Ein einziger breiter Kopf"),
-    Variant("no_mlp", {"mlp": False}, "MLP in jedem Block", "Nur Attention, kein MLP"),
-    Variant("untied", {"tie_weights": False}, "Weight Tying (eigener LM-Kopf)",
-            "Ein eigener LM-Kopf statt der geteilten Embedding-Matrix"),
-)}
 
 
 def run_name(variant: str, seed_index: int, seeds: int) -> str:
