@@ -414,7 +414,8 @@ def plot_token_surprisal(
 
 
 def position_vectors(model: torch.nn.Module) -> torch.Tensor:
-    """The position embedding of every position 0..block_size-1: (block_size, C), learned or sinusoidal."""
+    """The position embedding of every position 0..block_size-1: (block_size, C), learned or sinusoidal
+    (a model with pos_encoding="none" has none: check `model.embeddings.position_embedding` first)."""
     block_size = model.config.block_size
     positions = torch.arange(block_size, device=_device_of(model))
     module = model.embeddings.position_embedding
@@ -447,9 +448,11 @@ def plot_embeddings(model: torch.nn.Module, tokenizer: Any, *, max_labels: int =
     """
     token_vectors = model.embeddings.token_embedding.weight.detach().float().cpu()  # (V, C)
     points, ratio = _pca_2d(token_vectors)
-    positions = position_vectors(model)  # (block_size, C)
-    unit = positions / positions.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    similarity = unit @ unit.T  # (block_size, C) @ (C, block_size) -> (block_size, block_size)
+    has_positions = model.embeddings.position_embedding is not None  # pos_encoding="none": nothing to compare
+    if has_positions:
+        positions = position_vectors(model)  # (block_size, C)
+        unit = positions / positions.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        similarity = unit @ unit.T  # (block_size, C) @ (C, block_size) -> (block_size, block_size)
 
     fig = Figure(figsize=(15, 6.5), layout="constrained")
     ax_tokens, ax_positions = fig.subplots(1, 2, width_ratios=[1.3, 1])
@@ -465,6 +468,10 @@ def plot_embeddings(model: torch.nn.Module, tokenizer: Any, *, max_labels: int =
     ax_tokens.set_xlabel(f"principal component 1 ({100 * float(ratio[0]):.1f} % of variance)")
     ax_tokens.set_ylabel(f"principal component 2 ({100 * float(ratio[1]):.1f} % of variance)")
     ax_tokens.set_title(f"Token embeddings (PCA of {vocab_size} x {token_vectors.shape[1]})")
+    if not has_positions:
+        ax_positions.axis("off")
+        ax_positions.text(0.5, 0.5, "no position embedding\n(pos_encoding='none')", ha="center", va="center")
+        return fig
     image = ax_positions.imshow(similarity.numpy(), cmap="RdBu_r", vmin=-1.0, vmax=1.0,
                                 interpolation="nearest")
     ax_positions.set_xlabel("position")

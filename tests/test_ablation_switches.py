@@ -217,3 +217,31 @@ def test_a_checkpoint_without_switches_loads_with_the_defaults(tiny_config):
     idx = torch.randint(0, tiny_config.vocab_size, (1, 5))
     torch.testing.assert_close(loaded.eval()(idx)[0], model(idx)[0], rtol=0, atol=0)
     assert config_from_dict(ModelConfig, config_to_dict(replace(tiny_config, mlp=False))).mlp is False
+
+
+
+@pytest.mark.parametrize("variant", list(SWITCHES))
+def test_every_variant_plays_in_the_playground(tiny_config, variant):
+    import threading
+
+    from src.playground.core import check_settings, generate_steps
+
+    model = build(tiny_config, **SWITCHES[variant])
+    tokenizer = CharTokenizer.train("abcdefghij", max_vocab_size=64)  # 12 tokens: ids 0..10 all valid
+    settings = check_settings(0, 0, 1.0, 4, 1, tokenizer.vocab_size)  # --serve's generation, greedy
+    prompt = [1, 2, 3]
+    steps = list(generate_steps(model, tokenizer, prompt, settings, threading.Lock()))
+    expected = model.generate(torch.tensor([prompt]), 4, temperature=0.0)[0, 3:].tolist()
+    assert [s.token_id for s in steps] == expected
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["no_position", "no_mask", "post_norm", "no_mlp"])  # what the pictures read
+def test_variants_draw_their_pictures(tiny_config, variant, tmp_path):
+    from src.visualization import write_visualizations
+
+    tokenizer = CharTokenizer.train("abcdefghi", max_vocab_size=64)
+    model = build(replace(tiny_config, vocab_size=tokenizer.vocab_size), **SWITCHES[variant])
+    written = write_visualizations(model, tokenizer, "abcdef", tmp_path)  # --visualize
+    assert {p.name for p in written} >= {"attention_layer0.png", "attention_layer1.png", "embeddings.png"}
+    assert all(p.read_bytes()[:4] == b"\x89PNG" for p in written)
