@@ -84,6 +84,17 @@ def test_every_variant_run_generates_evaluates_and_explains(finished, story_root
 
 
 @pytest.mark.slow
+def test_switches_are_locked_on_resume_and_inherited_by_init_from(finished, story_root, tmp_path, capsys):
+    assert main(["--train", "--resume", str(finished / "no_mask"), "--data-dir", str(story_root / "data"),
+                 "--causal"]) == 2
+    assert "--causal: cannot change causal from False to True when resuming" in capsys.readouterr().err
+    tuned = tmp_path / "tuned"
+    assert main(["--train", "--init-from", str(finished / "no_mlp"), "--input", str(story_root / "story.txt"),
+                 "--data-dir", str(tmp_path / "data"), "--max-steps", "1", "--logdir", str(tuned), "--quiet"]) == 0
+    assert json.loads((tuned / "config.json").read_text(encoding="utf-8"))["model"]["mlp"] is False
+
+
+@pytest.mark.slow
 def test_a_rerun_reuses_finished_variants(finished, story_root, capsys):
     metrics = {name: (finished / name / "metrics.jsonl").stat().st_mtime_ns for name in ("baseline", "no_mask")}
     before = json.loads((finished / "results.json").read_text(encoding="utf-8"))
