@@ -110,6 +110,18 @@ def test_a_rerun_reuses_finished_variants(finished, story_root, capsys):
     assert "trained with other settings (lr 0.003 there, 0.01 now)" in capsys.readouterr().err
 
 
+@pytest.mark.slow
+def test_a_diverged_variant_is_recorded_and_the_experiment_goes_on(story_root, tmp_path, capsys):
+    logdir = tmp_path / "runs"
+    argv = experiment_argv(story_root, logdir, "baseline", "no_layernorm", extra=("--lr", "1e30", "--warmup-steps", "0"))
+    assert main(argv) == 0  # an absurd learning rate: the NaN guard stops each run, the experiment finishes
+    rows = json.loads((logdir / "results.json").read_text(encoding="utf-8"))["variants"]
+    assert [(r["name"], r["diverged_at"], r["val_loss"], r["steps"]) for r in rows] == [
+        ("baseline", 2, None, 1), ("no_layernorm", 2, None, 1)]  # step 1 done, the loss of step 2 was inf
+    assert "divergierte bei Schritt 2" in (logdir / "results.md").read_text(encoding="utf-8")
+    assert main(argv) == 0 and capsys.readouterr().err.count("reused:") == 2  # not trained again
+
+
 class StopAt(Callback):
     """Sends the run the same stop request as Ctrl-C at a given step of the n-th training run."""
 
@@ -155,6 +167,7 @@ def test_unknown_variant_is_one_line_and_exit_2():
     (["--experiment", "ablations", "--norm", "rmsnorm"], "--norm: --experiment sets the model's switches itself"),
     (["--experiment", "ablations", "--resume", "runs/x"], "--resume: only with --train"),
     (["--experiment", "ablations", "--init-from", "runs/x"], "--init-from: not with --experiment"),
+    (["--experiment", "ablations", "--force"], "--force: not with --experiment (every variant must train on the same data"),
     (["--experiment", "ablations", "--seeds", "0"], "--seeds: give a number of seeds from 1 to 20, got 0"),
     (["--experiment", "ablations", "--train"], "choose exactly one mode"),
 ])

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from src.cli.common import EXIT_DIVERGED, EXIT_OK, UsageError
-from src.config import ModelConfig, config_to_dict
+from src.config import ModelConfig, config_from_dict, config_to_dict
 from src.cli.variants import VARIANTS, Variant
 from src.fileio import atomic_write_text
 
@@ -57,7 +57,7 @@ EXPERIMENT_DEFAULTS: dict[str, Any] = {
 ABRUPT_DROP = 0.5
 ABRUPT_AFTER_STEP = 200
 SWITCH_FIELDS = ("pos_encoding", "causal", "residual", "norm", "norm_position", "mlp", "tie_weights")
-NOT_WITH_EXPERIMENT = ("resume", "checkpoint", "init_from", "find_batch_size")
+NOT_WITH_EXPERIMENT = ("resume", "checkpoint", "init_from", "find_batch_size", "force")
 
 
 def run_name(variant: str, seed_index: int, seeds: int) -> str:
@@ -117,7 +117,9 @@ def run_experiment(args: argparse.Namespace, flags: dict[str, str], callbacks: S
 
     for name in NOT_WITH_EXPERIMENT:
         if getattr(args, name, None):
-            raise UsageError(f"{flags.get(name, name)}: not with --experiment (each variant is a new run of its own)")
+            why = ("every variant must train on the same data; rebuild it once with python -m src.dataset --force"
+                   if name == "force" else "each variant is a new run of its own")
+            raise UsageError(f"{flags.get(name, name)}: not with --experiment ({why})")
     for name in SWITCH_FIELDS:
         if getattr(args, name, None) is not None:
             raise UsageError(f"{flags.get(name, name)}: --experiment sets the model's switches itself, one variant at "
@@ -236,7 +238,8 @@ def _variant_flags(variant: Variant) -> list[str]:
 
 
 def _settings_dict(settings: Any) -> dict[str, Any]:
-    return {"preset": settings.preset, "model": dict(settings.model),
+    model = {k: v for k, v in config_to_dict(ModelConfig(vocab_size=1, **settings.model)).items() if k != "vocab_size"}
+    return {"preset": settings.preset, "model": model,
             "train": {k: v for k, v in config_to_dict(settings.train).items() if k not in ("logdir", "seed")},
             "data": {k: v for k, v in config_to_dict(settings.data).items() if k not in ("force", "mirror")}}
 
@@ -285,7 +288,7 @@ def _run_variant(argv: list[str], run_dir: Path, flags: dict[str, str], quiet: b
     code = run_train(args, flags, [outcome, *callbacks])
     if code not in (EXIT_OK, EXIT_DIVERGED) or (code == EXIT_DIVERGED and outcome.diverged_at is None):
         return code or 1
-    result = measure(run_dir, settings, outcome.diverged_at)
+    result = measure(run_dir, settings, outcome.diverged_at, outcome.steps)
     result["settings"] = wanted
     atomic_write_text(run_dir / RESULT_FILE, json.dumps(result, indent=2, allow_nan=False) + "\n")
     return result
@@ -317,8 +320,10 @@ def _outcome_callback() -> Any:
 
     class Outcome(Callback):
         diverged_at: int | None = None
+        steps = 0  # completed optimiser steps
 
         def on_train_end(self, ctx: Any, history: Any) -> None:
+            self.steps = ctx.state.step
             if history.stop_reason in DIVERGED:  # "non_finite_loss": the loss of the next step was NaN/inf
                 self.diverged_at = ctx.state.step + (1 if history.stop_reason == "non_finite_loss" else 0)
 
@@ -328,9 +333,10 @@ def _outcome_callback() -> Any:
 # --- measuring one run -------------------------------------------------------------------------
 
 
-def measure(run_dir: Path, settings: Any, diverged_at: int | None) -> dict[str, Any]:
+def measure(run_dir: Path, settings: Any, diverged_at: int | None, steps: int) -> dict[str, Any]:
     """Final whole-split validation loss (and, without the mask, the same weights with it), a sample,
-    parameters, steps, seconds and the validation curve of one finished run."""
+    parameters, steps (completed: `steps` from the training, at least the checkpoint's), seconds and
+    the validation curve of one finished run."""
     import torch
 
     from src.dataset import load_tokens, prepare_dataset
@@ -340,6 +346,11 @@ def measure(run_dir: Path, settings: Any, diverged_at: int | None) -> dict[str, 
 
     started = time.perf_counter()
     last = run_dir / "checkpoints" / "last.pt"
+    if not last.is_file():  # diverged before its first checkpoint: count the parameters of its config
+        config = config_from_dict(ModelConfig, (_read_json(run_dir / "config.json") or {}).get("model", {}))
+        return {"run_dir": str(run_dir), "steps": steps, "params": MiniTransformer(config).num_parameters(),
+                "val_loss": None, "val_loss_causal": None, "diverged_at": diverged_at,
+                "seconds": round(time.perf_counter() - started, 1), "sample": "", "curve": read_val_curve(run_dir)}
     payload = load_checkpoint(last)
     model = model_from_checkpoint(payload, last)
     tokenizer = tokenizer_from_checkpoint(payload, last)
@@ -361,7 +372,7 @@ def measure(run_dir: Path, settings: Any, diverged_at: int | None) -> dict[str, 
         out = model.eval().generate(prompt, SAMPLE_TOKENS, temperature=0.8, top_k=200, generator=generator)
         sample = tokenizer.decode(out[0, prompt.size(1):].tolist())  # the continuation only
     state = payload.get("state", {})
-    return {"run_dir": str(run_dir), "steps": int(state.get("step", 0)), "params": model.num_parameters(),
+    return {"run_dir": str(run_dir), "steps": max(steps, int(state.get("step", 0))), "params": model.num_parameters(),
             "val_loss": val_loss, "val_loss_causal": val_loss_causal, "diverged_at": diverged_at,
             "seconds": round(float(state.get("elapsed_s", 0.0)) + time.perf_counter() - started, 1),
             "sample": sample, "curve": read_val_curve(run_dir)}
