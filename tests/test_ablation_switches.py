@@ -245,3 +245,17 @@ def test_variants_draw_their_pictures(tiny_config, variant, tmp_path):
     written = write_visualizations(model, tokenizer, "abcdef", tmp_path)  # --visualize
     assert {p.name for p in written} >= {"attention_layer0.png", "attention_layer1.png", "embeddings.png"}
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in written)
+
+
+@pytest.mark.parametrize("variant", ["untied", "no_position", "no_mlp", "post_norm"])
+def test_safetensors_export_round_trips_every_switch(tiny_config, variant, tmp_path):
+    from src.training.checkpoints import export_safetensors, load_model
+
+    tokenizer = CharTokenizer.train("abcdefghi", max_vocab_size=64)
+    model = build(replace(tiny_config, vocab_size=tokenizer.vocab_size), **SWITCHES[variant])
+    loaded, _ = load_model(export_safetensors(model, tokenizer, tmp_path / "model.safetensors"))
+    assert loaded.config == model.config
+    idx = torch.randint(0, tokenizer.vocab_size, (1, 6))
+    torch.testing.assert_close(loaded(idx)[0], model(idx)[0], rtol=0, atol=0)
+    if variant == "untied":
+        assert loaded.lm_head.weight is not loaded.embeddings.token_embedding.weight
