@@ -310,15 +310,16 @@ def plot_ablation_curves(curves: dict[str, Sequence[tuple[int, float]]], baselin
 
     `curves` maps a variant name to its (step, val loss) points; the baseline is drawn thick and black
     so that every variant reads as "above or below it". Points that are NaN/inf (a diverged run) are
-    left out. The y axis is cut at 1.5 x the highest starting loss, so one exploding curve does not
+    left out. The y axis is cut at 1.1 x the highest starting loss, so one exploding curve does not
     flatten all others.
     """
     if not curves:
         raise ValueError("plot_ablation_curves needs at least one curve")
     fig = Figure(figsize=(9, 5.5), layout="constrained")
     ax = fig.subplots()
-    colours = matplotlib.colormaps["tab20"]
-    for i, (name, points) in enumerate(curves.items()):
+    colours = matplotlib.colormaps["tab10"]  # ten strong colours: one per variant besides the baseline
+    others = [name for name in curves if name != baseline]
+    for name, points in curves.items():
         finite = [(s, v) for s, v in points if np.isfinite(v)]
         if not finite:
             continue
@@ -326,10 +327,11 @@ def plot_ablation_curves(curves: dict[str, Sequence[tuple[int, float]]], baselin
         if name == baseline:
             ax.plot(steps, values, "-", color="black", linewidth=3, label=name, zorder=10)
         else:
-            ax.plot(steps, values, "-", color=colours(i % 20), linewidth=1.5, marker="o", markersize=2, label=name)
+            colour = colours(others.index(name) % 10)
+            ax.plot(steps, values, "-", color=colour, linewidth=1.5, marker="o", markersize=2, label=name)
     starts = [v for points in curves.values() for _, v in points[:1] if np.isfinite(v)]
     if starts:
-        ax.set_ylim(0, 1.5 * max(starts))
+        ax.set_ylim(0, 1.1 * max(starts))
     ax.set_xlabel("optimiser step")
     ax.set_ylabel("validation loss (nats per token)")
     ax.set_title("Ablations: validation loss of each variant (baseline thick)")
