@@ -178,6 +178,12 @@ def test_meaningless_flags_are_refused(argv, message, tmp_path, capsys):
     assert not (tmp_path / "runs").exists()
 
 
+def test_torchrun_is_refused(monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["--experiment", "ablations"]) == 2
+    assert "--experiment runs in one process" in capsys.readouterr().err
+
+
 def test_a_foreign_logdir_is_refused(tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("mine", encoding="utf-8")
     assert main(["--experiment", "ablations", "--logdir", str(tmp_path)]) == 2

@@ -29,6 +29,7 @@ import datetime as dt
 import difflib
 import json
 import math
+import os
 import shlex
 import sys
 import time
@@ -115,6 +116,8 @@ def run_experiment(args: argparse.Namespace, flags: dict[str, str], callbacks: S
     handed to every training run (as `--train` takes them)."""
     from src.cli.settings import read_config_file, resolve_settings
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every process would train and write every variant
+        raise UsageError("--experiment runs in one process: start it with python -m src.main, not torchrun")
     for name in NOT_WITH_EXPERIMENT:
         if getattr(args, name, None):
             why = ("every variant must train on the same data; rebuild it once with python -m src.dataset --force"
