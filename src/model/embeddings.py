@@ -1,18 +1,20 @@
 """Embeddings: turn token ids into vectors the Transformer can work with.
 
 A token id is just an index, so each id looks up a learned row of width C = n_embd (the token
-embedding). Attention itself has no notion of order - it treats its input as a set - so a second
-vector that depends only on the *position* is added. Two kinds are offered:
+embedding). Attention without a mask cannot tell order: shuffle its inputs and its outputs are
+shuffled the same way. The causal mask breaks that symmetry - position t sees exactly t + 1 tokens,
+so a causal model can even learn positions with no position vector at all (Haviv et al. 2022,
+"Transformer Language Models without Positional Encodings Still Learn Positional Information") -
+but only indirectly. An explicit vector that depends only on the *position* is added, so order is
+easy to use from the first layer on. Two kinds are offered:
 
 * "learned" (GPT-2, Radford et al. 2019): a trainable table with one row per position.
 * "sinusoidal" (Vaswani et al. 2017, "Attention Is All You Need", section 3.5): a fixed table of
   sines and cosines with wavelengths from 2*pi to 10000*2*pi, so nearby positions get similar
   vectors and no parameters are needed.
 
-* "none": no position vector at all. Attention alone then cannot tell "dog bites man" from "man
-  bites dog" - yet a *causal* model partly recovers positions, because position t attends over t + 1
-  tokens (Haviv et al. 2022, "Transformer Language Models without Positional Encodings Still Learn
-  Positional Information"). `--experiment ablations` measures how much.
+Or none at all (`pos_encoding="none"`, an experiment): then only the causal mask carries order, as
+described above; `--experiment ablations` measures what that costs.
 
 Both tables have exactly `block_size` rows, so a longer sequence cannot be embedded: that raises a
 ValueError naming both numbers. Omitted on purpose: relative / rotary position encodings (RoPE).
