@@ -57,6 +57,8 @@ EXPERIMENT_DEFAULTS: dict[str, Any] = {
 # counts as an abrupt change (the cheat's phase change; ordinary learning is far slower by then:
 # measured with --preset tiny, the baseline fell 0.16 nats from step 50 to 100, no_mask 2.29).
 ABRUPT_DROP = 0.5
+MAX_JSON_BYTES = 16 * 2**20  # ablation.json, config.json, results.json: a few KB; a bigger file is not ours
+MAX_METRICS_BYTES = 256 * 2**20  # metrics.jsonl: about 200 bytes per logged step
 SWITCH_FIELDS = ("pos_encoding", "causal", "residual", "norm", "norm_position", "mlp", "tie_weights")
 NOT_WITH_EXPERIMENT = ("resume", "checkpoint", "init_from", "find_batch_size", "force")
 
@@ -94,7 +96,7 @@ def abrupt_step(curve: list[tuple[int, float]], after: int, drop: float = ABRUPT
 def read_val_curve(run_dir: Path) -> list[tuple[int, float]]:
     """(step, validation loss) of every evaluation in the run's metrics.jsonl."""
     path = run_dir / "metrics.jsonl"
-    if not path.is_file():
+    if not path.is_file() or path.stat().st_size > MAX_METRICS_BYTES:
         return []
     curve = []
     with open(path, encoding="utf-8") as handle:
@@ -189,10 +191,8 @@ def _check_logdir(logdir: Path) -> None:
                          "choose a new or empty folder, or the folder of an earlier --experiment ablations")
     results = logdir / "results.json"
     if results.is_file():
-        try:
-            ok = json.loads(results.read_text(encoding="utf-8"))["settings"]["experiment"] == "ablations"
-        except (ValueError, KeyError, TypeError, OSError):
-            ok = False
+        stored = _read_json(results) or {}
+        ok = isinstance(stored.get("settings"), dict) and stored["settings"].get("experiment") == "ablations"
         if not ok:
             raise UsageError(f"--logdir: {results} was not written by --experiment ablations; choose another folder")
 
@@ -308,7 +308,8 @@ def _other_settings(run_dir: Path, found: Any, wanted: dict[str, Any]) -> str:
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
+    """A small JSON object of ours, or None (missing, too big, unreadable or not an object)."""
+    if not path.is_file() or path.stat().st_size > MAX_JSON_BYTES:
         return None
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
