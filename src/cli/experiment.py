@@ -50,7 +50,7 @@ SAMPLE_TOKENS = 60
 # (issue 22: around step 250-500 at lr 3e-3, block 32, no dropout) and eleven variants of
 # `--preset tiny` fit in about 15 minutes on a 2-core CPU (benchmarks/README.md).
 EXPERIMENT_DEFAULTS: dict[str, Any] = {
-    "max_steps": 800, "block_size": 32, "dropout": 0.0, "lr": 3e-3, "min_lr": 3e-4, "warmup_steps": 50,
+    "max_steps": 600, "block_size": 32, "dropout": 0.0, "lr": 3e-3, "min_lr": 3e-4, "warmup_steps": 50,
     "eval_interval": 50, "eval_batches": 10, "sample_tokens": 0,
 }
 # A drop of the validation loss by this many nats between two evaluations, once the warm-up is over,
