@@ -181,17 +181,28 @@ def _register_hooks(model: torch.nn.Module, captured: dict[str, torch.Tensor]) -
             # The input of the output projection is the merged heads: the attention result itself.
             block.attn.c_proj.register_forward_pre_hook(save_input(f"{i}.merged")),
             block.attn.c_proj.register_forward_hook(save_output(f"{i}.attn_proj")),
-            # The input of ln_2 is x + attention: the residual stream after the first add.
-            block.ln_2.register_forward_pre_hook(save_input(f"{i}.residual_1")),
-            block.ln_2.register_forward_hook(save_output(f"{i}.ln_2")),
-            block.mlp.c_fc.register_forward_hook(save_output(f"{i}.c_fc")),
-            block.mlp.gelu.register_forward_hook(save_output(f"{i}.gelu")),
-            block.mlp.c_proj.register_forward_hook(save_output(f"{i}.mlp_proj")),
             block.register_forward_hook(save_output(f"{i}.out")),
         ]
+        if block.mlp is not None and block.ln_2 is not None:  # an attention-only block (mlp=False) has neither
+            handles += [
+                # The input of ln_2 is x + attention: the residual stream after the first add.
+                block.ln_2.register_forward_pre_hook(save_input(f"{i}.residual_1")),
+                block.ln_2.register_forward_hook(save_output(f"{i}.ln_2")),
+                block.mlp.c_fc.register_forward_hook(save_output(f"{i}.c_fc")),
+                block.mlp.gelu.register_forward_hook(save_output(f"{i}.gelu")),
+                block.mlp.c_proj.register_forward_hook(save_output(f"{i}.mlp_proj")),
+            ]
     handles.append(model.ln_f.register_forward_hook(save_output("ln_f")))
     handles.append(model.lm_head.register_forward_hook(save_output("logits")))
     return handles
+
+
+def _block_formula(config: Any, f: str, norm: str) -> str:
+    """The sub-layer as this model computes it, e.g. "x + attention(ln_1(x))" (GPT-2) or "ln_1(x + attention(x))"."""
+    if config.norm_position == "pre":
+        inner = f"{f}({norm}(x))"
+        return f"x + {inner}" if config.residual else f"{inner} (no residual path)"
+    return f"{norm}(x + {f}(x))" if config.residual else f"{norm}({f}(x)) (no residual path)"
 
 
 def parameter_counts(model: torch.nn.Module) -> list[ParameterCount]:
@@ -215,12 +226,14 @@ def parameter_counts(model: torch.nn.Module) -> list[ParameterCount]:
         seen.update(id(p) for p in module.parameters())
         return rows
 
-    embedding_parts = [n for n in ("token_embedding", "position_embedding")
-                       if own(getattr(model.embeddings, n)) > 0]  # a sinusoidal table has no parameters
+    embedding_parts = [n for n in ("token_embedding", "position_embedding")  # a sinusoidal table has no parameters,
+                       if getattr(model.embeddings, n) is not None and own(getattr(model.embeddings, n)) > 0]  # "none" no table
+
     rows = top_level("embeddings", model.embeddings, embedding_parts)
     block_parts = ["ln_1", "attn", "attn.c_attn", "attn.c_proj", "ln_2", "mlp", "mlp.c_fc", "mlp.c_proj"]
     for i, block in enumerate(model.blocks):
-        rows += top_level(f"blocks.{i}", block, block_parts if i == 0 else [])
+        parts = [p for p in block_parts if getattr(block, p.split(".")[0]) is not None]  # mlp=False: no ln_2, mlp
+        rows += top_level(f"blocks.{i}", block, parts if i == 0 else [])
     rows += top_level("ln_f", model.ln_f, [])
     rows += top_level("lm_head", model.lm_head, [])
     return rows
@@ -283,7 +296,7 @@ def explain_forward(model: torch.nn.Module, tokenizer: Any | None, prompt: str, 
         q, k, v = qkv.split(C, dim=2)  # 3 x (B, T, C)
         q, k, v = (split_heads(t, nh) for t in (q, k, v))  # the model's own split: (B, T, C) -> (B, nh, T, hs)
         # The model's own attention function on the captured q, k, v: the weights it used, not a copy.
-        context, weights = scaled_dot_product_attention(q, k, v, causal=True)  # (B, nh, T, hs), (B, nh, T, T)
+        context, weights = scaled_dot_product_attention(q, k, v, causal=config.causal)  # (B, nh, T, hs), (B, nh, T, T)
         add(f"block{i}.ln_1", "LayerNorm 1", captured[f"{i}.ln_1"], "(B, T, C)",
             "each token vector rescaled to mean 0, variance 1 (then a learned gain and bias)", f"{block}.ln_1", i)
         add(f"block{i}.qkv", "q, k, v projection", qkv, "(B, T, 3C)",
@@ -294,8 +307,12 @@ def explain_forward(model: torch.nn.Module, tokenizer: Any | None, prompt: str, 
         add(f"block{i}.scores", "scores q·kᵀ/√hs", (B, nh, T, T), "(B, nh, T, T)",
             f"how well each query matches each key, divided by sqrt({hs}) to keep the softmax soft",
             f"{block}.attn", i)
-        add(f"block{i}.mask", "causal mask", build_causal_mask(T), "(T, T)",
-            "scores above the diagonal (keys in the future) are set to -inf: no peeking ahead", f"{block}.attn", i)
+        if config.causal:
+            add(f"block{i}.mask", "causal mask", build_causal_mask(T), "(T, T)",
+                "scores above the diagonal (keys in the future) are set to -inf: no peeking ahead", f"{block}.attn", i)
+        else:
+            add(f"block{i}.mask", "no causal mask", torch.ones(T, T, dtype=torch.bool), "(T, T)",
+                "this model was built without the mask (causal=False): every token also sees the future", f"{block}.attn", i)
         add(f"block{i}.softmax", "softmax", weights, "(B, nh, T, T)",
             "each row turns into attention weights >= 0 that sum to 1 (future weights are exactly 0)",
             f"{block}.attn", i)
@@ -305,8 +322,12 @@ def explain_forward(model: torch.nn.Module, tokenizer: Any | None, prompt: str, 
             f"the {nh} heads side by side again: (B, nh, T, hs) -> (B, T, C)", f"{block}.attn", i)
         add(f"block{i}.attn_proj", "output projection", captured[f"{i}.attn_proj"], "(B, T, C)",
             "a Linear C -> C mixes what the heads found", f"{block}.attn.c_proj", i)
+        if f"{i}.residual_1" not in captured:  # attention-only block (mlp=False): its output is the stream
+            add(f"block{i}.residual_1", "block output", captured[f"{i}.out"], "(B, T, C)",
+                f"{_block_formula(config, 'attention', 'ln_1')}: this block has no MLP (mlp=False)", block, i)
+            continue
         add(f"block{i}.residual_1", "residual add", captured[f"{i}.residual_1"], "(B, T, C)",
-            "x + attention(ln_1(x)): the block adds to the stream instead of replacing it", block, i)
+            f"{_block_formula(config, 'attention', 'ln_1')}: the block adds to the stream instead of replacing it", block, i)
         add(f"block{i}.ln_2", "LayerNorm 2", captured[f"{i}.ln_2"], "(B, T, C)",
             "normalise again before the MLP", f"{block}.ln_2", i)
         add(f"block{i}.mlp_up", "MLP up-projection", captured[f"{i}.c_fc"], "(B, T, 4C)",
@@ -316,7 +337,7 @@ def explain_forward(model: torch.nn.Module, tokenizer: Any | None, prompt: str, 
         add(f"block{i}.mlp_down", "MLP down-projection", captured[f"{i}.mlp_proj"], "(B, T, C)",
             "Linear 4C -> C back to the width of the stream", f"{block}.mlp.c_proj", i)
         add(f"block{i}.residual_2", "residual add", captured[f"{i}.out"], "(B, T, C)",
-            "x + mlp(ln_2(x)): the output of the block, the input of the next one", block, i)
+            f"{_block_formula(config, 'mlp', 'ln_2')}: the output of the block, the input of the next one", block, i)
 
     logits = captured["logits"]  # (B, T, V)
     probabilities = torch.softmax(logits[0, -1].float(), dim=-1)  # (V,)

@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 ATTENTION_CHOICES = ("sdpa", "manual")
-POS_ENCODING_CHOICES = ("learned", "sinusoidal")
+POS_ENCODING_CHOICES = ("learned", "sinusoidal", "none")
+NORM_CHOICES = ("layernorm", "rmsnorm", "none")
+NORM_POSITION_CHOICES = ("pre", "post")
 TOKENIZER_CHOICES = ("char", "bpe")
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 DTYPE_CHOICES = ("auto", "fp32", "bf16", "fp16")
@@ -48,7 +50,18 @@ class ModelConfig:
     dropout: float = field(default=0.2, metadata=_help("dropout probability in [0, 1)"))
     bias: bool = field(default=True, metadata=_help("use bias vectors in Linear and LayerNorm layers (GPT-2: yes)"))
     attention: str = field(default="sdpa", metadata=_help("'sdpa' (fused PyTorch kernel) or 'manual' (readable)"))
-    pos_encoding: str = field(default="learned", metadata=_help("'learned' (GPT-2) or 'sinusoidal' (Vaswani 2017)"))
+    pos_encoding: str = field(
+        default="learned", metadata=_help("'learned' (GPT-2), 'sinusoidal' (Vaswani 2017) or 'none' (no position signal)")
+    )
+    # Switches for experiments that take one idea away (`--experiment ablations`); the defaults are GPT-2.
+    causal: bool = field(default=True, metadata=_help("causal mask: each position sees only the past (off: the future too)"))
+    residual: bool = field(default=True, metadata=_help("residual connections: x + f(x) around each sub-layer (off: f(x))"))
+    norm: str = field(default="layernorm", metadata=_help("normalisation: 'layernorm' (GPT-2), 'rmsnorm' or 'none'"))
+    norm_position: str = field(
+        default="pre", metadata=_help("'pre': normalise before each sub-layer (GPT-2); 'post': after the residual add (Vaswani 2017)")
+    )
+    mlp: bool = field(default=True, metadata=_help("an MLP in each block (off: attention only)"))
+    tie_weights: bool = field(default=True, metadata=_help("the LM head shares the token embedding's weight (GPT-2)"))
 
     # First pass: skip __post_init__ (validation); head_size below is worth reading.
     def __post_init__(self) -> None:
@@ -59,10 +72,13 @@ class ModelConfig:
                 f"choose e.g. n_embd={self.n_head * max(1, round(self.n_embd / self.n_head))}"
             )
         _require_fraction(self, "dropout", 0.0, 1.0)
-        if not isinstance(self.bias, bool):
-            raise ValueError(f"bias must be True or False, got {self.bias!r}")
+        for name in ("bias", "causal", "residual", "mlp", "tie_weights"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         _require_choice(self, "attention", ATTENTION_CHOICES)
         _require_choice(self, "pos_encoding", POS_ENCODING_CHOICES)
+        _require_choice(self, "norm", NORM_CHOICES)
+        _require_choice(self, "norm_position", NORM_POSITION_CHOICES)
 
     @property
     def head_size(self) -> int:

@@ -137,11 +137,25 @@ def hf_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def gpt2_unsupported(config: ModelConfig) -> str | None:
+    """The first experiment switch (see ModelConfig) that GPT-2's architecture cannot express, as
+    "name=value (what it means)", or None for a GPT-2 shaped model."""
+    gpt2 = {"pos_encoding": ("learned", "sinusoidal"), "causal": (True,), "residual": (True,), "norm": ("layernorm",),
+            "norm_position": ("pre",), "mlp": (True,), "tie_weights": (True,)}
+    for name, allowed in gpt2.items():
+        value = getattr(config, name)
+        if value not in allowed:
+            return f"{name}={value!r} ({ModelConfig.__dataclass_fields__[name].metadata['help']})"
+    return None
+
+
 def to_hf_state_dict(model: MiniTransformer) -> dict[str, torch.Tensor]:
     """Our weights under GPT-2's names and layouts, ready for `save_file` or `GPT2LMHeadModel.load_state_dict`
     (strict=False: the tied lm_head.weight is left out, as Hugging Face's own files do)."""
     model = getattr(model, "_orig_mod", model)  # torch.compile wrapper -> the module with the weights
     config = model.config
+    if (switch := gpt2_unsupported(config)) is not None:
+        raise ValueError(f"GPT-2 cannot represent this model: {switch}; export it with --format safetensors instead")
     if model.lm_head.weight is not model.embeddings.token_embedding.weight:
         raise ValueError("the LM head is not tied to the token embedding; GPT-2 format requires tying")
     eps = {m.eps for m in model.modules() if isinstance(m, torch.nn.LayerNorm)}
@@ -573,6 +587,8 @@ def export_hf(model: MiniTransformer, tokenizer: Tokenizer, out_dir: str | Path,
     out = Path(out_dir)
     model = getattr(model, "_orig_mod", model)
     config = model.config
+    if (switch := gpt2_unsupported(config)) is not None:  # before any file is written
+        raise ValueError(f"--format hf: GPT-2 cannot represent this model: {switch}; use --format safetensors")
     if tokenizer.vocab_size != config.vocab_size:
         raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens, the model {config.vocab_size}")
     if not isinstance(card, dict):

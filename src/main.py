@@ -7,6 +7,7 @@
     python -m src.main --evaluate --checkpoint runs/NAME          # loss per book vs. baselines
     python -m src.main --export --checkpoint runs/NAME            # weights as runs/NAME/model.safetensors
     python -m src.main --serve --checkpoint runs/NAME             # the playground at http://127.0.0.1:7860
+    python -m src.main --experiment ablations --preset tiny       # switch each idea off, compare (~15 min)
 
 This file only dispatches: each mode lives in `src/cli/<mode>.py` as `run(args, flags) -> int`, the
 flags in `src/cli/parser.py`, the layering of settings in `src/cli/settings.py`. Bad input ends with
@@ -41,6 +42,8 @@ def _handler(mode: str):
         from src.cli.inspection import run_explain as run
     elif mode == "serve":
         from src.cli.serve import run_serve as run
+    elif mode == "experiment":
+        from src.cli.experiment import run_experiment as run
     else:
         from src.cli.export import run_export as run
     return run
@@ -100,7 +103,7 @@ def _run(argv: list[str], debug: bool, callbacks: Sequence[Any]) -> int:
             from src.cli.find_batch_size import run_find_batch_size
 
             return run_find_batch_size(args, flags)
-        if mode == "train":
+        if mode in ("train", "experiment"):  # the experiment hands them to each of its training runs
             return _handler(mode)(args, flags, callbacks)
         return _handler(mode)(args, flags)
     except (ValueError, OSError) as err:  # UsageError, DataError, CheckpointError, bad values, file system

@@ -338,6 +338,41 @@ def plot_training_curves(run_dirs: str | Path | Iterable[str | Path]) -> Figure:
     return fig
 
 
+def plot_ablation_curves(curves: dict[str, Sequence[tuple[int, float]]], baseline: str = "baseline") -> Figure:
+    """Validation loss over the steps of every variant of an ablation experiment, in one plot.
+
+    `curves` maps a variant name to its (step, val loss) points; the baseline is drawn thick and black
+    so that every variant reads as "above or below it". Points that are NaN/inf (a diverged run) are
+    left out. The y axis is cut at 1.1 x the highest starting loss, so one exploding curve does not
+    flatten all others.
+    """
+    if not curves:
+        raise ValueError("plot_ablation_curves needs at least one curve")
+    fig = Figure(figsize=(9, 5.5), layout="constrained")
+    ax = fig.subplots()
+    colours = matplotlib.colormaps["tab10"]  # ten strong colours: one per variant besides the baseline
+    others = [name for name in curves if name != baseline]
+    for name, points in curves.items():
+        finite = [(s, v) for s, v in points if np.isfinite(v)]
+        if not finite:
+            continue
+        steps, values = zip(*finite)
+        if name == baseline:
+            ax.plot(steps, values, "-", color="black", linewidth=3, label=name, zorder=10)
+        else:
+            colour = colours(others.index(name) % 10)
+            ax.plot(steps, values, "-", color=colour, linewidth=1.5, marker="o", markersize=2, label=name)
+    starts = [v for points in curves.values() for _, v in points[:1] if np.isfinite(v)]
+    if starts:
+        ax.set_ylim(0, 1.1 * max(starts))
+    ax.set_xlabel("optimiser step")
+    ax.set_ylabel("validation loss (nats per token)")
+    ax.set_title("Ablations: validation loss of each variant (baseline thick)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    return fig
+
+
 # ---------------------------------------------------------------------------------------------
 # Surprisal
 # ---------------------------------------------------------------------------------------------
@@ -414,7 +449,8 @@ def plot_token_surprisal(
 
 
 def position_vectors(model: torch.nn.Module) -> torch.Tensor:
-    """The position embedding of every position 0..block_size-1: (block_size, C), learned or sinusoidal."""
+    """The position embedding of every position 0..block_size-1: (block_size, C), learned or sinusoidal
+    (a model with pos_encoding="none" has none: check `model.embeddings.position_embedding` first)."""
     block_size = model.config.block_size
     positions = torch.arange(block_size, device=_device_of(model))
     module = model.embeddings.position_embedding
@@ -447,9 +483,11 @@ def plot_embeddings(model: torch.nn.Module, tokenizer: Any, *, max_labels: int =
     """
     token_vectors = model.embeddings.token_embedding.weight.detach().float().cpu()  # (V, C)
     points, ratio = _pca_2d(token_vectors)
-    positions = position_vectors(model)  # (block_size, C)
-    unit = positions / positions.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    similarity = unit @ unit.T  # (block_size, C) @ (C, block_size) -> (block_size, block_size)
+    has_positions = model.embeddings.position_embedding is not None  # pos_encoding="none": nothing to compare
+    if has_positions:
+        positions = position_vectors(model)  # (block_size, C)
+        unit = positions / positions.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        similarity = unit @ unit.T  # (block_size, C) @ (C, block_size) -> (block_size, block_size)
 
     fig = Figure(figsize=(15, 6.5), layout="constrained")
     ax_tokens, ax_positions = fig.subplots(1, 2, width_ratios=[1.3, 1])
@@ -465,6 +503,10 @@ def plot_embeddings(model: torch.nn.Module, tokenizer: Any, *, max_labels: int =
     ax_tokens.set_xlabel(f"principal component 1 ({100 * float(ratio[0]):.1f} % of variance)")
     ax_tokens.set_ylabel(f"principal component 2 ({100 * float(ratio[1]):.1f} % of variance)")
     ax_tokens.set_title(f"Token embeddings (PCA of {vocab_size} x {token_vectors.shape[1]})")
+    if not has_positions:
+        ax_positions.axis("off")
+        ax_positions.text(0.5, 0.5, "no position embedding\n(pos_encoding='none')", ha="center", va="center")
+        return fig
     image = ax_positions.imshow(similarity.numpy(), cmap="RdBu_r", vmin=-1.0, vmax=1.0,
                                 interpolation="nearest")
     ax_positions.set_xlabel("position")

@@ -18,7 +18,7 @@ from tests.conftest import REPO_ROOT, make_story, wrap_paragraphs, write_gutenbe
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
-EXPECTED = ["01_explore_data.ipynb", "02_visualize_attention.ipynb", "03_training_curves.ipynb"]
+EXPECTED = ["01_explore_data.ipynb", "02_visualize_attention.ipynb", "03_training_curves.ipynb", "04_ablations.ipynb"]
 CELL_TIMEOUT_S = 120
 
 GERMAN_STORY = (

@@ -33,7 +33,8 @@ class InitFrom:
 
 
 # Shape settings a fine-tuned model inherits from --init-from (the weights fix them).
-INHERITED_SHAPE = ("n_layer", "n_head", "n_embd", "bias", "pos_encoding")
+INHERITED_SHAPE = ("n_layer", "n_head", "n_embd", "bias", "pos_encoding",
+                   "causal", "residual", "norm", "norm_position", "mlp", "tie_weights")  # the experiment switches
 
 
 def load_init_from(args: argparse.Namespace, flags: dict[str, str], settings: Any,

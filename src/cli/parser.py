@@ -10,11 +10,14 @@ from dataclasses import fields
 from pathlib import Path
 
 from src.cli.common import INSPECT_PROMPT, UsageError
+from src.cli.variants import EXPERIMENTS, VARIANTS
 from src.cli.settings import MODEL_FIELDS, PRESETS, TRAIN_FIELDS
 from src.config import (
     ATTENTION_CHOICES,
     DEVICE_CHOICES,
     DTYPE_CHOICES,
+    NORM_CHOICES,
+    NORM_POSITION_CHOICES,
     POS_ENCODING_CHOICES,
     ModelConfig,
     TrainConfig,
@@ -34,10 +37,13 @@ MODE_HELP: dict[str, str] = {
               "tokenizer as JSON in the header (--out), or as a Hugging Face folder (--format hf)",
     "serve": "open the playground in the browser for a trained model (--checkpoint): write, attention, inside, "
              "training (--host, --port)",
+    "experiment": "NAME: train the baseline and variants with one idea switched off each, then write a table, "
+                  "curves and runs under --logdir (default runs/ablations); NAME: ablations",
 }
 
 CHOICES = {"attention": ATTENTION_CHOICES, "pos_encoding": POS_ENCODING_CHOICES,
-           "device": DEVICE_CHOICES, "dtype": DTYPE_CHOICES}
+           "device": DEVICE_CHOICES, "dtype": DTYPE_CHOICES, "norm": NORM_CHOICES,
+           "norm_position": NORM_POSITION_CHOICES}
 
 class _Parser(argparse.ArgumentParser):
     """argparse that raises instead of printing usage and exiting, so errors stay one line."""
@@ -92,7 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     modes = parser.add_argument_group("mode (exactly one)")
     for name, help_text in MODE_HELP.items():
-        modes.add_argument(f"--{name}", action="store_true", help=help_text)
+        if name == "experiment":  # the one mode that takes a value
+            modes.add_argument("--experiment", choices=EXPERIMENTS, metavar="NAME", default=None, help=help_text)
+        else:
+            modes.add_argument(f"--{name}", action="store_true", help=help_text)
 
     run = parser.add_argument_group("run")
     run.add_argument("--preset", choices=sorted(PRESETS), default=None,
@@ -145,6 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
                              "checkpoint, else ./visualizations); file for --export (default: "
                              "RUN_DIR/model.safetensors, or the .pt file's name with .safetensors; a folder "
                              "with --format hf)")
+    experiment = parser.add_argument_group("experiments (--experiment ablations)")
+    experiment.add_argument("--variants", nargs="+", metavar="NAME", default=None,
+                            help=f"which variants, in the table's order: {', '.join(VARIANTS)} (default: all)")
+    experiment.add_argument("--seeds", type=int, metavar="N", default=1,
+                            help="train every variant with N seeds (--seed, --seed + 1, ...); the table compares "
+                                 "differences with their spread (default: 1)")
     web = parser.add_argument_group("playground (--serve)")
     web.add_argument("--host", default="127.0.0.1",
                      help="address to listen on; 0.0.0.0 opens the page to the network, without a password "

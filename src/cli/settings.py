@@ -44,6 +44,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 #   model or of the data not listed as applied below (a new switch is locked until someone decides).
 LOCKED_ON_RESUME = (
     "block_size", "n_layer", "n_head", "n_embd", "bias", "pos_encoding",
+    "causal", "residual", "norm", "norm_position", "mlp", "tie_weights",
     "batch_size", "grad_accum", "seed",
     "books", "input", "unwrap", "val_fraction", "holdout_books", "tokenizer", "max_vocab_size",
 )

@@ -173,6 +173,7 @@ class MultiHeadAttention(nn.Module):
         self.n_head = config.n_head
         self.attention = config.attention  # "manual" or "sdpa"
         self.dropout_p = config.dropout
+        self.causal = config.causal  # False only in an experiment: every position then sees the future too
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # fused q, k, v
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)  # output projection
         self.resid_dropout = nn.Dropout(config.dropout)
@@ -201,9 +202,9 @@ class MultiHeadAttention(nn.Module):
         # 3.-6. Attention proper, steps 1-5 of scaled_dot_product_attention: 3. scores, 4. causal mask,
         # 5. softmax (then dropout on the weights), 6. weighted sum of the values.
         if self.attention == "manual":
-            context, _ = scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, causal_mask=mask)
+            context, _ = scaled_dot_product_attention(q, k, v, self.causal, dropout_p, causal_mask=mask)
         elif past == 0:
-            context = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+            context = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=self.causal)
         else:
             # is_causal=True would align the triangle top-left (query 0 sees key 0 only), wrong with
             # a cache; pass our offset mask instead. A single new token may see everything.
@@ -218,5 +219,5 @@ class MultiHeadAttention(nn.Module):
         """The attention distribution of each head, (B, T, C) -> (B, nh, T, T), via the manual path."""
         T = x.size(1)
         q, k, v = self.project_qkv(x)
-        _, weights = scaled_dot_product_attention(q, k, v, causal_mask=self.causal_mask[:T, :T])
+        _, weights = scaled_dot_product_attention(q, k, v, self.causal, causal_mask=self.causal_mask[:T, :T])
         return weights

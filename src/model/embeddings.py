@@ -13,6 +13,9 @@ easy to use from the first layer on. Two kinds are offered:
   sines and cosines with wavelengths from 2*pi to 10000*2*pi, so nearby positions get similar
   vectors and no parameters are needed.
 
+Or none at all (`pos_encoding="none"`, an experiment): then only the causal mask carries order, as
+described above; `--experiment ablations` measures what that costs.
+
 Both tables have exactly `block_size` rows, so a longer sequence cannot be embedded: that raises a
 ValueError naming both numbers. Omitted on purpose: relative / rotary position encodings (RoPE).
 
@@ -66,9 +69,10 @@ class Embeddings(nn.Module):
         super().__init__()
         self.block_size = config.block_size
         self.token_embedding = nn.Embedding(config.vocab_size, config.n_embd)
+        self.position_embedding: nn.Module | None = None  # "none": token vectors only
         if config.pos_encoding == "learned":
-            self.position_embedding: nn.Module = nn.Embedding(config.block_size, config.n_embd)
-        else:
+            self.position_embedding = nn.Embedding(config.block_size, config.n_embd)
+        elif config.pos_encoding == "sinusoidal":
             self.position_embedding = SinusoidalPositionEmbedding(config.block_size, config.n_embd)
         self.dropout = nn.Dropout(config.dropout)
 
@@ -80,7 +84,7 @@ class Embeddings(nn.Module):
             start_pos: position of idx[:, 0] in the sequence; > 0 when earlier tokens are already
                 held in a KV cache and only the new ones are fed in.
         Returns:
-            (B, T, C) token vector + position vector (after dropout).
+            (B, T, C) token vector + position vector (after dropout; no position vector with "none").
         """
         B, T = idx.shape
         end = start_pos + T
@@ -91,6 +95,7 @@ class Embeddings(nn.Module):
                 f"feed at most the last {self.block_size} tokens or train with a larger --block-size"
             )
         positions = torch.arange(start_pos, end, device=idx.device)  # (T,)
-        token_vectors = self.token_embedding(idx)  # (B, T) -> (B, T, C)
-        position_vectors = self.position_embedding(positions)  # (T,) -> (T, C), broadcast over B
-        return self.dropout(token_vectors + position_vectors)  # (B, T, C) + (T, C) -> (B, T, C)
+        x = self.token_embedding(idx)  # (B, T) -> (B, T, C)
+        if self.position_embedding is not None:
+            x = x + self.position_embedding(positions)  # (B, T, C) + (T, C) -> (B, T, C), broadcast over B
+        return self.dropout(x)

@@ -25,6 +25,12 @@ follows the weights' dtype; sampling still runs in fp32); fp32 stays the default
 cached and uncached paths agree on token for token. Omitted on purpose:
 gradient checkpointing, torch.compile inside the model, mixture-of-experts and other variants.
 
+Switches for experiments (`ModelConfig`, default GPT-2): `tie_weights` (off: a separate V x C LM
+head), `norm_position='post'` (no final LayerNorm: each block already ends normalised) and
+`causal=False` (no KV cache: without the mask, earlier positions' keys and values change with every
+new token, so generation recomputes the window at each step). The others live in embeddings.py,
+attention.py and transformer_block.py.
+
 Shapes: B batch, T time, C = n_embd, V = vocab_size (legend in attention.py).
 """
 
@@ -41,7 +47,7 @@ from src.config import ModelConfig
 from src.model.attention import KVCache
 from src.model.embeddings import Embeddings
 from src.model.sampling import check_generate_args, sample_next_token
-from src.model.transformer_block import TransformerBlock
+from src.model.transformer_block import TransformerBlock, make_norm
 
 
 class MiniTransformer(nn.Module):
@@ -52,14 +58,16 @@ class MiniTransformer(nn.Module):
         self.config = config
         self.embeddings = Embeddings(config)
         self.blocks = nn.ModuleList(TransformerBlock(config) for _ in range(config.n_layer))
-        self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_f = make_norm(config) if config.norm_position == "pre" else nn.Identity()
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.lm_head.weight = self.embeddings.token_embedding.weight  # weight tying: one shared tensor
+        if config.tie_weights:
+            self.lm_head.weight = self.embeddings.token_embedding.weight  # weight tying: one shared tensor
         self.apply(self._init_weights)
         residual_std = 0.02 / math.sqrt(2 * config.n_layer)
         for block in self.blocks:
             nn.init.normal_(block.attn.c_proj.weight, mean=0.0, std=residual_std)
-            nn.init.normal_(block.mlp.c_proj.weight, mean=0.0, std=residual_std)
+            if block.mlp is not None:
+                nn.init.normal_(block.mlp.c_proj.weight, mean=0.0, std=residual_std)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -83,6 +91,8 @@ class MiniTransformer(nn.Module):
             raise ValueError(
                 f"kv_cache has {len(kv_cache)} layers, the model {len(self.blocks)}; use model.new_kv_cache()"
             )
+        if kv_cache is not None and not self.config.causal:
+            raise ValueError("a model without causal mask cannot use a KV cache: new tokens change earlier positions")
         start_pos = kv_cache[0].length if kv_cache is not None else 0
         x = self.embeddings(idx, start_pos=start_pos)  # (B, T) -> (B, T, C)
         for i, block in enumerate(self.blocks):
@@ -164,7 +174,7 @@ class MiniTransformer(nn.Module):
         """The generation loop. The arguments were checked once, by generate_stream."""
         block_size = self.config.block_size
         context = idx[:, -block_size:]  # (B, T) the tokens the model sees, at most block_size
-        cache = self.new_kv_cache() if use_cache else None
+        cache = self.new_kv_cache() if use_cache and self.config.causal else None  # no mask: nothing stays valid
         fresh = context  # tokens not yet in the cache: the whole prompt at first, then one per step
         for _ in range(max_new_tokens):
             if cache is not None and cache[0].length + fresh.size(1) > block_size:
@@ -201,7 +211,7 @@ class MiniTransformer(nn.Module):
             x = self.embeddings(idx)  # (B, T) -> (B, T, C)
             maps = []
             for block in self.blocks:
-                maps.append(block.attn.attention_weights(block.ln_1(x)))  # (B, nh, T, T)
+                maps.append(block.attn.attention_weights(block.attention_input(x)))  # (B, nh, T, T)
                 x = block(x)
             return torch.stack(maps)  # n_layer x (B, nh, T, T) -> (n_layer, B, nh, T, T)
         finally:
@@ -237,5 +247,6 @@ class MiniTransformer(nn.Module):
         Example: the default config (6 layers, C=384, T=256) with V=121 -> 71,241,984 per token.
         """
         cfg = self.config
-        n_matmul = self.num_parameters(exclude_embeddings=True) + cfg.vocab_size * cfg.n_embd
+        tied_head = cfg.vocab_size * cfg.n_embd if cfg.tie_weights else 0  # untied: already in num_parameters
+        n_matmul = self.num_parameters(exclude_embeddings=True) + tied_head
         return 6 * n_matmul + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
