@@ -55,6 +55,10 @@ CASES: dict[str, list[str]] = {
     "num_samples": ["--num-samples", "2"], "check_memorization": ["--check-memorization"],
     "out": ["--out", "pictures"], "host": ["--host", "0.0.0.0"], "port": ["--port", "7861"],
     "format": ["--format", "hf"],
+    # the ablation switches (locked: they change the model) and the experiment's own flags
+    "causal": ["--no-causal"], "residual": ["--no-residual"], "norm": ["--norm", "rmsnorm"],
+    "norm_position": ["--norm-position", "post"], "mlp": ["--no-mlp"], "tie_weights": ["--no-tie-weights"],
+    "experiment": ["--experiment", "ablations"], "variants": ["--variants", "no_mask"], "seeds": ["--seeds", "2"],
 }
 # Flags that need no case of their own: --help exits first; --resume and --data-dir are in every command;
 # --name picks another folder for the same data (the data-change check covers it, tests/test_reliability.py).

@@ -36,8 +36,8 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("rmsnorm", {"norm": "rmsnorm"}, "LayerNorm (dafür RMSNorm)", "RMSNorm statt LayerNorm"),
     Variant("post_norm", {"norm_position": "post"}, "Pre-LN (dafür Post-LN)",
             "Normalisieren nach der Addition (Post-LN, Vaswani 2017)"),
-    Variant("one_head", {"n_head": 1}, "mehrere Köpfe (ein Kopf, gleiche Breite)", "Ein einziger breiter Kopf"),
+    Variant("one_head", {"n_head": 1}, "mehrere Heads (ein Head, gleiche Breite)", "Ein einziger breiter Head"),
     Variant("no_mlp", {"mlp": False}, "MLP in jedem Block", "Nur Attention, kein MLP"),
-    Variant("untied", {"tie_weights": False}, "Weight Tying (eigener LM-Kopf)",
-            "Ein eigener LM-Kopf statt der geteilten Embedding-Matrix"),
+    Variant("untied", {"tie_weights": False}, "Weight Tying (eigener LM-Head)",
+            "Ein eigener LM-Head statt der geteilten Embedding-Matrix"),
 )}
