@@ -31,7 +31,7 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("no_mask", {"causal": False}, "kausale Maske",
             "Ohne Maske sieht jede Position die Zukunft und schreibt das nächste Zeichen einfach ab"),
     Variant("no_residual", {"residual": False}, "Residualverbindungen",
-            "Ohne Residualpfad muss jede Schicht den ganzen Strom neu erzeugen"),
+            "Ohne Residualpfad muss jeder Layer den ganzen Strom neu erzeugen"),
     Variant("no_layernorm", {"norm": "none"}, "LayerNorm (alle)", "Ohne Normalisierung"),
     Variant("rmsnorm", {"norm": "rmsnorm"}, "LayerNorm (dafür RMSNorm)", "RMSNorm statt LayerNorm"),
     Variant("post_norm", {"norm_position": "post"}, "Pre-LN (dafür Post-LN)",
