@@ -265,17 +265,24 @@ def _read_with_progress(response, label: str, show_progress: bool) -> bytes:
 # Cleaning
 
 
+def check_not_utf16_or_binary(data: bytes, source: str, offset: int = 0) -> None:
+    """DataError for UTF-16 text (only looked for at the start of the file, `offset` 0) or a NUL byte;
+    `offset` is where `data` starts in the file, so the message names the byte in the file."""
+    if offset == 0:
+        utf16 = utf16_kind(data[:UTF16_PROBE_BYTES])
+        if utf16:
+            raise DataError(f"{source} is {utf16} text, not UTF-8; convert it, e.g. iconv -f {utf16} -t UTF-8 "
+                            f"{source} > {utf8_name(source)}")
+    nul = data.find(b"\x00")
+    if nul >= 0:
+        raise DataError(f"{source} looks like a binary file (NUL byte at offset {offset + nul}); expected UTF-8 text")
+
+
 def decode_text(data: bytes, source: str) -> str:
     """Bytes -> normalised text: `decode_text(b'\\xef\\xbb\\xbfa\\r\\nb', 'x')` -> 'a\\nb'."""
     if not data.strip():
         raise DataError(f"{source} is empty")
-    utf16 = utf16_kind(data[:UTF16_PROBE_BYTES])
-    if utf16:
-        raise DataError(f"{source} is {utf16} text, not UTF-8; convert it, e.g. iconv -f {utf16} -t UTF-8 "
-                        f"{source} > {utf8_name(source)}")
-    nul = data.find(b"\x00")
-    if nul >= 0:
-        raise DataError(f"{source} looks like a binary file (NUL byte at offset {nul}); expected UTF-8 text")
+    check_not_utf16_or_binary(data, source)
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
@@ -412,14 +419,7 @@ def decode_block(data: bytes, offset: int, source: str) -> str:
     `offset` is where the block starts in the file: errors name the byte offset in the file, and only
     the block at offset 0 may start with a byte-order mark (or be UTF-16).
     """
-    if offset == 0:
-        utf16 = utf16_kind(data[:UTF16_PROBE_BYTES])
-        if utf16:
-            raise DataError(f"{source} is {utf16} text, not UTF-8; convert it, e.g. iconv -f {utf16} -t UTF-8 "
-                            f"{source} > {utf8_name(source)}")
-    nul = data.find(b"\x00")
-    if nul >= 0:
-        raise DataError(f"{source} looks like a binary file (NUL byte at offset {offset + nul}); expected UTF-8 text")
+    check_not_utf16_or_binary(data, source, offset)
     bom = 3 if offset == 0 and data.startswith(codecs.BOM_UTF8) else 0
     try:
         text = data[bom:].decode("utf-8")
