@@ -20,6 +20,9 @@ typed flags: without the causal mask, the model learns to copy the next characte
 That "cheat" appears abruptly, like a phase change, and only after a few hundred steps at a high
 learning rate, a short window and no dropout; a shorter or gentler run would show no cheat at all and
 the table would teach the opposite of the truth.
+
+Why one file of ~490 lines: it is one command read top-down (plan the jobs, train each through
+`run_train`, measure, write the table and the curves); the variant list lives apart in variants.py.
 """
 
 from __future__ import annotations

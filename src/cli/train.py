@@ -4,6 +4,9 @@ Read top-down from `run_train`: settings, data set, model, resume, the run's fil
 Beside it: `src/cli/init_from.py` (--init-from: fine-tuning a trained model) and `src/cli/report.py`
 (the final report). The loop itself is `src/training/train_loop.py`, the bookkeeping
 `src/training/trainer.py`.
+
+Why one file of ~440 lines: `run_train` is one command in the order it happens; the --resume rules
+live in settings.py, fine-tuning in init_from.py and the final report in report.py already.
 """
 
 from __future__ import annotations
