@@ -143,3 +143,18 @@ def tiny_run(tmp_path_factory) -> Path:
                  "--data-dir", str(root / "data"), "--logdir", str(run), "--quiet", "--sample-tokens", "40"])
     assert code == 0
     return run
+
+
+def wait_until_serving(url: str, seconds: float = 60) -> None:
+    """Poll `url` until it answers 200 (a server started in this process), at most `seconds`."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.1)

@@ -38,7 +38,7 @@ from src.playground.core import (
 )
 from src.tokenizer import CharTokenizer
 from src.training.checkpoints import load_model
-from tests.conftest import TINY_RUN_SHAPE
+from tests.conftest import TINY_RUN_SHAPE, wait_until_serving
 
 # Gradio's queue (in the server threads) trips over deprecations of pandas 3; not ours to fix.
 pytestmark = [pytest.mark.filterwarnings("ignore:'future.no_silent_downcasting' is deprecated"),
@@ -392,13 +392,7 @@ def test_serve_prints_the_url_and_stops_cleanly_on_sigterm(tiny_run, capsys):
     url = f"http://127.0.0.1:{port}/"
 
     def stop_when_serving() -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(url, timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+        wait_until_serving(url)
         os.kill(os.getpid(), signal.SIGTERM)
 
     previous = signal.signal(signal.SIGTERM, fallback)

@@ -26,7 +26,7 @@ import torch
 from src.fileio import StructuredFileError, read_json, read_jsonl, read_toml
 from src.main import main
 from src.model.sampling import next_token_probs, sample_next_token, scale_by_temperature
-from tests.conftest import REPO_ROOT, make_story
+from tests.conftest import REPO_ROOT, make_story, wait_until_serving
 from tests.test_cli import TINY, one_error_line
 from tests.test_reliability import ENV, snapshot
 
@@ -323,13 +323,7 @@ def test_the_playground_serves_nothing_from_gradios_shared_temp_folder(tiny_run,
 
     def probe_then_stop() -> None:
         try:
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                try:
-                    if httpx.get(url, timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    time.sleep(0.1)
+            wait_until_serving(url)
             private = Path(os.environ["GRADIO_TEMP_DIR"])
             seen["private"], seen["mode"] = private, stat.S_IMODE(private.stat().st_mode)
             own = private / "own.txt"  # a file in the server's own folder is served: the route works
