@@ -37,7 +37,7 @@ from src.config import DataConfig, ModelConfig, TrainConfig
 from src.dataset import TokenDataset, prepare_dataset
 from src.memorization import VerbatimIndex, format_match, training_texts
 from src.model import MiniTransformer
-from src.tokenizer import load_tokenizer
+from src.tokenizer_json import load_tokenizer
 from src.training.callbacks import SAMPLE_PROMPTS, sample_text
 from src.training.checkpoints import save_checkpoint
 from src.training.evaluation import estimate_loss, validation_sample

@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 from src.config import DEFAULT_BOOKS
-from src.tokenizer import EOT_TOKEN, BPETokenizer, CharTokenizer, tokenizer_from_dict
+from src.tokenizer import EOT_TOKEN, BPETokenizer, CharTokenizer
+from src.tokenizer_json import tokenizer_from_dict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MIRROR = REPO_ROOT.parent / "shared" / "corpus" / "gutenberg"

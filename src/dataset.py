@@ -85,7 +85,8 @@ from src.gutenberg import (
     read_raw,
     sha256_of,
 )
-from src.tokenizer import load_tokenizer, train_tokenizer
+from src.tokenizer import train_tokenizer
+from src.tokenizer_json import load_tokenizer
 
 __all__ = [
     "DataChangedError", "DataError", "PreparedDataset", "TokenDataset", "add_data_arguments", "data_config_from_args",

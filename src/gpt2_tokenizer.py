@@ -10,9 +10,9 @@ GPT-2's vocab.json orders the bytes by their stand-ins ("!" is 0) and puts <|end
 (50256); Hugging Face's trainer puts the special tokens first. A model only knows the ids it was
 trained with, so a tokenizer read from files must hand out the files' ids. `GPT2BPETokenizer`
 does so with one table, vocab_ids[internal id] = file id: it encodes with the unchanged BPE
-machinery and translates at the border (encode: internal -> file id, decode: back). It is defined
-in src/tokenizer.py, so that `load_tokenizer` rebuilds it from a saved JSON without importing this
-file. Files in our own order (written by `save_gpt2_files`) give a plain BPETokenizer.
+machinery and translates at the border (encode: internal -> file id, decode: back). Its JSON (saved
+with a data set or a checkpoint) adds that table, and src/tokenizer_json.py rebuilds it. Files in
+our own order (written by `save_gpt2_files`) give a plain BPETokenizer.
 
 A merges.txt may make one text twice, e.g. "ccc" by "c cc" and by "cc c" (our trainer never did on
 16 books): vocab.json holds one id for it, we two internal ids. Both map to that file id, and the
@@ -32,11 +32,14 @@ the files other people's models come with (src/hf_bridge.py reads and writes the
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import numpy as np
+
 from src.fileio import StructuredFileError, atomic_write_text, parse_json
-from src.tokenizer import MAX_MERGES, EOT_TOKEN, BPETokenizer, GPT2BPETokenizer
+from src.tokenizer import MAX_MERGES, EOT_TOKEN, BPETokenizer
 
 # GPT-2's split pattern (openai/gpt-2, src/encoder.py), the one GPT-2-format files are used with
 # (Hugging Face's ByteLevel pre-tokenizer): no limit on digits, no special case for line breaks.
@@ -57,6 +60,74 @@ def bytes_to_unicode() -> dict[int, str]:
         if b not in stand_in:
             stand_in[b] = chr(256 + len(stand_in) - len(printable))
     return dict(sorted(stand_in.items()))
+
+
+class GPT2BPETokenizer(BPETokenizer):
+    """A BPETokenizer whose ids are those of a GPT-2-format vocab.json (src/gpt2_tokenizer.py explains).
+
+    `vocab_ids[i]` is the file id of internal token i (0-255 bytes, 256 + r merge r, then
+    `<|endoftext|>`); encode returns file ids and decode takes them.
+    """
+
+    def __init__(self, merges: Sequence[Sequence[int]], pattern: str, vocab_ids: Sequence[int]):
+        super().__init__(merges, pattern)
+        n_internal = len(self._token_bytes)
+        if len(vocab_ids) != n_internal:
+            raise ValueError(f"vocab_ids has {len(vocab_ids)} entries, but the merges and special tokens "
+                             f"make {n_internal} tokens")
+        bad = [i for i in vocab_ids if type(i) is not int or not 0 <= i < n_internal]
+        if bad:
+            raise ValueError(f"vocab_ids must be integers in [0, {n_internal}), got {bad[0]!r}")
+        first_of: dict[int, int] = {}  # file id -> the first internal id with it
+        id_of_bytes: dict[bytes, int] = {}
+        for internal, file_id in enumerate(vocab_ids):
+            token = self._token_bytes[internal]
+            if self._token_bytes[first_of.setdefault(file_id, internal)] != token:
+                raise ValueError(f"file id {file_id} stands for two different tokens")
+            if id_of_bytes.setdefault(token, file_id) != file_id:
+                raise ValueError(f"the token {token!r} has two file ids, {id_of_bytes[token]} and {file_id}")
+        if len(first_of) != max(first_of) + 1:
+            missing = min(set(range(max(first_of) + 1)) - set(first_of))
+            raise ValueError(f"file id {missing} belongs to no token: the ids must be 0 .. N-1 without gaps")
+        self.vocab_ids = list(vocab_ids)
+        self._file_ids = np.array(vocab_ids, dtype=np.int64)  # internal id -> file id
+        self._internal_ids = [first_of[f] for f in range(len(first_of))]  # file id -> internal id
+        self._special_ids = {s: vocab_ids[i] for s, i in self._special_ids.items()}
+        # A text made by two merges: the merges continuing from it accept its second internal id too.
+        repeats = defaultdict(list)
+        for internal, file_id in enumerate(vocab_ids):
+            if first_of[file_id] != internal:
+                repeats[first_of[file_id]].append(internal)
+        pairs = sum((1 + len(repeats.get(a, ()))) * (1 + len(repeats.get(b, ()))) for a, b in self.merges) if repeats else 0
+        if pairs > 2 * MAX_MERGES:  # each repeated text multiplies the pairs: bounded before building them
+            raise ValueError(f"the repeated tokens would make {pairs:,} merge pairs, more than the "
+                             f"{2 * MAX_MERGES:,} this code builds; not a real tokenizer")
+        for rank, (a, b) in enumerate(self.merges if repeats else []):
+            for left in (a, *repeats.get(a, ())):
+                for right in (b, *repeats.get(b, ())):
+                    self._merge_ids.setdefault((left, right), 256 + rank)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self._internal_ids)
+
+    def _encode_plain(self, text: str) -> np.ndarray:
+        return self._file_ids[super()._encode_plain(text)]  # internal ids -> file ids
+
+    def _internal(self, ids: Iterable[int]) -> list[int]:
+        return [self._internal_ids[i] for i in self._check_ids(ids)]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return b"".join(self._token_bytes[i] for i in self._internal(ids)).decode("utf-8", errors="replace")
+
+    def id_to_token(self, i: int) -> str:
+        return self._token_bytes[self._internal([i])[0]].decode("utf-8", errors="backslashreplace")
+
+    def token_bytes(self, i: int) -> bytes:
+        return self._token_bytes[self._internal([i])[0]]
+
+    def to_dict(self) -> dict:
+        return {**super().to_dict(), "vocab_ids": list(self.vocab_ids)}
 
 
 def tokenizer_from_gpt2_vocab(

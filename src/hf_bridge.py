@@ -82,7 +82,8 @@ from src.gpt2_tokenizer import (
 from src.model import MiniTransformer
 from src.model.embeddings import sinusoidal_table
 from src.model.weights import safetensors_shapes
-from src.tokenizer import EOT_TOKEN, BPETokenizer, CharTokenizer, load_tokenizer, tokenizer_from_dict
+from src.tokenizer import EOT_TOKEN, BPETokenizer, CharTokenizer
+from src.tokenizer_json import load_tokenizer, tokenizer_from_dict
 
 Tokenizer = CharTokenizer | BPETokenizer
 

@@ -176,7 +176,7 @@ def training_texts(processed_dir: str | Path, split: str = "train") -> dict[str,
     whole split is returned as one document.
     """
     from src.dataset import load_meta, load_tokens
-    from src.tokenizer import load_tokenizer
+    from src.tokenizer_json import load_tokenizer
 
     processed_dir = Path(processed_dir)
     meta_path = processed_dir / "meta.json"

@@ -27,12 +27,10 @@ Special tokens (`<|endoftext|>` separates books; `<unk>` for unknown characters)
 and never produced by merges. The literal text "<|endoftext|>" inside user text is plain text
 unless `encode(..., allowed_special="all")` is requested (as in OpenAI's tiktoken).
 
-Tokenizers are saved as JSON with a "type" and a format "version" - never pickle.
-
-GPT-2-format files (`vocab.json` + `merges.txt`, as OpenAI and Hugging Face ship byte-level BPE)
-are read and written by src/gpt2_tokenizer.py. Such files number their tokens in their own order,
-so a tokenizer read from them hands out the files' ids (`GPT2BPETokenizer`, the last class here,
-which a first reading skips).
+Tokenizers are saved as JSON with a "type" and a format "version" - never pickle; src/tokenizer_json.py
+reads them back (`load_tokenizer`). GPT-2-format files (`vocab.json` + `merges.txt`, as OpenAI and
+Hugging Face ship byte-level BPE) are read and written by src/gpt2_tokenizer.py. The command line
+`python -m src.tokenizer {train,show}` lives in src/cli/tokenizer.py.
 
 Left out on purpose: normalisation (NFC etc.), byte fallback for the char tokenizer, parallel
 training. `id_to_token` shows bytes directly; GPT-2's printable stand-ins for bytes ("Ġ" for a
@@ -45,12 +43,10 @@ the checks (`_TokenizerBase`), and the learner reads the BPE algorithm top-down 
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import heapq
 import json
 import sys
-import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -58,7 +54,7 @@ from pathlib import Path
 import numpy as np
 import regex
 
-from src.fileio import StructuredFileError, atomic_write_text, read_json
+from src.fileio import atomic_write_text
 
 UNK_TOKEN = "<unk>"
 EOT_TOKEN = "<|endoftext|>"
@@ -80,7 +76,6 @@ _CACHE_LIMIT = 1 << 20  # distinct chunks kept by the encode cache before it is 
 # length, so a few MB of crafted merges could otherwise ask for tens of GB (checked before building).
 _MAX_VOCAB_BYTES = 1 << 26
 MAX_MERGES = 1 << 21  # no real tokenizer comes near; keeps a malformed file from exhausting memory
-_MAX_TOKENIZER_FILE = 256 << 20  # bytes of a tokenizer.json read from disk
 # Letters with umlauts and accents, digits, punctuation, spaces, line breaks, tabs, control
 # characters, combining marks, emoji with joiners, CJK: a split pattern must cover all of them.
 _PATTERN_PROBE = "Es war einmal: Mädchen, STRASSE 1234567.89 -- ok?!\n\r\n\t  x \x00\x1b[0m e\u0301 👨\u200d👩 中文\n\n "
@@ -495,94 +490,19 @@ def _learn_merges(chunk_counts: Counter[str], n_merges: int) -> list[tuple[int, 
 
 
 # ---------------------------------------------------------------------------------------------
-# Ids numbered by someone else's files (skip on a first reading)
-#
-# A tokenizer read from GPT-2-format files (src/gpt2_tokenizer.py) must hand out the files' ids, as a
-# model only knows the ids it was trained with. It lives here, not there, because `load_tokenizer`
-# rebuilds every tokenizer it saved - a fine-tuned GPT-2's data set and checkpoints hold one - and
-# this file may not import upward. src/gpt2_tokenizer.py explains the numbering.
-
-
-class GPT2BPETokenizer(BPETokenizer):
-    """A BPETokenizer whose ids are those of a GPT-2-format vocab.json (src/gpt2_tokenizer.py explains).
-
-    `vocab_ids[i]` is the file id of internal token i (0-255 bytes, 256 + r merge r, then
-    `<|endoftext|>`); encode returns file ids and decode takes them.
-    """
-
-    def __init__(self, merges: Sequence[Sequence[int]], pattern: str, vocab_ids: Sequence[int]):
-        super().__init__(merges, pattern)
-        n_internal = len(self._token_bytes)
-        if len(vocab_ids) != n_internal:
-            raise ValueError(f"vocab_ids has {len(vocab_ids)} entries, but the merges and special tokens "
-                             f"make {n_internal} tokens")
-        bad = [i for i in vocab_ids if type(i) is not int or not 0 <= i < n_internal]
-        if bad:
-            raise ValueError(f"vocab_ids must be integers in [0, {n_internal}), got {bad[0]!r}")
-        first_of: dict[int, int] = {}  # file id -> the first internal id with it
-        id_of_bytes: dict[bytes, int] = {}
-        for internal, file_id in enumerate(vocab_ids):
-            token = self._token_bytes[internal]
-            if self._token_bytes[first_of.setdefault(file_id, internal)] != token:
-                raise ValueError(f"file id {file_id} stands for two different tokens")
-            if id_of_bytes.setdefault(token, file_id) != file_id:
-                raise ValueError(f"the token {token!r} has two file ids, {id_of_bytes[token]} and {file_id}")
-        if len(first_of) != max(first_of) + 1:
-            missing = min(set(range(max(first_of) + 1)) - set(first_of))
-            raise ValueError(f"file id {missing} belongs to no token: the ids must be 0 .. N-1 without gaps")
-        self.vocab_ids = list(vocab_ids)
-        self._file_ids = np.array(vocab_ids, dtype=np.int64)  # internal id -> file id
-        self._internal_ids = [first_of[f] for f in range(len(first_of))]  # file id -> internal id
-        self._special_ids = {s: vocab_ids[i] for s, i in self._special_ids.items()}
-        # A text made by two merges: the merges continuing from it accept its second internal id too.
-        repeats = defaultdict(list)
-        for internal, file_id in enumerate(vocab_ids):
-            if first_of[file_id] != internal:
-                repeats[first_of[file_id]].append(internal)
-        pairs = sum((1 + len(repeats.get(a, ()))) * (1 + len(repeats.get(b, ()))) for a, b in self.merges) if repeats else 0
-        if pairs > 2 * MAX_MERGES:  # each repeated text multiplies the pairs: bounded before building them
-            raise ValueError(f"the repeated tokens would make {pairs:,} merge pairs, more than the "
-                             f"{2 * MAX_MERGES:,} this code builds; not a real tokenizer")
-        for rank, (a, b) in enumerate(self.merges if repeats else []):
-            for left in (a, *repeats.get(a, ())):
-                for right in (b, *repeats.get(b, ())):
-                    self._merge_ids.setdefault((left, right), 256 + rank)
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self._internal_ids)
-
-    def _encode_plain(self, text: str) -> np.ndarray:
-        return self._file_ids[super()._encode_plain(text)]  # internal ids -> file ids
-
-    def _internal(self, ids: Iterable[int]) -> list[int]:
-        return [self._internal_ids[i] for i in self._check_ids(ids)]
-
-    def decode(self, ids: Iterable[int]) -> str:
-        return b"".join(self._token_bytes[i] for i in self._internal(ids)).decode("utf-8", errors="replace")
-
-    def id_to_token(self, i: int) -> str:
-        return self._token_bytes[self._internal([i])[0]].decode("utf-8", errors="backslashreplace")
-
-    def token_bytes(self, i: int) -> bytes:
-        return self._token_bytes[self._internal([i])[0]]
-
-    def to_dict(self) -> dict:
-        return {**super().to_dict(), "vocab_ids": list(self.vocab_ids)}
-
-
-# ---------------------------------------------------------------------------------------------
-# Module functions: training by name, JSON loading
+# Training by name. Reading a saved tokenizer.json back: src/tokenizer_json.py (it knows every kind,
+# also the tokenizer read from GPT-2 files in src/gpt2_tokenizer.py).
 
 
 def train_tokenizer(kind: str, texts: str | Sequence[str], max_vocab_size: int) -> CharTokenizer | BPETokenizer:
     """`kind` "char" or "bpe" -> a tokenizer trained on `texts` with at most `max_vocab_size` ids."""
-    cls = _tokenizer_class(kind)
+    cls = tokenizer_class(kind)
     _check_size("max_vocab_size", max_vocab_size, cls.min_vocab_size, cls.min_vocab_reason)
     return cls.train(texts, max_vocab_size)
 
 
-def _tokenizer_class(kind: object) -> type[CharTokenizer] | type[BPETokenizer]:
+def tokenizer_class(kind: object) -> type[CharTokenizer] | type[BPETokenizer]:
+    """"char" -> CharTokenizer, "bpe" -> BPETokenizer; anything else is a ValueError."""
     if kind == "char":
         return CharTokenizer
     if kind == "bpe":
@@ -590,136 +510,7 @@ def _tokenizer_class(kind: object) -> type[CharTokenizer] | type[BPETokenizer]:
     raise ValueError(f"unknown tokenizer kind {kind!r}: use 'char' or 'bpe'")
 
 
-def tokenizer_from_dict(data: dict) -> CharTokenizer | BPETokenizer:
-    """The inverse of `to_dict()`; raises ValueError naming what is wrong."""
-    if not isinstance(data, dict):
-        raise ValueError(f"expected a JSON object, got {type(data).__name__}")
-    kind, version = data.get("type"), data.get("version")
-    if kind not in ("char", "bpe"):
-        raise ValueError(f"unknown tokenizer type {kind!r}: expected 'char' or 'bpe'")
-    if type(version) is not int or version != FORMAT_VERSION:
-        raise ValueError(f"unsupported format version {version!r}: this code reads version {FORMAT_VERSION}")
-    cls = _tokenizer_class(kind)
-    if data.get("special_tokens") != list(cls.special_tokens):
-        raise ValueError(f"special_tokens must be {list(cls.special_tokens)}, got {data.get('special_tokens')!r}")
-    try:
-        if cls is CharTokenizer:
-            return CharTokenizer(_require_list(data, "chars"))
-        merges = _require_list(data, "merges")
-        if len(merges) > MAX_MERGES:
-            raise ValueError(f"{len(merges):,} merges is more than the {MAX_MERGES:,} this code reads")
-        if not all(isinstance(m, list) and len(m) == 2 and all(type(x) is int for x in m) for m in merges):
-            raise ValueError("every merge must be a pair of integer ids like [101, 32]")
-        pattern = data.get("pattern", SPLIT_PATTERN)
-        if not isinstance(pattern, str):
-            raise ValueError(f"field 'pattern' must be a string, got {type(pattern).__name__}")
-        if "vocab_ids" not in data:
-            return BPETokenizer(merges, pattern=pattern)
-        return GPT2BPETokenizer(merges, pattern, _require_list(data, "vocab_ids"))  # read from GPT-2 files
-    except regex.error as err:
-        raise ValueError(f"invalid split pattern: {err}") from None
+if __name__ == "__main__":  # python -m src.tokenizer {train,show}: the command line lives in the shell
+    from src.cli.tokenizer import main
 
-
-def _require_list(data: dict, key: str) -> list:
-    value = data.get(key)
-    if not isinstance(value, list):
-        raise ValueError(f"field {key!r} must be a list, got {type(value).__name__}")
-    return value
-
-
-def load_tokenizer(path: str | Path) -> CharTokenizer | BPETokenizer:
-    """Read a tokenizer saved with `save()`; dispatches on its "type"."""
-    path = Path(path)
-    if not path.exists():
-        raise ValueError(f"tokenizer file {path} does not exist")
-    try:  # size and nesting caps: a tokenizer.json is data someone else may have written
-        data = read_json(path, max_bytes=_MAX_TOKENIZER_FILE)
-    except StructuredFileError as err:
-        raise ValueError(str(err)) from None
-    try:
-        return tokenizer_from_dict(data)
-    except ValueError as err:
-        raise ValueError(f"tokenizer file {path}: {err}") from None
-
-
-# ---------------------------------------------------------------------------------------------
-# Teaching CLI: python -m src.tokenizer {train,show}
-
-
-def _display(token: str) -> str:
-    """Make whitespace control characters visible: "\\n" -> "\\\\n"."""
-    return token.encode("unicode_escape").decode("ascii") if not token.isprintable() else token
-
-
-def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m src.tokenizer", description="Train a tokenizer or look at what it does.")
-    parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
-    commands = parser.add_subparsers(dest="command", required=True)
-    train = commands.add_parser("train", help="train a tokenizer on text files (each file is one document)")
-    train.add_argument("--input", nargs="+", required=True, type=Path, metavar="FILE", help="UTF-8 text files")
-    train.add_argument("--tokenizer", choices=("char", "bpe"), default="bpe", help="tokenizer kind (default: bpe)")
-    train.add_argument("--max-vocab-size", type=int, default=1024, help="vocabulary size incl. special tokens")
-    train.add_argument("--out", type=Path, required=True, help="where to write the tokenizer JSON")
-    show = commands.add_parser("show", help="show the tokens of a text, separated by |, with their ids")
-    show.add_argument("--tokenizer", type=Path, required=True, metavar="JSON", help="a saved tokenizer")
-    show.add_argument("--allow-special", action="store_true", help="treat '<|endoftext|>' in TEXT as the special token")
-    show.add_argument("text", help="the text to tokenize")
-    return parser
-
-
-def _run_train(args: argparse.Namespace) -> None:
-    cls = _tokenizer_class(args.tokenizer)
-    _check_size("--max-vocab-size", args.max_vocab_size, cls.min_vocab_size,
-                f"--tokenizer {args.tokenizer}: {cls.min_vocab_reason}")
-    if not args.out.parent.is_dir():
-        raise ValueError(f"the folder of --out {args.out} does not exist; create it first")
-    texts = []
-    for path in args.input:
-        if not path.is_file():
-            raise ValueError(f"input file {path} does not exist or is not a file")
-        try:
-            texts.append(path.read_text(encoding="utf-8-sig"))
-        except UnicodeDecodeError as err:
-            raise ValueError(f"input file {path} is not UTF-8 text: {err.reason} at byte {err.start}") from None
-    start = time.perf_counter()
-    tok = train_tokenizer(args.tokenizer, texts, args.max_vocab_size)
-    seconds = time.perf_counter() - start
-    tok.save(args.out)
-    n_chars = sum(len(t) for t in texts)
-    n_tokens = sum(len(tok.encode_to_array(t)) for t in texts)
-    print(f"trained a {tok.kind} tokenizer with {tok.vocab_size} tokens on {n_chars:,} characters "
-          f"in {seconds:.2f} s -> {args.out}")
-    if tok.vocab_size < args.max_vocab_size:
-        why = "distinct characters" if tok.kind == "char" else "pairs occurring at least twice"
-        print(f"(fewer than --max-vocab-size {args.max_vocab_size}: the text has no more {why})")
-    print(f"the training text is {n_tokens:,} tokens ({n_chars / max(n_tokens, 1):.2f} characters per token)")
-    if isinstance(tok, BPETokenizer) and tok.merges:
-        last = [_display(tok.id_to_token(256 + r)) for r in range(max(0, len(tok.merges) - 8), len(tok.merges))]
-        print("last merges learned: " + " | ".join(last))
-
-
-def _run_show(args: argparse.Namespace) -> None:
-    tok = load_tokenizer(args.tokenizer)
-    ids = tok.encode(args.text, allowed_special="all" if args.allow_special else "none")
-    tokens = [_display(tok.id_to_token(i)) for i in ids]
-    widths = [max(len(t), len(str(i))) for t, i in zip(tokens, ids)]
-    print("|".join(t.ljust(w) for t, w in zip(tokens, widths)))
-    print("|".join(str(i).ljust(w) for i, w in zip(ids, widths)))
-    print(f"{len(ids)} tokens for {len(args.text)} characters")
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of `python -m src.tokenizer`; returns the exit code."""
-    args = _build_parser().parse_args(argv)
-    try:
-        _run_train(args) if args.command == "train" else _run_show(args)
-    except (ValueError, OSError) as err:
-        if args.debug:
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
     sys.exit(main())

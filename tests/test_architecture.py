@@ -28,25 +28,27 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "src.model": ("src.config", "src.model"),
     "src.tokenizer": ("src.fileio",),
     "src.gpt2_tokenizer": ("src.fileio", "src.tokenizer"),
+    "src.tokenizer_json": ("src.fileio", "src.tokenizer", "src.gpt2_tokenizer"),
     "src.gutenberg": ("src.config", "src.fileio"),
-    "src.dataset": ("src.config", "src.fileio", "src.gutenberg", "src.tokenizer"),
+    "src.dataset": ("src.config", "src.fileio", "src.gutenberg", "src.tokenizer", "src.tokenizer_json"),
     "src.training.utils": ("src.config",),
     "src.training.train_loop": ("src.config", "src.training.utils"),
-    "src.training": ("src.config", "src.errors", "src.fileio", "src.model", "src.tokenizer", "src.dataset", "src.training",
-                     "src.hf_bridge"),
+    "src.training": ("src.config", "src.errors", "src.fileio", "src.model", "src.tokenizer", "src.tokenizer_json",
+                     "src.dataset", "src.training", "src.hf_bridge"),
     # GPT-2 files <-> our model: a converter below the checkpoints, which use it to read a Hugging Face folder
-    "src.hf_bridge": ("src.config", "src.errors", "src.fileio", "src.model", "src.tokenizer", "src.gpt2_tokenizer"),
-    "src.memorization": ("src.dataset", "src.tokenizer"),
+    "src.hf_bridge": ("src.config", "src.errors", "src.fileio", "src.model", "src.tokenizer", "src.gpt2_tokenizer",
+                      "src.tokenizer_json"),
+    "src.memorization": ("src.dataset", "src.tokenizer", "src.tokenizer_json"),
     "src.analysis": ("src.config", "src.model", "src.tokenizer"),
     "src.visualization": ("src.config", "src.fileio", "src.model", "src.analysis"),
 }
 
 # Outside the product shell, only these modules may parse arguments or print (docs/ARCHITECTURE.md):
-# the seed's own entry points `python -m src.dataset` / `python -m src.tokenizer` (dataset.py also
-# lends its data flags to the main parser and says on stderr when it waits for another builder), and
-# the callbacks that the command line installs into a run.
-MAY_PRINT_OUTSIDE_SHELL = {"src.dataset", "src.tokenizer", "src.training.callbacks"}
-MAY_PARSE_ARGUMENTS_OUTSIDE_SHELL = {"src.dataset", "src.tokenizer"}
+# the seed's own entry point `python -m src.dataset` (dataset.py also lends its data flags to the main
+# parser and says on stderr when it waits for another builder), and the callbacks that the command
+# line installs into a run. `python -m src.tokenizer` hands over to src/cli/tokenizer.py (a script block).
+MAY_PRINT_OUTSIDE_SHELL = {"src.dataset", "src.training.callbacks"}
+MAY_PARSE_ARGUMENTS_OUTSIDE_SHELL = {"src.dataset"}
 
 
 def module_name(path: Path, root: Path = ROOT) -> str:
@@ -72,14 +74,33 @@ def _absolute(node: ast.ImportFrom, module: str, modules: dict[str, Path]) -> st
     return ".".join(base + ([node.module] if node.module else []))
 
 
-def explicit_imports(path: Path, module: str, modules: dict[str, Path]) -> list[tuple[int, str]]:
-    """(line, module) of every import of a src module in the file, at any depth.
+def _is_script_block(node: ast.stmt) -> bool:
+    """`if __name__ == "__main__":` - runs only when the file is run as a script, never on import."""
+    test = getattr(node, "test", None)
+    return (isinstance(node, ast.If) and isinstance(test, ast.Compare) and isinstance(test.left, ast.Name)
+            and test.left.id == "__name__" and len(test.comparators) == 1
+            and isinstance(test.comparators[0], ast.Constant) and test.comparators[0].value == "__main__")
+
+
+def split_script_blocks(tree: ast.Module) -> tuple[ast.Module, ast.Module]:
+    """(the module as imported, its module-level script blocks). A script block that imports the shell
+    (`python -m src.tokenizer` -> src/cli/tokenizer.py) is an entry point, not an edge of the import
+    graph: when it runs, this file is `__main__`, and the shell imports a fresh `src.tokenizer`."""
+    imported = [node for node in tree.body if not _is_script_block(node)]
+    scripts = [node for node in tree.body if _is_script_block(node)]
+    return ast.Module(body=imported, type_ignores=[]), ast.Module(body=scripts, type_ignores=[])
+
+
+def explicit_imports(path: Path, module: str, modules: dict[str, Path], script: bool = False) -> list[tuple[int, str]]:
+    """(line, module) of every import of a src module in the file, at any depth, leaving out its
+    script blocks (or only those, with `script=True`).
 
     `from src.training import distributed` names the module `src.training.distributed` when such a
     module exists (it is a submodule imported via its package), else the package `src.training`.
     """
     found = []
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    tree = split_script_blocks(ast.parse(path.read_text(encoding="utf-8")))[1 if script else 0]
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             found += [(node.lineno, alias.name) for alias in node.names if alias.name.split(".")[0] == "src"]
         elif isinstance(node, ast.ImportFrom):
@@ -182,6 +203,16 @@ def test_every_import_keeps_its_layer(module: str):
     rule = rule_for(module)
     broken = broken_imports(module, GRAPH)
     assert not broken, f"layer rule for {rule[0]} (may import only {rule[1] or 'nothing from src'}): {broken}"
+
+
+def test_script_blocks_only_hand_over_to_the_shell():
+    """A module's `if __name__ == "__main__":` may import only the product shell (src.cli); anything else
+    would be a real dependency hidden from the layer check."""
+    found = {module: explicit_imports(path, module, MODULES, script=True) for module, path in MODULES.items()}
+    wrong = [f"{m} line {line} imports {t}" for m, imports in found.items() for line, t in imports
+             if not t.startswith("src.cli")]
+    assert not wrong, wrong
+    assert found["src.tokenizer"] == [(found["src.tokenizer"][0][0], "src.cli.tokenizer")], found["src.tokenizer"]
 
 
 def test_no_import_cycles_between_modules():
@@ -308,3 +339,18 @@ def test_the_cycle_test_finds_a_cycle_through_a_package(tmp_path):
         "src/training/distributed.py": "import os\n",
     })
     assert find_cycle(import_graph(acyclic)) is None
+
+
+def test_a_script_block_is_an_entry_point_not_an_edge(tmp_path):
+    """An import under `if __name__ == "__main__":` leaves the import graph, but the script check sees it."""
+    modules = _make_tree(tmp_path, {
+        "src/cli/__init__.py": "",
+        "src/cli/tok.py": "from src.tok import x\n",
+        "src/training.py": "",
+        "src/tok.py": "x = 1\nif __name__ == '__main__':\n    from src.cli.tok import main\n    from src.training import y\n",
+    })
+    assert import_graph(modules)["src.tok"] == {}
+    assert find_cycle(import_graph(modules)) is None
+    path = modules["src.tok"]
+    assert explicit_imports(path, "src.tok", modules, script=True) == [(3, "src.cli.tok"), (4, "src.training")]
+

@@ -28,7 +28,8 @@ from src.dataset import (
     text_pieces,
 )
 from src.gutenberg import clean_book, decode_text, parse_header, strip_gutenberg, unwrap_paragraphs
-from src.tokenizer import EOT_TOKEN, load_tokenizer, train_tokenizer
+from src.tokenizer import EOT_TOKEN, train_tokenizer
+from src.tokenizer_json import load_tokenizer
 from tests.conftest import gutenberg_file, make_story, wrap_paragraphs, write_gutenberg_mirror
 
 STORIES = {1: make_story(30, seed=1), 2: make_story(30, seed=2), 3: make_story(30, seed=3)}

@@ -21,7 +21,7 @@ import pytest
 
 from src import gutenberg
 from src.dataset import main
-from src.tokenizer import load_tokenizer
+from src.tokenizer_json import load_tokenizer
 from tests.conftest import make_story, wrap_paragraphs, write_gutenberg_mirror
 
 

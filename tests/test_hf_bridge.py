@@ -30,6 +30,7 @@ from src.hf_bridge import (
 )
 from src.model import MiniTransformer
 from src.gpt2_tokenizer import (
+    GPT2BPETokenizer,
     GPT2_SPLIT_PATTERN,
     bytes_to_unicode,
     gpt2_file_texts,
@@ -42,9 +43,8 @@ from src.tokenizer import (
     SPLIT_PATTERN,
     BPETokenizer,
     CharTokenizer,
-    GPT2BPETokenizer,
-    tokenizer_from_dict,
 )
+from src.tokenizer_json import tokenizer_from_dict
 from src.training.checkpoints import CheckpointError, find_checkpoint, load_model
 from tests.conftest import make_story
 

@@ -245,7 +245,7 @@ def test_chained_merges_fail_fast_with_one_line_from_a_file_a_checkpoint_and_a_s
                         "tied_weights": json.dumps(tied)})
     script = ("import sys\n"
               "from src.main import main\n"
-              "from src.tokenizer import load_tokenizer\n"
+              "from src.tokenizer_json import load_tokenizer\n"
               "codes = [main(['--generate', '--checkpoint', path]) for path in sys.argv[1:3]]\n"
               "try:\n"
               "    load_tokenizer(sys.argv[3])\n"

@@ -207,7 +207,7 @@ def test_a_fifo_a_device_a_link_loop_or_utf16_is_named_for_what_it_is(tmp_path, 
 def test_a_streamed_text_gives_the_same_ids_as_one_read_whole(tmp_path, monkeypatch):
     """Block by block (here 4 kB blocks) the cleaning - markers, credits, CRLF, unwrapping - is exact."""
     from src.config import DataConfig
-    from src.tokenizer import load_tokenizer
+    from src.tokenizer_json import load_tokenizer
     from tests.conftest import END_MARKER, START_MARKER, wrap_paragraphs
 
     book = tmp_path / "book.txt"
@@ -258,7 +258,7 @@ def test_a_text_of_tens_of_megabytes_is_built_in_bounded_memory(tmp_path):
     folder = next((tmp_path / "data" / "processed").iterdir())
     meta = load_meta(folder)
     assert meta["splits"]["train"]["characters"] + meta["splits"]["val"]["characters"] == size  # nothing lost
-    from src.tokenizer import load_tokenizer
+    from src.tokenizer_json import load_tokenizer
 
     head = np.fromfile(folder / "train.bin", dtype=np.uint16, count=2000).tolist()
     tokenizer = load_tokenizer(folder / "tokenizer.json")

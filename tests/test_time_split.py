@@ -38,7 +38,7 @@ def test_time_split_line_states_the_share_of_evaluations():
 
 def _tiny_run(tmp_path, hook, max_steps=6, eval_interval=2):
     from src.dataset import TokenDataset, prepare_dataset
-    from src.tokenizer import load_tokenizer
+    from src.tokenizer_json import load_tokenizer
     from src.training.trainer import run_training
 
     text_file = tmp_path / "story.txt"

@@ -22,11 +22,10 @@ from src.tokenizer import (
     UNK_TOKEN,
     BPETokenizer,
     CharTokenizer,
-    load_tokenizer,
-    main,
-    tokenizer_from_dict,
     train_tokenizer,
 )
+from src.cli.tokenizer import main
+from src.tokenizer_json import load_tokenizer, tokenizer_from_dict
 from tests.conftest import REPO_ROOT, make_story
 
 GERMAN = (

@@ -127,7 +127,7 @@ def run_find_batch_size(args: argparse.Namespace, flags: dict[str, str]) -> int:
     from src.config import ModelConfig
     from src.dataset import prepare_dataset
     from src.model import MiniTransformer
-    from src.tokenizer import load_tokenizer
+    from src.tokenizer_json import load_tokenizer
     from src.training.train_loop import LRSchedule, build_optimizer, train
     from src.training.utils import (
         dtype_reason,

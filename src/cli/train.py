@@ -85,7 +85,7 @@ def _train(args: argparse.Namespace, flags: dict[str, str], callbacks: Sequence[
     from src.dataset import DataChangedError, TokenDataset, data_fingerprint, prepare_dataset
     from src.memorization import memorization_note
     from src.model import MiniTransformer
-    from src.tokenizer import load_tokenizer
+    from src.tokenizer_json import load_tokenizer
     from src.training import distributed
     from src.training.callbacks import CheckpointSaver, ProgressBar, RunLogger, SignalStop
     from src.training.checkpoints import CheckpointError, check_resumable, load_checkpoint

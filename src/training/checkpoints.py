@@ -302,7 +302,7 @@ def model_from_checkpoint(payload: dict[str, Any], path: str | Path, device: str
 
 def tokenizer_from_checkpoint(payload: dict[str, Any], path: str | Path):
     """The tokenizer stored in the checkpoint; its fingerprint must match the recorded one."""
-    from src.tokenizer import tokenizer_from_dict
+    from src.tokenizer_json import tokenizer_from_dict
 
     try:
         tokenizer = tokenizer_from_dict(payload["tokenizer"])
