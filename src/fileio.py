@@ -33,8 +33,8 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, BinaryIO
 
 if sys.version_info >= (3, 11):

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from src.fileio import StructuredFileError, atomic_write_text, parse_json
-from src.tokenizer import MAX_MERGES, EOT_TOKEN, BPETokenizer
+from src.tokenizer import EOT_TOKEN, MAX_MERGES, BPETokenizer
 
 # GPT-2's split pattern (openai/gpt-2, src/encoder.py), the one GPT-2-format files are used with
 # (Hugging Face's ByteLevel pre-tokenizer): no limit on digits, no special case for line breaks.

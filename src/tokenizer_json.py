@@ -18,7 +18,14 @@ import regex
 
 from src.fileio import StructuredFileError, read_json
 from src.gpt2_tokenizer import GPT2BPETokenizer
-from src.tokenizer import FORMAT_VERSION, MAX_MERGES, SPLIT_PATTERN, BPETokenizer, CharTokenizer, tokenizer_class
+from src.tokenizer import (
+    FORMAT_VERSION,
+    MAX_MERGES,
+    SPLIT_PATTERN,
+    BPETokenizer,
+    CharTokenizer,
+    tokenizer_class,
+)
 
 _MAX_TOKENIZER_FILE = 256 << 20  # bytes of a tokenizer.json read from disk
 

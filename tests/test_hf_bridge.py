@@ -16,6 +16,15 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
 from src.config import ModelConfig
+from src.gpt2_tokenizer import (
+    GPT2_SPLIT_PATTERN,
+    GPT2BPETokenizer,
+    bytes_to_unicode,
+    gpt2_file_texts,
+    gpt2_vocab_and_merges,
+    read_gpt2_files,
+    save_gpt2_files,
+)
 from src.hf_bridge import (
     LAYER_NORM_EPS,
     OUR_TOKENIZER_FILE,
@@ -29,15 +38,6 @@ from src.hf_bridge import (
     our_name,
 )
 from src.model import MiniTransformer
-from src.gpt2_tokenizer import (
-    GPT2BPETokenizer,
-    GPT2_SPLIT_PATTERN,
-    bytes_to_unicode,
-    gpt2_file_texts,
-    gpt2_vocab_and_merges,
-    read_gpt2_files,
-    save_gpt2_files,
-)
 from src.tokenizer import (
     EOT_TOKEN,
     SPLIT_PATTERN,

@@ -16,6 +16,7 @@ import regex
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from src.cli.tokenizer import main
 from src.tokenizer import (
     EOT_TOKEN,
     SPLIT_PATTERN,
@@ -24,7 +25,6 @@ from src.tokenizer import (
     CharTokenizer,
     train_tokenizer,
 )
-from src.cli.tokenizer import main
 from src.tokenizer_json import load_tokenizer, tokenizer_from_dict
 from tests.conftest import REPO_ROOT, make_story
 

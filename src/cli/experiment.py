@@ -42,8 +42,8 @@ from pathlib import Path
 from typing import Any
 
 from src.cli.common import EXIT_DIVERGED, EXIT_OK, UsageError
-from src.config import ModelConfig, config_from_dict, config_to_dict
 from src.cli.variants import VARIANTS, Variant
+from src.config import ModelConfig, config_from_dict, config_to_dict
 from src.fileio import atomic_write_text
 
 RESULT_FILE = "ablation.json"  # per run: what the experiment measured on it

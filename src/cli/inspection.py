@@ -12,9 +12,8 @@ from src.config import ModelConfig
 
 
 def run_visualize(args: argparse.Namespace, flags: dict[str, str]) -> int:
-    from src.visualization import write_visualizations
-
     from src.training.run_dir import lock_enclosing_run
+    from src.visualization import write_visualizations
 
     path, _, model, tokenizer, _ = load_for_inference(args, flags)
     run_dir = path.parent.parent if path.parent.name == "checkpoints" else None

@@ -10,8 +10,8 @@ from dataclasses import fields
 from pathlib import Path
 
 from src.cli.common import INSPECT_PROMPT, UsageError
-from src.cli.variants import EXPERIMENTS, VARIANTS
 from src.cli.settings import MODEL_FIELDS, PRESETS, TRAIN_FIELDS
+from src.cli.variants import EXPERIMENTS, VARIANTS
 from src.config import (
     ATTENTION_CHOICES,
     DEVICE_CHOICES,
