@@ -99,6 +99,8 @@ def _run(argv: list[str], debug: bool, callbacks: Sequence[Any]) -> int:
             raise UsageError("--resume: only with --train")
         if args.find_batch_size and mode != "train":
             raise UsageError("--find-batch-size: only with --train")
+        if not args.attention_images and mode not in ("train", "experiment"):
+            raise UsageError("--no-attention-images: only with --train or --experiment (they draw while training)")
         if mode == "train" and args.find_batch_size:  # "will it fit?": trains nothing, writes no run
             from src.cli.find_batch_size import run_find_batch_size
 

@@ -38,6 +38,38 @@ def test_training_logs_attention_of_first_and_last_layer_at_evaluations(trained_
         assert all(image.encoded_image_string.startswith(PNG_MAGIC) for image in images)
 
 
+def test_no_attention_images_draws_none_and_never_imports_matplotlib(tmp_path):
+    """--no-attention-images: the same run without pictures, and without loading matplotlib at all (its
+    import is most of our extra memory next to nanoGPT). A fresh process, so nothing imported it before."""
+    import json
+    import subprocess
+    import sys
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from tests.conftest import REPO_ROOT
+
+    story = tmp_path / "story.txt"
+    story.write_text(make_story(n_paragraphs=10), encoding="utf-8")
+    argv = ["--train", "--input", str(story), *SHAPE, "--max-steps", "2", "--eval-interval", "1", "--batch-size", "4",
+            "--data-dir", str(tmp_path / "data"), "--logdir", str(tmp_path / "run"), "--quiet", "--device", "cpu",
+            "--no-attention-images"]
+    script = ("import json, sys; from src.main import main; code = main(json.loads(sys.argv[1])); "
+              "print(json.dumps([code, 'matplotlib' in sys.modules]))")
+    done = subprocess.run([sys.executable, "-c", script, json.dumps(argv)], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == [0, False], done.stderr[-2000:]
+    events = EventAccumulator(str(tmp_path / "run"), size_guidance={"images": 0})
+    events.Reload()
+    assert [e.step for e in events.Scalars("val/loss")] == [0, 1, 2]
+    assert events.Tags()["images"] == []
+
+
+def test_no_attention_images_belongs_to_training(capsys):
+    assert main(["--generate", "--checkpoint", "x", "--no-attention-images"]) == 2
+    assert "--no-attention-images: only with --train or --experiment" in capsys.readouterr().err
+
+
 def test_samples_carry_the_memorization_check(trained_run):
     samples = (trained_run / "samples.md").read_text(encoding="utf-8")
     notes = re.findall(r"longest verbatim match: (\d+) characters from (.+?):", samples)

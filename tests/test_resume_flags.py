@@ -24,7 +24,7 @@ from tests.test_training import StopAtStep
 BASE = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16", "--batch-size", "4",
         "--eval-batches", "2", "--eval-interval", "100", "--sample-tokens", "0", "--quiet", "--dropout", "0",
         "--lr", "1e-3", "--min-lr", "1e-4", "--warmup-steps", "3", "--max-steps", "3", "--log-interval", "1",
-        "--device", "cpu", "--dtype", "fp32"]
+        "--device", "cpu", "--dtype", "fp32", "--no-attention-images"]
 
 # dest -> the flags to add to `--resume RUN --data-dir DATA` (each differs from the run's value).
 CASES: dict[str, list[str]] = {
@@ -49,7 +49,7 @@ CASES: dict[str, list[str]] = {
     "input": ["--input", "other.txt"], "data_dir": [], "unwrap": ["--no-unwrap"],
     "val_fraction": ["--val-fraction", "0.2"], "holdout_books": ["--holdout-book", "11"],
     "tokenizer": ["--tokenizer", "bpe"], "max_vocab_size": ["--max-vocab-size", "100"],
-    "name": [], "force": ["--force"],
+    "name": [], "force": ["--force"], "attention_images": ["--attention-images"],
     "prompt": ["--prompt", "Hi"], "max_new_tokens": ["--max-new-tokens", "500"],  # equal to the default: typed
     "temperature": ["--temperature", "0"], "top_k": ["--top-k", "5"], "top_p": ["--top-p", "0.9"],
     "num_samples": ["--num-samples", "2"], "check_memorization": ["--check-memorization"],
@@ -65,17 +65,8 @@ CASES: dict[str, list[str]] = {
 SELF_EVIDENT = {"help", "resume", "data_dir", "name"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def no_attention_images():
-    """Each resume ends with an evaluation whose attention pictures take ~90% of its time; they are not
-    what these tests are about (tests/test_visualization.py covers them), so the runs here draw none."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("src.cli.train.eval_hooks", lambda args, tokenizer: [])
-        yield
-
-
 @pytest.fixture(scope="module")
-def stopped_run(tmp_path_factory, no_attention_images):
+def stopped_run(tmp_path_factory):
     """A run of 3 planned steps, stopped after 2 (exit 130, last.pt at step 2), and its data folder."""
     root = tmp_path_factory.mktemp("resume_flags")
     story = root / "story.txt"
@@ -100,7 +91,9 @@ def test_every_flag_of_the_parser_has_a_case():
 
 def resume(run, data, flags, capsys) -> tuple[int, str]:
     capsys.readouterr()
-    code = main(["--train", "--resume", str(run), "--data-dir", str(data), "--quiet", *flags])
+    # Each resume ends with an evaluation whose attention pictures would take ~90% of its time; they are
+    # not what these tests are about (tests/test_visualization.py covers them): --no-attention-images.
+    code = main(["--train", "--resume", str(run), "--data-dir", str(data), "--quiet", "--no-attention-images", *flags])
     return code, capsys.readouterr().err
 
 

@@ -154,7 +154,7 @@ def run_experiment(args: argparse.Namespace, flags: dict[str, str], callbacks: S
         argv = [*base, *_variant_flags(VARIANTS[name]), "--seed", str(seed0 + k), "--logdir", str(run_dir)]
         print(f"variant {i} of {len(jobs)}: {run_dir.name} (removed: {VARIANTS[name].removed})", file=sys.stderr,
               flush=True)
-        outcome = _run_variant(argv, run_dir, flags, args.quiet, callbacks)
+        outcome = _run_variant(argv, run_dir, flags, _output_flags(args), callbacks)
         if isinstance(outcome, int):  # interrupted (or another stop): what is finished stays
             print(f"stopped at variant {i} of {len(jobs)}; finished runs are kept in {logdir}. Run the same command "
                   "again to continue (finished variants are reused, the interrupted one resumes)", file=sys.stderr)
@@ -210,8 +210,7 @@ def _base_argv(args: argparse.Namespace, flags: dict[str, str], in_file: set[str
         argv += ["--preset", args.preset]
     if args.config:
         argv += ["--config", str(args.config)]
-    if args.quiet:
-        argv.append("--quiet")
+    argv += _output_flags(args)
     for name in (*MODEL_FIELDS, *TRAIN_FIELDS, *DATA_FIELDS):
         value = getattr(args, name, None)
         if value is None or name in ("logdir", "seed"):
@@ -223,6 +222,11 @@ def _base_argv(args: argparse.Namespace, flags: dict[str, str], in_file: set[str
     if args.seed is not None:
         argv += ["--seed", str(args.seed)]  # the first seed; each run's own follows it (the last flag wins)
     return argv
+
+
+def _output_flags(args: argparse.Namespace) -> list[str]:
+    """What this command prints and draws (--quiet, --no-attention-images): for new and resumed runs alike."""
+    return ["--quiet"] * args.quiet + ["--no-attention-images"] * (not args.attention_images)
 
 
 def _flag(flag: str, value: Any) -> list[str]:
@@ -263,7 +267,7 @@ def _comparable(model: dict[str, Any], train: dict[str, Any]) -> dict[str, Any]:
             "train": {k: v for k, v in train.items() if k not in skip}}
 
 
-def _run_variant(argv: list[str], run_dir: Path, flags: dict[str, str], quiet: bool,
+def _run_variant(argv: list[str], run_dir: Path, flags: dict[str, str], output_flags: list[str],
                  callbacks: Sequence[Any] = ()) -> dict[str, Any] | int:
     """Train (or reuse, or resume) one run and measure it; an int is the exit code of a stopped run."""
     from src.cli.settings import resolve_settings
@@ -288,7 +292,7 @@ def _run_variant(argv: list[str], run_dir: Path, flags: dict[str, str], quiet: b
         resume = ["--train", "--resume", str(run_dir), "--data-dir", str(settings.data.data_dir)]
         if settings.data.mirror:
             resume += ["--mirror", settings.data.mirror]
-        args = _parse(resume + (["--quiet"] if quiet else []))
+        args = _parse(resume + output_flags)
         print(f"  resuming the interrupted run {run_dir}", file=sys.stderr, flush=True)
     outcome = _outcome_callback()
     code = run_train(args, flags, [outcome, *callbacks])

@@ -59,8 +59,9 @@ APPLIED_ON_RESUME = (
     "log_interval", "sample_tokens",
 )
 # * Flags about this command, not the run: where the data lives (never stored in a checkpoint),
-#   rebuilding it (--force: recorded as a data change), how much the command prints.
-THIS_COMMAND_ON_RESUME = ("train", "resume", "data_dir", "mirror", "name", "force", "quiet", "debug")
+#   rebuilding it (--force: recorded as a data change), how much the command prints or draws.
+THIS_COMMAND_ON_RESUME = ("train", "resume", "data_dir", "mirror", "name", "force", "quiet", "debug",
+                          "attention_images")
 # * Flags that --resume refuses with their own message: a new run's choices (src/cli/settings.py,
 #   src/cli/init_from.py, src/cli/train.py, src/cli/find_batch_size.py) and the other modes (src/main.py).
 REFUSED_ELSEWHERE_ON_RESUME = ("preset", "config", "init_from", "logdir", "find_batch_size",

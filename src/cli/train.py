@@ -42,8 +42,11 @@ from src.fileio import atomic_write_text, read_json
 def eval_hooks(args: argparse.Namespace, tokenizer: Any) -> list[Callable[[int, Any, Any], None]]:
     """Functions called after every evaluation as hook(step, model, writer) (writer: SummaryWriter).
 
-    Here: the attention of the first and the last layer for a fixed prompt, as images.
+    Here: the attention of the first and the last layer for a fixed prompt, as images (none with
+    --no-attention-images, which also spares importing matplotlib).
     """
+    if not args.attention_images:
+        return []
     from src.visualization import AttentionImageHook
 
     return [AttentionImageHook(tokenizer, INSPECT_PROMPT, layers=(0, -1))]
