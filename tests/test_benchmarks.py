@@ -53,10 +53,13 @@ def test_nanogpt_bench_runs_both_programs_and_evaluates_both_checkpoints_alike(t
                  "--mirror", str(shared_corpus), "--threads", "1", "--workdir", str(tmp_path / "work"),
                  "--json", str(results)]) == 0
     out = capsys.readouterr().out
-    assert re.search(r"^\| ours fp32 \(fp32\) \| \d+\.\d\dx \| \d+\.\d\dx \| \d+\.\d\dx \| \d+\.\d\dx cost \| \d+\.\d\dx \| [+-]\d+\.\d\d % \|$",
-                     out, flags=re.MULTILINE), out
+    for program in ("ours fp32", "ours fp32 \\+ extras"):
+        assert re.search(rf"^\| {program} \(fp32\) \| \d+\.\d\dx \| \d+\.\d\dx \| \d+\.\d\dx cost \| \d+\.\d\dx \| [+-]\d+\.\d\d % \|$",
+                         out, flags=re.MULTILINE), out
     runs = {r["program"]: r for r in json.loads(results.read_text())}
-    assert set(runs) == {"nanoGPT", "ours fp32"}
+    assert set(runs) == {"nanoGPT", "ours fp32", "ours fp32 + extras"}
+    # nanoGPT's work (no samples, no pictures) vs our defaults: the extras are measured where they happen
+    assert runs["ours fp32"]["extras_s"] == 0 < runs["ours fp32 + extras"]["extras_s"]
     for r in runs.values():
         assert r["steps"] >= 3 and r["evals"] >= 2 and 0 < r["eval_s"] < r["loop_s"] < r["wall_s"]
         assert 50 < r["peak_rss_mb"] < 4000  # torch alone maps more than 50 MB

@@ -289,6 +289,8 @@ def test_a_huge_sparse_file_is_refused_by_its_first_block_in_a_moment(tmp_path, 
 
 DECLARED_PROBE = """
 import contextlib, io, json, resource, sys, time
+import torch  # before measuring: the CUDA build of torch alone maps ~3 GB of address space (CPU build ~1 GB)
+import src.cli.generate, src.hf_bridge, src.training.checkpoints  # what --generate imports lazily
 from src.main import main
 status = open("/proc/self/status").read()
 mapped = int(status.split("VmSize:")[1].split()[0]) * 1024
