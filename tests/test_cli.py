@@ -26,7 +26,9 @@ from tests.conftest import REPO_ROOT, make_story
 
 USER_COMMAND = ["--train", "--epochs", "5", "--batch-size", "32", "--max-vocab-size", "256",
                 "--logdir", "runs/12books_bigmodel_6heads_e5"]
-TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16", "--quiet"]
+TINY_SHAPE = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16", "--quiet"]
+# Attention pictures are most of a tiny run's time; tests/test_inspect_cli.py and the user's command check them.
+TINY = [*TINY_SHAPE, "--no-attention-images"]
 TAGS = ["train/loss", "val/loss", "val/perplexity", "val/bpc", "lr", "grad_norm", "tokens_per_sec", "epoch"]
 
 
@@ -74,7 +76,7 @@ def one_error_line(text: str) -> str:
 
 def test_users_command_then_generate_then_evaluate(tmp_path, story):
     """The user's exact command line (plus a tiny model and corpus), then --generate and --evaluate."""
-    train = run_cli([*USER_COMMAND, "--input", str(story), *TINY, "--max-steps", "20", "--eval-interval", "10",
+    train = run_cli([*USER_COMMAND, "--input", str(story), *TINY_SHAPE, "--max-steps", "20", "--eval-interval", "10",
                      "--log-interval", "5"], cwd=tmp_path)
     assert train.returncode == 0, train.stderr
     run = tmp_path / "runs" / "12books_bigmodel_6heads_e5"

@@ -43,7 +43,7 @@ needs_proc = pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="fi
 TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16", "--device", "cpu",
         "--dtype", "fp32", "--grad-accum", "2", "--warmup-steps", "0", "--lr", "1e-3", "--min-lr", "1e-3",
         "--epochs", "1000", "--eval-batches", "2", "--eval-interval", "1000", "--sample-tokens", "8",
-        "--log-interval", "1", "--quiet"]
+        "--log-interval", "1", "--quiet", "--no-attention-images"]
 PER_DEVICE = 4  # --batch-size under torchrun; one process gets 2 x 4 = 8
 
 
@@ -305,7 +305,7 @@ def test_sigterm_to_one_rank_stops_both_and_resume_continues_exactly(tmp_path, s
     assert "trained by 2 process(es)" in capsys.readouterr().err
 
     end = ["--max-steps", str(step + 6)]
-    resumed = torchrun(["--train", "--resume", str(stopped), "--data-dir", str(tmp_path / "data"), "--quiet", *end],
+    resumed = torchrun(["--train", "--resume", str(stopped), "--data-dir", str(tmp_path / "data"), "--quiet", "--no-attention-images", *end],
                        cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     straight = torchrun(["--train", *flags, *end, "--logdir", str(tmp_path / "straight")], cwd=tmp_path)

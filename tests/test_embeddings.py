@@ -37,12 +37,22 @@ def test_embedding_is_token_row_plus_position_row(tiny_config, pos_encoding):
     if pos_encoding == "learned":
         positions = embeddings.position_embedding.weight[:5]
     else:
-        positions = sinusoidal_table(tiny_config.block_size, tiny_config.n_embd)[:5]
+        positions = sinusoidal_table(tiny_config.block_size, tiny_config.n_embd)[:5] * 0.02 * math.sqrt(2)
     expected = embeddings.token_embedding.weight[idx] + positions
     assert out.shape == (2, 5, tiny_config.n_embd)
     torch.testing.assert_close(out, expected, rtol=0, atol=0)
     # The same token (1) at two places differs exactly by the difference of the position rows.
     torch.testing.assert_close(out[0, 1] - out[0, 3], positions[1] - positions[3], rtol=0, atol=1e-6)
+
+
+def test_sinusoidal_rows_are_as_large_as_the_token_vectors_of_a_new_model(tiny_config):
+    """Neither drowns the other at the start: the fixed table's RMS equals the token vectors' std (0.02)."""
+    from src.model import MiniTransformer
+
+    model = MiniTransformer(replace(tiny_config, pos_encoding="sinusoidal", n_embd=64, block_size=64))
+    table_rms = model.embeddings.position_embedding.table.pow(2).mean().sqrt().item()
+    token_std = model.embeddings.token_embedding.weight.std().item()
+    assert table_rms == pytest.approx(0.02, rel=0.01) and token_std == pytest.approx(table_rms, rel=0.15)
 
 
 def test_sinusoidal_positions_have_no_parameters_and_stay_out_of_the_state_dict(tiny_config):

@@ -26,7 +26,7 @@ def experiment_argv(root: Path, logdir: Path, *variants: str, extra: tuple[str, 
     return ["--experiment", "ablations", "--variants", *variants, "--input", str(root / "story.txt"),
             "--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16", "--batch-size", "8",
             "--max-steps", str(STEPS), "--eval-interval", "4", "--warmup-steps", "2", "--device", "cpu",
-            "--data-dir", str(root / "data"), "--logdir", str(logdir), "--quiet", *extra]
+            "--data-dir", str(root / "data"), "--logdir", str(logdir), "--quiet", "--no-attention-images", *extra]
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +65,19 @@ def test_the_experiment_writes_runs_results_and_curves(finished):
     assert stored["model"]["dropout"] == 0.0  # the experiment's default, not the dataclass' 0.2
     table = (finished / "results.md").read_text(encoding="utf-8")
     assert table.count("\n| `") == 2 and "mit Maske" in table and "Was es zeigt" in table
+    # The unigram floor, counted here by hand: -mean log p(val token), p from the training split's counts + 1
+    import math
+    from collections import Counter
+
+    import numpy as np
+
+    data = next((finished.parent / "data" / "processed").iterdir())
+    train, val = (np.fromfile(data / f"{split}.bin", dtype=np.uint16).tolist() for split in ("train", "val"))
+    counts, ids = Counter(train), range(max(train + val) + 1)
+    total = sum(counts[i] + 1 for i in ids)
+    expected = -sum(math.log((counts[t] + 1) / total) for t in val) / len(val)
+    assert results["unigram_val_loss"] == pytest.approx(expected, abs=1e-4)
+    assert f"erreicht {results['unigram_val_loss']:.3f}".replace(".", ",") in table
     assert (finished / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -218,4 +231,16 @@ def test_the_table_explains_the_cheat_and_the_spread():
     assert "| +0,300 | ja |" in lines["no_mlp"] and "schlechter um 0,300 nats" in lines["no_mlp"]
     assert "divergierte bei Schritt 420" in lines["no_residual"]
     assert "422.000" in lines["baseline"] and "„It was a the door / and then“" in lines["baseline"]
+
+
+def test_a_variant_at_the_unigram_loss_is_called_stuck():
+    """The verdict names a variant that learned only the letter frequencies - and only such a one."""
+    from src.cli.experiment import verdict
+
+    base = {"name": "baseline", "val_loss": 1.9, "val_loss_spread": 0.01, "val_loss_causal": 1.9, "diverged_at": None}
+    stuck = {**base, "name": "post_norm", "val_loss": 3.09, "val_loss_causal": 3.09}
+    learning = {**stuck, "val_loss": 2.5, "val_loss_causal": 2.5}
+    assert "steckengeblieben" in verdict(stuck, base, 2, unigram=3.092)[2]
+    assert "steckengeblieben" not in verdict(learning, base, 2, unigram=3.092)[2]
+    assert "steckengeblieben" not in verdict(stuck, base, 2)[2]  # no reference given: no claim
 

@@ -85,7 +85,7 @@ def test_fine_tuning_from_a_gpt2_folder(gpt2_dir, tmp_path, capsys):
     run = tmp_path / "run"
     flags = ["--train", "--init-from", str(gpt2_dir), "--input", str(story), "--data-dir", str(tmp_path / "data"),
              "--max-steps", "40", "--eval-interval", "20", "--batch-size", "8", "--lr", "3e-3", "--warmup-steps", "5",
-             "--sample-tokens", "0", "--quiet", "--logdir", str(run)]
+             "--sample-tokens", "0", "--quiet", "--no-attention-images", "--logdir", str(run)]
     assert main(flags) == 0
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     val = [r["val/loss"] for r in rows if "val/loss" in r]

@@ -31,7 +31,7 @@ def tiny_flags(text_file, data_dir, *extra: str) -> list[str]:
     return [
         "--input", str(text_file), "--data-dir", str(data_dir), "--n-layer", "1", "--n-head", "2",
         "--n-embd", "16", "--block-size", "16", "--batch-size", "4", "--eval-batches", "2",
-        "--sample-tokens", "8", "--quiet", *extra,
+        "--sample-tokens", "8", "--quiet", "--no-attention-images", *extra,
     ]
 
 

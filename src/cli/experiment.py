@@ -164,7 +164,8 @@ def run_experiment(args: argparse.Namespace, flags: dict[str, str], callbacks: S
     meta = {"experiment": "ablations", "command": "python -m src.main " + shlex.join(args.argv),
             "date": dt.date.today().isoformat(), "seeds": [seed0 + k for k in range(args.seeds)],
             "variants": names, "prompt": SAMPLE_PROMPT, **_settings_dict(settings)}
-    write_results(logdir, summary, meta, {name: [r["curve"] for r in results[name]] for name in names})
+    write_results(logdir, summary, meta, {name: [r["curve"] for r in results[name]] for name in names},
+                  unigram_loss(settings))
     minutes = (time.perf_counter() - started) / 60
     print(f"Done in {minutes:.1f} min: {logdir / 'results.md'}, results.json, curves.png "
           f"(tensorboard --logdir {logdir} overlays every run)", file=sys.stderr)
@@ -389,6 +390,21 @@ def measure(run_dir: Path, settings: Any, diverged_at: int | None, steps: int) -
             "sample": sample, "curve": read_val_curve(run_dir)}
 
 
+def unigram_loss(settings: Any) -> float:
+    """The validation loss of a "model" that knows only how often each token occurs in the training split
+    (no context at all; add-one counts, so an unseen token still gets a probability). A variant near this
+    number learned the letter frequencies and nothing of the context - the floor a Transformer must beat."""
+    import numpy as np
+
+    from src.dataset import load_tokens, prepare_dataset
+
+    prepared = prepare_dataset(replace(settings.data, force=False), show_progress=False)
+    train, val = load_tokens(prepared.path, "train"), load_tokens(prepared.path, "val")
+    counts = np.bincount(train, minlength=int(max(train.max(), val.max())) + 1) + 1.0
+    log_probs = np.log(counts / counts.sum())
+    return round(float(-log_probs[val].mean()), 4)
+
+
 def whole_split_loss(model: Any, ids: Any, device: Any, batch_size: int = 64) -> float:
     """Mean cross-entropy over every window of the split (non-overlapping, block_size long)."""
     from src.training.evaluation import model_nll
@@ -424,15 +440,15 @@ def summarize(results: dict[str, list[dict[str, Any]]], names: list[str]) -> lis
 
 
 def write_results(logdir: Path, rows: list[dict[str, Any]], settings: dict[str, Any],
-                  curves: dict[str, list[list[tuple[int, float]]]]) -> None:
+                  curves: dict[str, list[list[tuple[int, float]]]], unigram: float | None = None) -> None:
     from src.visualization import plot_ablation_curves, save_figure
 
     logdir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(logdir / "results.json",
-                      json.dumps({"variants": rows, "settings": settings}, indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(logdir / "results.json", json.dumps(
+        {"variants": rows, "settings": settings, "unigram_val_loss": unigram}, indent=2, ensure_ascii=False) + "\n")
     warmup = int(settings.get("train", {}).get("warmup_steps", 0))
     jumps = {name: [abrupt_step(c, after=warmup) for c in runs] for name, runs in curves.items()}
-    atomic_write_text(logdir / "results.md", results_markdown(rows, settings, jumps))
+    atomic_write_text(logdir / "results.md", results_markdown(rows, settings, jumps, unigram))
     figure = plot_ablation_curves({name: runs[0] for name, runs in curves.items() if runs})
     save_figure(figure, logdir / "curves.png")
 
@@ -441,7 +457,12 @@ def _number(value: float | None) -> str:
     return "–" if value is None else f"{value:.3f}".replace(".", ",")
 
 
-def verdict(row: dict[str, Any], base: dict[str, Any] | None, seeds: int) -> tuple[str, str, str]:
+# A variant whose loss is within this many nats of the unigram loss learned (almost) nothing of the context.
+NEAR_UNIGRAM = 0.1
+
+
+def verdict(row: dict[str, Any], base: dict[str, Any] | None, seeds: int,
+            unigram: float | None = None) -> tuple[str, str, str]:
     """(difference to the baseline, beyond the seed spread?, what it shows) for one table row, in German."""
     variant = VARIANTS[row["name"]]
     if row["diverged_at"] is not None:
@@ -461,11 +482,14 @@ def verdict(row: dict[str, Any], base: dict[str, Any] | None, seeds: int) -> tup
         shows = f"{variant.idea}: kein Unterschied jenseits der Seed-Streuung."
     else:
         shows = f"{variant.idea}: {'schlechter' if diff > 0 else 'besser'} um {_number(abs(diff))} nats."
+    if unigram is not None and row["name"] != "no_mask" and row["val_loss"] >= unigram - NEAR_UNIGRAM:
+        shows += (f" Das ist die Token-Häufigkeit allein (Unigramm {_number(unigram)}): Das Modell nutzt den Kontext "
+                  "nicht, das Training ist steckengeblieben.")
     return signed, beyond, shows
 
 
 def results_markdown(rows: list[dict[str, Any]], settings: dict[str, Any],
-                     jumps: dict[str, list[int | None]] | None = None) -> str:
+                     jumps: dict[str, list[int | None]] | None = None, unigram: float | None = None) -> str:
     """The German table of results.md (README section "Was passiert ohne ...?" shows one)."""
     jumps = jumps or {}
     seeds = len(settings.get("seeds", [1]))
@@ -479,7 +503,7 @@ def results_markdown(rows: list[dict[str, Any]], settings: dict[str, Any],
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
-        diff, beyond, shows = verdict(row, base, seeds)
+        diff, beyond, shows = verdict(row, base, seeds, unigram)
         loss = _number(row["val_loss"])
         if row["name"] == "no_mask" and row["val_loss_causal"] is not None:
             loss += f" (mit Maske {_number(row['val_loss_causal'])})"
@@ -490,6 +514,10 @@ def results_markdown(rows: list[dict[str, Any]], settings: dict[str, Any],
         params = f"{row['params']:,}".replace(",", ".")  # German thousands separator
         lines.append(f"| `{row['name']}` | {VARIANTS[row['name']].removed} | {loss} | {diff} | {beyond} | {params} | "
                      f"{row['seconds']:.0f} s | „{SAMPLE_PROMPT}{sample}“ | {shows} |")
+    if unigram is not None:
+        lines += ["", f"Zum Vergleich: Wer nur weiß, wie oft jedes Token im Trainingsteil vorkommt (Unigramm, ohne "
+                  f"jeden Kontext), erreicht {_number(unigram)} nats; näher als {_number(NEAR_UNIGRAM)} daran heißt: "
+                  "vom Kontext nichts gelernt."]
     lines += ["", f"Textprobe: Fortsetzung von „{SAMPLE_PROMPT}“ mit Temperatur 0,8, Seed {settings.get('seeds', [0])[0]}.",
               "Kurven: `curves.png` (Validierungs-Loss über die Schritte) und `tensorboard --logdir` auf diesen Ordner.", ""]
     return "\n".join(lines)
