@@ -50,8 +50,8 @@ RESULT_FILE = "ablation.json"  # per run: what the experiment measured on it
 SAMPLE_PROMPT = "It was a "
 SAMPLE_TOKENS = 60
 # Above --preset, below --config and typed flags. Chosen so that the no_mask cheat shows reliably
-# (issue 22: around step 250-500 at lr 3e-3, block 32, no dropout) and eleven variants of
-# `--preset tiny` fit in about 15 minutes on a 2-core CPU (benchmarks/README.md).
+# (issue 22: around step 250-500 at lr 3e-3, block 32, no dropout; here at step 100) and eleven variants
+# of `--preset tiny` fit in 15 minutes on a 2-core CPU (measured: 12.2 min, benchmarks/README.md).
 EXPERIMENT_DEFAULTS: dict[str, Any] = {
     "max_steps": 600, "block_size": 32, "dropout": 0.0, "lr": 3e-3, "min_lr": 3e-4, "warmup_steps": 50,
     "eval_interval": 50, "eval_batches": 10, "sample_tokens": 0,
