@@ -14,8 +14,10 @@ by both programs, unchanged, each in its own process, on the same character text
 2. Runs, interleaved A B A B (a slow phase of a shared machine hits both sides alike): nanoGPT's
    `train.py config/train_shakespeare_char.py` with the settings as flags, on a scratch copy of
    `../shared/anchors/nanoGPT` (never imported by `src/`); ours through `src.main.main` with the same
-   settings, in fp32 and with `--dtype auto`, doing the same work as nanoGPT: no text samples and no
-   attention pictures (`--sample-tokens 0 --no-attention-images`), which nanoGPT does not make. A
+   settings and nanoGPT's activation (`--gelu exact`: its nn.GELU() is the exact one; GPT-2's tanh
+   approximation, our default, costs about 2x as much on a CPU), in fp32 and with `--dtype auto`,
+   doing the same work as nanoGPT: no text samples and no attention pictures (`--sample-tokens 0
+   --no-attention-images`), which nanoGPT does not make. A
    third run of ours, "ours fp32 + extras", keeps our defaults (samples with their memorisation check
    and pictures at evaluations), so that what they cost is measured, not subtracted. Measured per run:
    whole-process time (start to exit, imports included), the median steady-state step time, the
@@ -205,7 +207,8 @@ def our_flags(s: Setting, steps: int, input_txt: Path, data_dir: Path) -> list[s
             "--tokenizer", "char", "--data-dir", str(data_dir), "--device", "cpu",
             "--n-layer", str(s.n_layer), "--n-head", str(s.n_head), "--n-embd", str(s.n_embd),
             "--block-size", str(s.block_size), "--batch-size", str(s.batch_size), "--dropout", str(s.dropout),
-            "--bias" if s.bias else "--no-bias", "--lr", str(s.lr), "--min-lr", str(s.min_lr),
+            "--bias" if s.bias else "--no-bias", "--gelu", "exact",  # nanoGPT's nn.GELU(): the exact (erf) one
+            "--lr", str(s.lr), "--min-lr", str(s.min_lr),
             "--warmup-steps", str(s.warmup_steps), "--weight-decay", "0.1", "--beta2", "0.99", "--grad-clip", "1.0",
             "--eval-interval", str(s.eval_interval), "--eval-batches", str(s.eval_batches),
             "--max-steps", str(steps), "--epochs", "1000"]
@@ -213,13 +216,14 @@ def our_flags(s: Setting, steps: int, input_txt: Path, data_dir: Path) -> list[s
 
 def run_ours(work: Path, s: Setting, steps: int, program: str, input_txt: Path, env: dict[str, str],
              tag: str) -> RunResult:
-    """`program`: "ours fp32" / "ours auto" (nanoGPT's work: no samples, no pictures) or "ours fp32 + extras"."""
+    """`program`: "ours fp32" / "ours auto" (nanoGPT's work: no samples, no pictures) or "ours fp32 + extras"
+    (our defaults)."""
     run_dir, report = work / "runs" / tag, work / f"{tag}.json"
     extras = program.endswith("+ extras")
     command = [sys.executable, "-c", "import sys; from benchmarks.nanogpt_bench import child_main; "
                "sys.exit(child_main(sys.argv[1:]))", str(report),
-               *our_flags(s, steps, input_txt, work / "data"), "--dtype", program.split()[1], "--logdir", str(run_dir),
-               *([] if extras else ["--sample-tokens", "0", "--no-attention-images"])]
+               *our_flags(s, steps, input_txt, work / "data"), "--dtype", program.split()[1],
+               "--logdir", str(run_dir), *([] if extras else ["--sample-tokens", "0", "--no-attention-images"])]
     wall, rss, _ = run_process(command, REPO_ROOT, env)
     r = json.loads(report.read_text(encoding="utf-8"))
     return RunResult(program, s.name, wall, rss, r["step_ms"], r["steps"], r["steps_s"] + r["evals_s"],
@@ -339,8 +343,9 @@ def table(results: list[RunResult], setting: str, reference: RunResult) -> list[
         loss = (f"{100 * (r.loss / reference.loss - 1):+.2f} %"
                 if r.loss is not None and reference.loss is not None else "-")
         rows.append(f"| {r.program} ({r.dtype}) | {ratio(reference.wall_s, r.wall_s)} | "
-                    f"{ratio(reference.step_ms, r.step_ms)} | {ratio(r.eval_ms_per_batch, reference.eval_ms_per_batch)} "
-                    f"cost | {ratio(r.peak_rss_mb, reference.peak_rss_mb)} | {loss} |")
+                    f"{ratio(reference.step_ms, r.step_ms)} | "
+                    f"{ratio(r.eval_ms_per_batch, reference.eval_ms_per_batch)} cost | "
+                    f"{ratio(r.peak_rss_mb, reference.peak_rss_mb)} | {loss} |")
     return rows
 
 
@@ -361,7 +366,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--dtypes", nargs="+", choices=("fp32", "auto", "bf16"), default=["fp32", "auto"],
                         help="our runs; 'auto' is skipped where it means fp32 (no native bf16 on this CPU)")
     parser.add_argument("--no-extras-run", action="store_true",
-                        help="skip the run of ours with samples and pictures (what they cost is then not measured)")
+                        help="skip the run of ours with samples and pictures (their cost is then not measured)")
     parser.add_argument("--repeats", type=int, default=1, help="rounds of A B A B (default: 1)")
     parser.add_argument("--books", type=int, nargs="+", default=list(DEFAULT_BOOKS))
     parser.add_argument("--mirror", type=Path, default=DEFAULT_MIRROR)
@@ -406,7 +411,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Text: books {', '.join(map(str, args.books))}, {len(text):,} characters; {steps} steps per run, "
               f"threads {args.threads or 'default'}; work folder {work}", flush=True)
         runs: dict[tuple[str, str], list[RunResult]] = {}
-        programs = ["nanoGPT", *[f"ours {d}" for d in dtypes], *([] if args.no_extras_run else ["ours fp32 + extras"])]
+        extras_run = [] if args.no_extras_run else ["ours fp32 + extras"]
+        programs = ["nanoGPT", *[f"ours {d}" for d in dtypes], *extras_run]
         for round_ in range(args.repeats):
             for s in settings:
                 order = programs[round_ % len(programs):] + programs[:round_ % len(programs)]  # A B, then B A

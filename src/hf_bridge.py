@@ -21,11 +21,12 @@ original checkpoints load unchanged. Biases and LayerNorm weights are vectors an
 
 config.json: n_positions (and its older name n_ctx) is our block_size; n_embd, n_layer, n_head and
 vocab_size are ours by name. n_inner null means 4 n_embd, our MLP width. activation_function
-"gelu_new" is GELU with the tanh approximation (our `nn.GELU(approximate="tanh")`; "gelu_pytorch_tanh"
-and "gelu_fast" are the same function). layer_norm_epsilon 1e-5 is nn.LayerNorm's default, which
-src/model uses. Our one dropout becomes resid_pdrop, embd_pdrop and attn_pdrop. bos_token_id and
-eos_token_id are our `<|endoftext|>`. A key "mini_transformer" keeps our own ModelConfig and marks
-the folder as our export, so our export loads back exactly and may be overwritten by the next one.
+"gelu_new" is GELU with the tanh approximation (our `nn.GELU(approximate="tanh")`, `gelu="tanh"`;
+"gelu_pytorch_tanh" and "gelu_fast" are the same function), "gelu" the exact one (`gelu="exact"`).
+layer_norm_epsilon 1e-5 is nn.LayerNorm's default, which src/model uses. Our one dropout becomes
+resid_pdrop, embd_pdrop and attn_pdrop. bos_token_id and eos_token_id are our `<|endoftext|>`. A key
+"mini_transformer" keeps our own ModelConfig and marks the folder as our export, so our export loads
+back exactly and may be overwritten by the next one.
 
 Beyond GPT-2, and how it is expressed: `bias=False` is written as zero biases and
 `pos_encoding="sinusoidal"` as its fixed table in wpe - Hugging Face computes the same logits (but
@@ -80,7 +81,7 @@ from src.gpt2_tokenizer import (
     tokenizer_from_gpt2_vocab,
 )
 from src.model import MiniTransformer
-from src.model.embeddings import sinusoidal_table
+from src.model.embeddings import SinusoidalPositionEmbedding
 from src.model.weights import safetensors_shapes
 from src.tokenizer import EOT_TOKEN, BPETokenizer, CharTokenizer
 from src.tokenizer_json import load_tokenizer, tokenizer_from_dict
@@ -239,7 +240,7 @@ def hf_config(config: ModelConfig, eot_id: int) -> dict[str, Any]:
         "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"],
         "vocab_size": config.vocab_size, "n_positions": config.block_size, "n_ctx": config.block_size,
         "n_embd": config.n_embd, "n_layer": config.n_layer, "n_head": config.n_head, "n_inner": None,
-        "activation_function": "gelu_new", "layer_norm_epsilon": LAYER_NORM_EPS,
+        "activation_function": "gelu_new" if config.gelu == "tanh" else "gelu", "layer_norm_epsilon": LAYER_NORM_EPS,
         "resid_pdrop": config.dropout, "embd_pdrop": config.dropout, "attn_pdrop": config.dropout,
         "initializer_range": 0.02, "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False,
         "reorder_and_upcast_attn": False, "add_cross_attention": False, "use_cache": True,
@@ -261,9 +262,10 @@ def model_config_from_hf(hf: Mapping[str, Any]) -> ModelConfig:
                          n_head=get["n_head"], n_embd=get["n_embd"], dropout=get["resid_pdrop"], bias=True)
     if get["n_inner"] not in (None, 4 * config.n_embd):
         raise ValueError(f"n_inner {get['n_inner']} is not supported: our MLP is 4 * n_embd = {4 * config.n_embd} wide")
-    if get["activation_function"] not in _TANH_GELUS:
+    if get["activation_function"] not in (*_TANH_GELUS, "gelu"):
         raise ValueError(f"activation_function {get['activation_function']!r} is not supported (ours: tanh-GELU, "
-                         f"one of {', '.join(_TANH_GELUS)})")
+                         f"one of {', '.join(_TANH_GELUS)}, or the exact 'gelu')")
+    config.gelu = "exact" if get["activation_function"] == "gelu" else "tanh"
     eps = get["layer_norm_epsilon"]
     if not isinstance(eps, (int, float)) or not math.isclose(eps, LAYER_NORM_EPS, rel_tol=1e-6):
         raise ValueError(f"layer_norm_epsilon {eps!r} is not supported (ours: {LAYER_NORM_EPS})")
@@ -296,7 +298,7 @@ def _zero_biases(state: Mapping[str, torch.Tensor], expected: Mapping[str, tuple
 
 
 def _is_sinusoidal(wpe: torch.Tensor | None, config: ModelConfig) -> bool:
-    table = sinusoidal_table(config.block_size, config.n_embd)
+    table = SinusoidalPositionEmbedding(config.block_size, config.n_embd).table  # as our model computes it
     return wpe is not None and wpe.shape == table.shape and torch.equal(wpe.to(table.dtype), table)
 
 

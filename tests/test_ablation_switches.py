@@ -4,6 +4,8 @@ included), explains itself and loads from an old checkpoint."""
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import replace
 
 import pytest
@@ -104,6 +106,20 @@ def test_residual_off_removes_the_identity_path(tiny_config):
     without = TransformerBlock(replace(tiny_config, residual=False))
     _zero_projections(without)
     assert torch.equal(without(x), torch.zeros_like(x))  # no identity path: nothing of x survives
+
+
+@pytest.mark.parametrize("gelu", ["tanh", "exact"])
+def test_the_mlp_gelu_equals_its_formula(tiny_config, gelu):
+    """tanh (GPT-2): 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))); exact: 0.5 x (1 + erf(x / sqrt(2)))."""
+    from src.model.transformer_block import FeedForward
+
+    mlp = FeedForward(replace(tiny_config, gelu=gelu))
+    x = torch.linspace(-4, 4, 101, dtype=torch.float64)
+    if gelu == "tanh":
+        expected = 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
+    else:
+        expected = 0.5 * x * (1 + torch.erf(x / math.sqrt(2)))
+    torch.testing.assert_close(mlp.gelu(x), expected, rtol=0, atol=1e-12)
 
 
 def test_rmsnorm_equals_its_formula(tiny_config):

@@ -35,6 +35,7 @@ from src.hf_bridge import (
     is_hf_gpt2_dir,
     load_hf_gpt2,
     load_hf_tokenizer,
+    model_config_from_hf,
     our_name,
 )
 from src.model import MiniTransformer
@@ -223,6 +224,23 @@ def test_export_loads_back_exactly(exported, bpe):
     assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), model.state_dict().values(), strict=True))
     assert again.lm_head.weight is again.embeddings.token_embedding.weight
     assert tokenizer.fingerprint() == bpe.fingerprint()
+
+
+def test_exact_gelu_is_gpt2_with_activation_gelu(tmp_path):
+    """gelu="exact" exports as activation_function "gelu"; Hugging Face computes the same logits, and a
+    plain GPT-2 config.json with "gelu" (no marker of ours) loads as gelu="exact"."""
+    tok = CharTokenizer.train(TEXT, max_vocab_size=40)
+    model = trained_model(tiny_config(tok.vocab_size, gelu="exact"))
+    out = export_hf(model, tok, tmp_path / "m", card={})
+    assert json.loads((out / "config.json").read_text())["activation_function"] == "gelu"
+    idx = torch.tensor([tok.encode(PROMPT)])
+    torch.testing.assert_close(hf_logits(out, idx), model(idx)[0], rtol=0, atol=1e-5)
+    tanh = trained_model(tiny_config(tok.vocab_size))
+    tanh.load_state_dict(model.state_dict())
+    assert not torch.allclose(tanh(idx)[0], model(idx)[0], atol=1e-5)  # the two GELUs differ measurably
+    hf_only = {k: v for k, v in json.loads((out / "config.json").read_text()).items() if k != "mini_transformer"}
+    assert model_config_from_hf(hf_only).gelu == "exact"
+    assert model_config_from_hf({**hf_only, "activation_function": "gelu_new"}).gelu == "tanh"
 
 
 @pytest.mark.parametrize("overrides", [{"bias": False}, {"pos_encoding": "sinusoidal"}],

@@ -36,7 +36,7 @@ CASES: dict[str, list[str]] = {
     "find_batch_size": ["--find-batch-size"], "quiet": ["--quiet"], "debug": ["--debug"],
     "block_size": ["--block-size", "8"], "n_layer": ["--n-layer", "2"], "n_head": ["--n-head", "4"],
     "n_embd": ["--n-embd", "32"], "dropout": ["--dropout", "0.1"], "bias": ["--no-bias"],
-    "attention": ["--attention", "manual"], "pos_encoding": ["--pos-encoding", "sinusoidal"],
+    "attention": ["--attention", "manual"], "pos_encoding": ["--pos-encoding", "sinusoidal"], "gelu": ["--gelu", "exact"],
     "batch_size": ["--batch-size", "2"], "epochs": ["--epochs", "1"], "max_steps": ["--max-steps", "4"],
     "lr": ["--lr", "5e-4"], "min_lr": ["--min-lr", "5e-5"], "weight_decay": ["--weight-decay", "0.05"],
     "beta1": ["--beta1", "0.8"], "beta2": ["--beta2", "0.95"], "warmup_steps": ["--warmup-steps", "5"],

@@ -16,6 +16,7 @@ from src.config import (
     ATTENTION_CHOICES,
     DEVICE_CHOICES,
     DTYPE_CHOICES,
+    GELU_CHOICES,
     NORM_CHOICES,
     NORM_POSITION_CHOICES,
     POS_ENCODING_CHOICES,
@@ -43,7 +44,7 @@ MODE_HELP: dict[str, str] = {
 
 CHOICES = {"attention": ATTENTION_CHOICES, "pos_encoding": POS_ENCODING_CHOICES,
            "device": DEVICE_CHOICES, "dtype": DTYPE_CHOICES, "norm": NORM_CHOICES,
-           "norm_position": NORM_POSITION_CHOICES}
+           "norm_position": NORM_POSITION_CHOICES, "gelu": GELU_CHOICES}
 
 class _Parser(argparse.ArgumentParser):
     """argparse that raises instead of printing usage and exiting, so errors stay one line."""
@@ -127,9 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "(default: off)")
     run.add_argument("--quiet", action="store_true", help="no progress bars (default: off)")
     run.add_argument("--attention-images", action=argparse.BooleanOptionalAction, default=True,
-                     help="--train: draw the attention of the first and the last layer into TensorBoard at "
-                          "evaluations (on a CPU about a second per evaluation, at most 6%% of the training "
-                          "time besides the first and the last) (default: on)")
+                     help="--train, --experiment: draw the attention of the first and the last layer into "
+                          "TensorBoard at evaluations (on a CPU about a second per evaluation, at most 6%% of the "
+                          "training time besides the first and the last) (default: on)")
     run.add_argument("--debug", action="store_true", help="show full tracebacks on errors (default: off)")
 
     _add_dataclass_flags(parser.add_argument_group("model shape"), ModelConfig, MODEL_FIELDS)

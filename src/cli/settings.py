@@ -43,7 +43,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 #   so "continue exactly" would become meaningless. Refused in one line; so is any setting of the
 #   model or of the data not listed as applied below (a new switch is locked until someone decides).
 LOCKED_ON_RESUME = (
-    "block_size", "n_layer", "n_head", "n_embd", "bias", "pos_encoding",
+    "block_size", "n_layer", "n_head", "n_embd", "bias", "pos_encoding", "gelu",
     "causal", "residual", "norm", "norm_position", "mlp", "tie_weights",
     "batch_size", "grad_accum", "seed",
     "books", "input", "unwrap", "val_fraction", "holdout_books", "tokenizer", "max_vocab_size",

@@ -9,8 +9,8 @@ Placing it *before* the sub-layer ("pre-LN", as in GPT-2, Radford et al. 2019) r
 it (the original Transformer) makes training stable without a long learning-rate warm-up
 (Xiong et al. 2020, "On Layer Normalization in the Transformer Architecture").
 
-The MLP widens to 4 C, applies GELU (Hendrycks & Gimpel 2016; the tanh approximation GPT-2 uses)
-and projects back to C. Submodule names follow GPT-2 (`ln_1`, `attn`, `ln_2`, `mlp`, `c_fc`,
+The MLP widens to 4 C, applies GELU (Hendrycks & Gimpel 2016; the tanh approximation GPT-2 uses,
+or the exact erf form with `gelu="exact"`) and projects back to C. Submodule names follow GPT-2 (`ln_1`, `attn`, `ln_2`, `mlp`, `c_fc`,
 `c_proj`) so that Hugging Face GPT2LMHeadModel weights map 1:1. Omitted on purpose: SwiGLU
 (LLaMA) and parallel attention + MLP (GPT-J).
 
@@ -40,7 +40,7 @@ class FeedForward(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.gelu = nn.GELU(approximate="tanh")
+        self.gelu = nn.GELU(approximate="tanh" if config.gelu == "tanh" else "none")
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
