@@ -5,7 +5,6 @@ included), explains itself and loads from an old checkpoint."""
 from __future__ import annotations
 
 import math
-
 from dataclasses import replace
 
 import pytest
