@@ -26,8 +26,8 @@ by both programs, unchanged, each in its own process, on the same character text
 3. Quality: after all runs ONE evaluation function measures both final checkpoints in fp32 on the
    same text - the validation characters both splits share (nanoGPT's last 10 % and ours end at the
    same character) - cut into non-overlapping windows of block_size, every character predicted once.
-   nanoGPT's `ckpt.pt` is a pickle: it is loaded with `weights_only=False`, only because it is this
-   known file that the benchmark itself just wrote; ours loads with `weights_only=True` as always.
+   Both checkpoints load with `weights_only=True`: nanoGPT's `ckpt.pt` holds only tensors, dicts and
+   plain numbers, so nothing is unpickled beyond those.
 
     python -m benchmarks.nanogpt_bench --quick         # baby GPT, 200 steps per run: ~2 min
     python -m benchmarks.nanogpt_bench                 # baby GPT, 2,000 steps (the benchmark): ~13 min
@@ -299,8 +299,8 @@ def checkpoint_loss(result: RunResult, text: str, nano: Path, input_txt: Path) -
 
         spec = importlib.util.spec_from_file_location("nanogpt_model", nano / "model.py")
         module = importlib.util.module_from_spec(spec)
-        # A pickle: weights_only=False only because it is this known file, written by the run above.
-        payload = torch.load(result.checkpoint, map_location="cpu", weights_only=False)
+        # nanoGPT's ckpt.pt holds only tensors, dicts and plain numbers: weights_only=True reads it.
+        payload = torch.load(result.checkpoint, map_location="cpu", weights_only=True)
         with contextlib.redirect_stdout(io.StringIO()):  # it prints "number of parameters"
             spec.loader.exec_module(module)
             model = module.GPT(module.GPTConfig(**payload["model_args"]))

@@ -16,7 +16,7 @@ The memorisation check (longest verbatim match with the training text) is in `sr
 
 Shape notation: B batch, T time, C = n_embd, nh heads, hs head size, V vocabulary.
 
-Why one file of ~450 lines: `explain_forward` alone is long because it names and explains every stage
+Why one file of ~490 lines: `explain_forward` alone is long because it names and explains every stage
 of the forward pass; the rest are small functions that the playground, the CLI and the pictures share.
 """
 

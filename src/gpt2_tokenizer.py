@@ -114,17 +114,10 @@ class GPT2BPETokenizer(BPETokenizer):
     def _encode_plain(self, text: str) -> np.ndarray:
         return self._file_ids[super()._encode_plain(text)]  # internal ids -> file ids
 
-    def _internal(self, ids: Iterable[int]) -> list[int]:
-        return [self._internal_ids[i] for i in self._check_ids(ids)]
-
-    def decode(self, ids: Iterable[int]) -> str:
-        return b"".join(self._token_bytes[i] for i in self._internal(ids)).decode("utf-8", errors="replace")
-
-    def id_to_token(self, i: int) -> str:
-        return self._token_bytes[self._internal([i])[0]].decode("utf-8", errors="backslashreplace")
-
-    def token_bytes(self, i: int) -> bytes:
-        return self._token_bytes[self._internal([i])[0]]
+    def _check_ids(self, ids: Iterable[int]) -> list[int]:
+        """File ids -> internal ids, after the range check: BPETokenizer's decode, id_to_token and
+        token_bytes index their byte table with what this returns, so they work unchanged."""
+        return [self._internal_ids[i] for i in super()._check_ids(ids)]
 
     def to_dict(self) -> dict:
         return {**super().to_dict(), "vocab_ids": list(self.vocab_ids)}

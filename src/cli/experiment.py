@@ -21,7 +21,7 @@ That "cheat" appears abruptly, like a phase change, and only after a few hundred
 learning rate, a short window and no dropout; a shorter or gentler run would show no cheat at all and
 the table would teach the opposite of the truth.
 
-Why one file of ~490 lines: it is one command read top-down (plan the jobs, train each through
+Why one file of ~520 lines: it is one command read top-down (plan the jobs, train each through
 `run_train`, measure, write the table and the curves); the variant list lives apart in variants.py.
 """
 
@@ -151,7 +151,7 @@ def run_experiment(args: argparse.Namespace, flags: dict[str, str], callbacks: S
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
     for i, (name, k) in enumerate(jobs, start=1):
         run_dir = logdir / run_name(name, k, args.seeds)
-        argv = [*base, *_variant_flags(VARIANTS[name]), "--seed", str(seed0 + k), "--logdir", str(run_dir)]
+        argv = [*base, *_variant_flags(VARIANTS[name], flags), "--seed", str(seed0 + k), "--logdir", str(run_dir)]
         print(f"variant {i} of {len(jobs)}: {run_dir.name} (removed: {VARIANTS[name].removed})", file=sys.stderr,
               flush=True)
         outcome = _run_variant(argv, run_dir, flags, _output_flags(args), callbacks)
@@ -238,10 +238,7 @@ def _flag(flag: str, value: Any) -> list[str]:
     return [flag, str(value)]
 
 
-def _variant_flags(variant: Variant) -> list[str]:
-    from src.cli.parser import build_parser, flag_names
-
-    flags = flag_names(build_parser())
+def _variant_flags(variant: Variant, flags: dict[str, str]) -> list[str]:
     argv: list[str] = []
     for name, value in variant.changes.items():
         argv += _flag(flags[name], value)

@@ -6,7 +6,7 @@ would allocate whatever it declares: a block_size of 10**9 makes a sinusoidal ta
 numbers before any weight is compared. PyTorch's "meta" device records shapes and dtypes but
 allocates nothing, so a model built there tells which tensors the declaration implies; they are
 compared with the file's tensors, whose shapes a file format tells without reading their data
-(safetensors' header, `torch.load(..., mmap=True)`).
+(safetensors' header, `torch.load(..., mmap=True, weights_only=True)`).
 
 Example: `weights_mismatch(config, {"lm_head.weight": ((65, 32), torch.float32), ...})` -> None when
 the file holds exactly the tensors `MiniTransformer(config)` has, else one sentence saying which differs.
