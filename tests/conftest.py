@@ -6,6 +6,7 @@ Tests write only below pytest's `tmp_path`.
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
@@ -22,12 +23,29 @@ START_MARKER = "*** START OF THE PROJECT GUTENBERG EBOOK {title} ***"
 END_MARKER = "*** END OF THE PROJECT GUTENBERG EBOOK {title} ***"
 
 
+# `python -m pytest -n auto` (pytest-xdist) runs the tests in this many processes: one per CPU core,
+# at most MAX_TEST_PROCESSES (each imports torch, transformers and gradio: ~1 GB of memory apiece).
+MAX_TEST_PROCESSES = 4
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist; without it installed, nothing calls it
+def pytest_xdist_auto_num_workers(config) -> int:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cores, MAX_TEST_PROCESSES))
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _one_torch_thread():
-    """Tiny models run fastest single-threaded; on a busy 2-core CI machine extra threads only contend."""
+    """Tiny models run fastest single-threaded; on a busy 2-core CI machine extra threads only contend.
+
+    The same for the processes the tests start (the CLI, torchrun, notebook kernels): two OpenMP threads
+    in a child, while the other core runs a second test, make a 10 s test take 40 to 100 s (measured).
+    """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OMP_NUM_THREADS", "1")
+        yield
     torch.set_num_threads(threads)
 
 

@@ -17,7 +17,7 @@ SCRIPT = REPO_ROOT / "examples" / "train_minimal.py"
 
 
 def run_script(*args: str, cwd) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # a tiny model: one thread is fastest on a busy machine
+    env = dict(os.environ)  # with conftest's OMP_NUM_THREADS=1
     env.pop("PYTHONPATH", None)  # the script finds src/ by itself, as when run from PyCharm or a shell
     return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=180)

@@ -59,9 +59,6 @@ def test_notebook_runs_end_to_end(name, tmp_path, monkeypatch):
     monkeypatch.setenv("MINI_TRANSFORMER_NOTEBOOK_SMALL", "1")
     monkeypatch.setenv("MINI_TRANSFORMER_ROOT", str(REPO_ROOT))
     monkeypatch.setenv("MPLBACKEND", "Agg")
-    # The kernel is a separate process that conftest's one-thread fixture does not reach; tiny models
-    # train ten times faster single-threaded on a busy 2-core machine.
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     notebook = nbformat.read(path, as_version=4)
     client = nbclient.NotebookClient(
         notebook, timeout=CELL_TIMEOUT_S, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK_DIR)}}

@@ -4,6 +4,7 @@ command's own parser accepts, on the project interpreter, from the project folde
 from __future__ import annotations
 
 import importlib.util
+import re
 import shlex
 import subprocess
 import xml.etree.ElementTree as ET
@@ -65,9 +66,12 @@ def test_run_configuration_points_at_something_real_with_accepted_arguments(path
     values = options(config)
     assert values["WORKING_DIRECTORY"] == "$PROJECT_DIR$"
     assert values["IS_MODULE_SDK"] == "true" and values["SDK_HOME"] == ""  # the project's interpreter (.venv)
-    if config.get("type") == "tests":  # pytest on the tests folder
+    if config.get("type") == "tests":  # pytest on the tests folder, as the README's test command runs it
         assert config.get("factoryName") == "py.test"
         assert project_path(values["_new_target"].strip('"')).is_dir()
+        readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+        readme_flags = re.search(r"^pip install -r requirements-dev\.txt && python -m pytest(.*)$", readme, re.M)[1]
+        assert set(shlex.split(values["_new_additionalArguments"].strip('"'))) - {"-q"} == set(shlex.split(readme_flags))
         return
     assert config.get("type") == "PythonConfigurationType"
     target, argv = values["SCRIPT_NAME"], shlex.split(values["PARAMETERS"])
