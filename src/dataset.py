@@ -33,14 +33,13 @@ Left out on purpose: sharding the .bin files, streaming a corpus of many small f
 read whole, all at once), document packing/masking across `<|endoftext|>` (the model simply
 learns that a new book starts there).
 
-Why one file of ~1100 lines: it is the whole pipeline the user runs as `python -m src.dataset`, in
-numbered sections that follow the steps above; downloading and cleaning already live apart in
-`src/gutenberg.py`, and the training loop never imports this module (it receives batches).
+Why one file of ~940 lines: it is the whole pipeline of `python -m src.dataset`, in numbered sections
+that follow the steps above; downloading and cleaning live in `src/gutenberg.py`, the command line in
+`src/cli/dataset.py`, and the training loop never imports this module (it receives batches).
 """
 
 from __future__ import annotations
 
-import argparse
 import glob
 import hashlib
 import json
@@ -48,11 +47,10 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -65,9 +63,7 @@ from src.config import (
     DEFAULT_BOOKS,
     DEFAULT_MIRROR,
     MIRROR_ENV_VAR,
-    TOKENIZER_CHOICES,
     DataConfig,
-    ModelConfig,
     config_to_dict,
 )
 from src.fileio import FileLock, StructuredFileError, atomic_write_text, describe_os_error, read_json
@@ -89,8 +85,8 @@ from src.tokenizer import train_tokenizer
 from src.tokenizer_json import load_tokenizer
 
 __all__ = [
-    "DataChangedError", "DataError", "PreparedDataset", "TokenDataset", "add_data_arguments", "data_config_from_args",
-    "dataset_name", "load_meta", "load_tokens", "main", "make_dataloader", "prepare_dataset",
+    "DataChangedError", "DataError", "PreparedDataset", "TokenDataset", "dataset_name", "load_meta", "load_tokens",
+    "make_dataloader", "prepare_dataset", "summary_table",
 ]
 
 # First pass: skip to TokenDataset (section 5): sections 1-4 build the token files once.
@@ -854,7 +850,7 @@ class TokenDataset(Dataset):
         return state
 
 
-# First pass: skip from here (batches in a resumable order, the command line).
+# First pass: skip from here (batches in a resumable order, the summary table).
 def make_dataloader(
     dataset: Dataset,
     batch_size: int,
@@ -903,52 +899,7 @@ def make_dataloader(
 
 
 # ---------------------------------------------------------------------------------------------
-# Command line
-
-
-def _field_help(name: str) -> str:
-    return next(f.metadata["help"] for f in fields(DataConfig) if f.name == name)
-
-
-def add_data_arguments(parser: argparse.ArgumentParser) -> None:
-    """The DataConfig flags, shared by `python -m src.dataset` and `python -m src.main`."""
-    d = DataConfig()
-    g = parser.add_argument_group("data")
-    g.add_argument("--books", type=int, nargs="+", metavar="ID", default=None,
-                   help=f"{_field_help('books')} (default: the 12 English books {' '.join(map(str, d.books))})")
-    g.add_argument("--mirror", metavar="URL_OR_DIR", default=None, help=_field_help("mirror"))
-    g.add_argument("--input", nargs="+", metavar="PATH", default=None,
-                   help=f"{_field_help('input')}; UTF-8; quote globs, e.g. 'texts/*.txt'")
-    g.add_argument("--data-dir", type=Path, metavar="DIR", default=None, help=f"{_field_help('data_dir')} (default: {d.data_dir})")
-    g.add_argument("--unwrap", action=argparse.BooleanOptionalAction, default=None,
-                   help=f"{_field_help('unwrap')} (default: on)")
-    g.add_argument("--val-fraction", type=float, metavar="F", default=None,
-                   help=f"{_field_help('val_fraction')} (default: {d.val_fraction})")
-    g.add_argument("--holdout-book", dest="holdout_books", type=int, nargs="+", action="extend", metavar="ID",
-                   default=None, help=f"{_field_help('holdout_books')} (only with --books; with --val-fraction 0 "
-                   "the other books train only)")
-    g.add_argument("--tokenizer", choices=TOKENIZER_CHOICES, default=None, help=f"{_field_help('tokenizer')} (default: {d.tokenizer})")
-    g.add_argument("--max-vocab-size", type=int, metavar="N", default=None,
-                   help=f"{_field_help('max_vocab_size')} (default: {d.max_vocab_size}; at least 3 for char, 257 for bpe)")
-    g.add_argument("--name", default=None, help=f"{_field_help('name')}; letters, digits, '.', '_', '-'")
-    g.add_argument("--force", action="store_true", default=None,
-                   help=f"{_field_help('force')} (a data set is reused only with the same settings and source files)")
-
-
-def data_config_from_args(args: argparse.Namespace) -> DataConfig:
-    """DataConfig from parsed flags; unset flags keep the dataclass defaults. --input replaces --books."""
-    values = {
-        name: getattr(args, name)
-        for name in ("books", "mirror", "input", "data_dir", "unwrap", "val_fraction", "holdout_books",
-                     "tokenizer", "max_vocab_size", "name", "force")
-        if getattr(args, name, None) is not None
-    }
-    if values.get("input") and "books" not in values:
-        values["books"] = ()
-    try:
-        return DataConfig(**values)
-    except ValueError as error:
-        raise DataError(str(error)) from None
+# 6. What was built, as a table
 
 
 def summary_table(prepared: PreparedDataset) -> str:
@@ -978,57 +929,7 @@ def summary_table(prepared: PreparedDataset) -> str:
     return "\n".join(lines)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m src.dataset",
-        description="Download, clean and tokenize books into <data-dir>/processed/<name>/ "
-        "(train.bin, val.bin, tokenizer.json, meta.json).",
-    )
-    add_data_arguments(parser)
-    block_default = next(f.default for f in fields(ModelConfig) if f.name == "block_size")
-    parser.add_argument("--block-size", type=int, default=block_default, metavar="T",
-                        help=f"check that each split holds at least T + 1 tokens (default: {block_default}; 0 = no check)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
-    return parser
+if __name__ == "__main__":  # python -m src.dataset: the command line lives in the shell (src/cli/dataset.py)
+    from src.cli.dataset import main
 
-
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM, turned into an exception so that `finally` blocks remove half-written files."""
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m src.dataset`: build (or reuse) the data set and print its summary; exit code."""
-    args = build_parser().parse_args(argv)
-
-    def terminate(signum: int, frame: Any) -> None:
-        raise _Terminated()
-
-    # SIGTERM (`kill`, a job scheduler) unwinds like Ctrl-C, so the temporary folder of a build is removed
-    try:
-        previous = signal.signal(signal.SIGTERM, terminate)
-    except ValueError:  # not the main thread: leave signals alone
-        previous = None
-    try:
-        config = data_config_from_args(args)
-        prepared = prepare_dataset(config, block_size=args.block_size or None, show_progress=not args.quiet)
-    except (ValueError, OSError) as error:
-        if args.debug:
-            raise
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt as stop:
-        print(f"interrupted ({'SIGTERM' if isinstance(stop, _Terminated) else 'SIGINT'}); nothing was written",
-              file=sys.stderr)
-        return 143 if isinstance(stop, _Terminated) else 130
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-    print(summary_table(prepared))
-    if prepared.reused:
-        print("(nothing was rebuilt: same settings and source files; use --force to rebuild)")
-    return 0
-
-
-if __name__ == "__main__":
     sys.exit(main())

@@ -24,7 +24,7 @@ END_MARKER = "*** END OF THE PROJECT GUTENBERG EBOOK {title} ***"
 
 
 # `python -m pytest -n auto` (pytest-xdist) runs the tests in this many processes: one per CPU core,
-# at most MAX_TEST_PROCESSES (each imports torch, transformers and gradio: ~1 GB of memory apiece).
+# at most MAX_TEST_PROCESSES (each imports torch, transformers and gradio: up to 0.7 GB apiece, measured).
 MAX_TEST_PROCESSES = 4
 
 

@@ -14,14 +14,13 @@ import numpy as np
 import pytest
 import torch
 
+from src.cli.dataset import build_parser, main
 from src.config import DataConfig
 from src.dataset import (
     DataError,
     TokenDataset,
-    build_parser,
     dataset_name,
     load_tokens,
-    main,
     make_dataloader,
     prepare_dataset,
     split_point,

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from src import gutenberg
-from src.dataset import main
+from src.cli.dataset import main
 from src.tokenizer_json import load_tokenizer
 from tests.conftest import make_story, wrap_paragraphs, write_gutenberg_mirror
 

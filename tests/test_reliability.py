@@ -312,7 +312,7 @@ def test_nan_weights_are_refused_by_generate_with_one_line(tmp_path, tiny_run, c
 
 
 def test_damaged_data_sets_are_found_on_reuse(tmp_path, story, capsys):
-    from src.dataset import main as dataset_main
+    from src.cli.dataset import main as dataset_main
 
     args = ["--input", str(story), "--data-dir", str(tmp_path / "data"), "--quiet", "--block-size", "16"]
     assert dataset_main(args) == 0
@@ -391,7 +391,7 @@ def test_resume_on_changed_data_is_refused_and_with_force_recorded(tmp_path, sto
 
 
 def test_resume_refuses_a_data_set_rebuilt_behind_its_back(tmp_path, story, capsys):
-    from src.dataset import main as dataset_main
+    from src.cli.dataset import main as dataset_main
 
     run, data = tmp_path / "run", ["--data-dir", str(tmp_path / "data")]
     assert main(train_args(tmp_path, story, run, "--max-steps", "2", "--eval-interval", "2")) == 0
@@ -544,7 +544,7 @@ def test_export_never_replaces_a_file_that_is_not_an_export_of_ours(tmp_path, ti
 
 def test_a_finished_data_set_on_a_read_only_disk_is_reused_without_a_lock(tmp_path, story, capsys):
     """A shared, read-only copy of a data set: reusing it writes nothing, so it needs no lock file."""
-    from src.dataset import main as dataset_main
+    from src.cli.dataset import main as dataset_main
 
     with tmpfs(tmp_path / "disk", "4m") as disk:
         args = ["--input", str(story), "--data-dir", str(disk / "data"), "--quiet", "--block-size", "16"]
@@ -558,7 +558,7 @@ def test_a_finished_data_set_on_a_read_only_disk_is_reused_without_a_lock(tmp_pa
 
 
 def test_a_data_set_name_that_is_someone_elses_folder_is_never_replaced(tmp_path, story, capsys):
-    from src.dataset import main as dataset_main
+    from src.cli.dataset import main as dataset_main
 
     folder = tmp_path / "data" / "processed" / "notes"
     folder.mkdir(parents=True)

@@ -26,7 +26,7 @@ import pytest
 import src.dataset as dataset
 import src.gutenberg as gutenberg
 from src.dataset import DataError, TokenDataset, data_fingerprint, load_meta
-from src.dataset import main as dataset_main
+from src.cli.dataset import main as dataset_main
 from src.main import main
 from tests.conftest import REPO_ROOT, make_story
 from tests.test_cli import TINY, one_error_line
@@ -235,9 +235,9 @@ def test_a_streamed_text_gives_the_same_ids_as_one_read_whole(tmp_path, monkeypa
 
 MEMORY_PROBE = """
 import json, resource, sys
-import src.dataset as dataset
+from src.cli.dataset import main
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB; torch and numpy are imported by now
-code = dataset.main(["--input", sys.argv[1], "--data-dir", sys.argv[2], "--quiet"])
+code = main(["--input", sys.argv[1], "--data-dir", sys.argv[2], "--quiet"])
 print(json.dumps({"code": code, "grew_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before}))
 """
 

@@ -170,7 +170,7 @@ def test_a_damaged_hf_config_json_is_one_line_naming_it(tmp_path, capsys):
 
 
 def test_force_refuses_a_data_set_folder_that_holds_a_users_file(tmp_path, capsys):
-    from src.dataset import main as dataset_main
+    from src.cli.dataset import main as dataset_main
 
     story = tmp_path / "story.txt"
     story.write_text(make_story(n_paragraphs=20), encoding="utf-8")

@@ -35,7 +35,7 @@ def parse_with_the_commands_parser(target: str, argv: list[str]) -> None:
         args = build_parser().parse_args(argv)
         assert sum(bool(getattr(args, mode)) for mode in MODE_HELP) == 1  # exactly one mode, as main() requires
     elif target == "src.dataset":
-        from src.dataset import build_parser
+        from src.cli.dataset import build_parser
 
         build_parser().parse_args(argv)
     elif target == "tensorboard.main":

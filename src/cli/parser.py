@@ -86,7 +86,7 @@ def _add_dataclass_flags(group: argparse._ArgumentGroup, cls: type, names: Seque
             group.add_argument(flag, type=kind, default=None, metavar=metavar, help=help_text)
 
 def build_parser() -> argparse.ArgumentParser:
-    from src.dataset import add_data_arguments
+    from src.cli.dataset import add_data_arguments
 
     parser = _Parser(
         prog="python -m src.main",
