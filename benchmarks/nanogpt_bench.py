@@ -31,7 +31,7 @@ by both programs, unchanged, each in its own process, on the same character text
 
     python -m benchmarks.nanogpt_bench --quick         # baby GPT, 200 steps per run: ~2 min
     python -m benchmarks.nanogpt_bench                 # baby GPT, 2,000 steps (the benchmark): ~13 min
-    python -m benchmarks.nanogpt_bench --settings tiny # our tiny preset, 2,000 steps: ~20 min
+    python -m benchmarks.nanogpt_bench --settings tiny # our tiny preset, 2,000 steps: ~27 min
 (times with --threads 1 on a 2-core AMD EPYC without AVX-512, where a step of the baby GPT takes ~180 ms;
 both programs use the same threads, torch's default unless --threads is given)
 
