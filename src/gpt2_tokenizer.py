@@ -114,10 +114,10 @@ class GPT2BPETokenizer(BPETokenizer):
     def _encode_plain(self, text: str) -> np.ndarray:
         return self._file_ids[super()._encode_plain(text)]  # internal ids -> file ids
 
-    def _check_ids(self, ids: Iterable[int]) -> list[int]:
-        """File ids -> internal ids, after the range check: BPETokenizer's decode, id_to_token and
-        token_bytes index their byte table with what this returns, so they work unchanged."""
-        return [self._internal_ids[i] for i in super()._check_ids(ids)]
+    def _table_indices(self, ids: Iterable[int]) -> list[int]:
+        """A GPT-2 file's ids -> positions in the byte table (its order differs), after the range check;
+        BPETokenizer's decode, id_to_token and token_bytes then work unchanged."""
+        return [self._internal_ids[i] for i in super()._table_indices(ids)]
 
     def to_dict(self) -> dict:
         return {**super().to_dict(), "vocab_ids": list(self.vocab_ids)}

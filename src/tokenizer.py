@@ -181,7 +181,8 @@ class _TokenizerBase:
         """The id of `<|endoftext|>`, placed between documents."""
         return self._special_ids[EOT_TOKEN]
 
-    def _check_ids(self, ids: Iterable[int]) -> list[int]:
+    def _table_indices(self, ids: Iterable[int]) -> list[int]:
+        """Token ids -> positions in this tokenizer's token table (the same here), checked to be in range."""
         ids = [int(i) for i in ids]
         bad = [i for i in ids if not 0 <= i < self.vocab_size]
         if bad:
@@ -261,11 +262,11 @@ class CharTokenizer(_TokenizerBase):
 
     def decode(self, ids: Iterable[int]) -> str:
         """Ids -> text; the special tokens come back as their names, e.g. "<unk>"."""
-        return "".join(self._itos[i] for i in self._check_ids(ids))
+        return "".join(self._itos[i] for i in self._table_indices(ids))
 
     def id_to_token(self, i: int) -> str:
         """The character (or special token name) behind id `i`."""
-        return self._itos[self._check_ids([i])[0]]
+        return self._itos[self._table_indices([i])[0]]
 
     def unknown_rate(self, text: str) -> float:
         """Fraction of the characters of `text` that are not in the vocabulary (become `<unk>`)."""
@@ -377,15 +378,15 @@ class BPETokenizer(_TokenizerBase):
 
     def decode(self, ids: Iterable[int]) -> str:
         """Ids -> text. A sequence that cuts a character's bytes apart decodes with U+FFFD there."""
-        return b"".join(self._token_bytes[i] for i in self._check_ids(ids)).decode("utf-8", errors="replace")
+        return b"".join(self._token_bytes[i] for i in self._table_indices(ids)).decode("utf-8", errors="replace")
 
     def id_to_token(self, i: int) -> str:
         """The text of token `i`; bytes that are not valid UTF-8 on their own appear as \\xNN."""
-        return self._token_bytes[self._check_ids([i])[0]].decode("utf-8", errors="backslashreplace")
+        return self._token_bytes[self._table_indices([i])[0]].decode("utf-8", errors="backslashreplace")
 
     def token_bytes(self, i: int) -> bytes:
         """The raw bytes of token `i`."""
-        return self._token_bytes[self._check_ids([i])[0]]
+        return self._token_bytes[self._table_indices([i])[0]]
 
     def unknown_rate(self, text: str) -> float:
         """Always 0.0: every string is made of bytes, and all 256 bytes are in the vocabulary."""
